@@ -1,0 +1,3 @@
+from resnets.cli import main
+
+raise SystemExit(main())
