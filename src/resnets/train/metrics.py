@@ -137,25 +137,19 @@ class LineProgress(Progress):
         self.total_steps, self.steps_per_epoch = total_steps, steps_per_epoch
         self.start_step = start_step
         self.started = time.perf_counter()
-        self.printed_epoch = (start_step - 1) // steps_per_epoch if start_step else -1
 
     def train(self, record):
         self.latest["train"] = record
 
     def evaluation(self, record):
         self.latest[record["split"]] = record
-        self._maybe_print(record["step"])
 
     def step(self, step):
-        if step % self.steps_per_epoch == 0 and "val" not in self.latest \
-                and "test" not in self.latest:
-            self._maybe_print(step)
+        # Called after the step's training line and evaluations, so the line is complete.
+        if step % self.steps_per_epoch == 0 or step == self.total_steps:
+            self._print(step)
 
-    def _maybe_print(self, step: int) -> None:
-        epoch = (step - 1) // self.steps_per_epoch
-        if epoch == self.printed_epoch and step != self.total_steps:
-            return
-        self.printed_epoch = epoch
+    def _print(self, step: int) -> None:
         train = self.latest.get("train", {})
         total_epochs = self.total_steps / self.steps_per_epoch
         parts = [f"epoch {step / self.steps_per_epoch:.1f}/{total_epochs:g}",
