@@ -38,7 +38,7 @@ class FakeNormalizer:
 
     @classmethod
     def fit(cls, kind, images):
-        x = images.float()
+        x = getattr(images, "images", images).float()
         return cls(kind, x.mean(dim=(0, 2, 3), keepdim=True)[0],
                    x.std(dim=(0, 2, 3), keepdim=True)[0])
 

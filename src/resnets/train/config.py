@@ -54,7 +54,8 @@ class DataConfig:
     normalize: str = _field("channel", "input normalisation fitted on the training images",
                             choices=("pixel_mean", "channel", "none"))
     pad: int = _field(4, "pad-and-random-crop augmentation, pixels (0: off)")
-    flip: bool = _field(False, "random horizontal flips (not for digits)")
+    flip: bool | None = _field(None, "random horizontal flips (None: the dataset's default, "
+                               "off for digits, on for photos)")
 
 
 @dataclass

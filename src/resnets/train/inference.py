@@ -70,7 +70,7 @@ def evaluate_checkpoint(trained: Trained, *, data: str | None = None,
     dataset = loop.load_dataset(config, split)
     if len(dataset) == 0:
         raise UserError(f"split {split!r} of {config.data.data!r} is empty")
-    shape = list(dataset.images.shape[1:])
+    shape = loop.image_shape(dataset)
     if shape != trained.input_size:
         raise UserError(f"{config.data.data} {split} images are {shape} (C, H, W) but the "
                         f"model was trained on {trained.input_size}")

@@ -62,10 +62,10 @@ def load_dataset(config: Config, split: str):
                 val_fraction=config.val_fraction, image_size=config.image_size)
 
 
-def fit_normalizer(kind: str, images: torch.Tensor):
+def fit_normalizer(kind: str, dataset):
     from resnets.data import Normalizer
 
-    return Normalizer.fit(kind, images)
+    return Normalizer.fit(kind, dataset)
 
 
 def normalizer_from_state(state: dict):
@@ -164,6 +164,13 @@ def evaluate(model: nn.Module, loader: Iterable, *, precision: str = "fp32",
                  for w, t in zip(class_wrong, class_total)]
     return {"loss": loss_sum / count, "err": 100.0 * wrong_top1 / count,
             "err_top5": 100.0 * wrong_top5 / count, "per_class_err": per_class, "n": count}
+
+
+def image_shape(dataset) -> list[int]:
+    """[C, H, W] of a dataset's images (in memory, or streamed from disk)."""
+    if hasattr(dataset, "images"):
+        return list(dataset.images.shape[1:])
+    return list(dataset[0][0].shape)
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -281,13 +288,13 @@ def fit(config: Config, run_dir: str | Path, *, resume: bool = False,
     eval_sets = {split: ds for split in ("val", "test")
                  if len(ds := load_dataset(config, split)) > 0}
     classes = list(train_set.classes)
-    input_size = list(train_set.images.shape[1:])  # [C, H, W]
+    input_size = image_shape(train_set)  # [C, H, W]
     model_kwargs = {"num_classes": len(classes), "in_channels": input_size[0],
                     **config.model_args}
     if checkpoint is not None:
         normalizer = normalizer_from_state(checkpoint["normalizer"])
     else:
-        normalizer = fit_normalizer(config.normalize, train_set.images)
+        normalizer = fit_normalizer(config.normalize, train_set)
 
     model = create_model(config.model.model, **model_kwargs).to(device)
     if config.channels_last:
@@ -297,8 +304,8 @@ def fit(config: Config, run_dir: str | Path, *, resume: bool = False,
     if len(train_set) < config.batch_size:
         raise UserError(f"batch_size {config.batch_size} is larger than the training set "
                         f"({len(train_set)} images)")
-    loader = make_loader(train_set, config.batch_size, shuffle=True, pad=config.pad,
-                         flip=config.flip, normalizer=normalizer, device=device,
+    flip = config.flip if config.flip is not None else getattr(train_set, "default_flip", False)
+    loader = make_loader(train_set, config.batch_size, shuffle=True, pad=config.pad, flip=flip, normalizer=normalizer, device=device,
                          seed=config.seed, drop_last=True, channels_last=config.channels_last)
     eval_loaders = {split: make_loader(ds, config.eval_batch_size, shuffle=False, pad=0,
                                        flip=False, normalizer=normalizer, device=device,
