@@ -1,7 +1,7 @@
 """Figures drawn from run directories' metrics.jsonl files (never from models).
 
 `plot_runs(run_dirs, out_dir)` draws loss.png and error.png against iterations: training
-dashed, validation and test solid (test thicker), one colour per run, like the paper's
+dashed, validation and test solid (test bolder), one colour per run, like the paper's
 Figures 1 and 6. The study code reuses `plot_metric` for its own figures.
 """
 
@@ -28,10 +28,14 @@ def run_label(run_dir: Path) -> str:
 
 def plot_metric(ax, runs: Sequence[tuple[str, list[dict]]], key: str,
                 splits: Sequence[str] = ("train", "val", "test")) -> None:
-    """Draw `key` against step for each (label, records) run onto a matplotlib Axes."""
-    colours = [f"C{i % 10}" for i in range(len(runs))]
-    for colour, (label, records) in zip(colours, runs):
-        for split in splits:
+    """Draw `key` against step for each (label, records) run onto a matplotlib Axes.
+
+    One run: a colour per split. Several runs: a colour per run, the split told by the line
+    (training dashed, validation thin, test bold).
+    """
+    for number, (label, records) in enumerate(runs):
+        for split_number, split in enumerate(splits):
+            colour = f"C{split_number}" if len(runs) == 1 else f"C{number % 10}"
             points = [(r["step"], r[key]) for r in records
                       if r.get("split") == split and r.get(key) is not None]
             if not points:

@@ -1,0 +1,139 @@
+"""Training throughput (images/s): bf16 autocast + channels_last against plain fp32.
+
+One training step is what `resnets train` runs: forward (under autocast for bf16), fp32
+cross-entropy, backward, SGD with momentum and weight decay. Inputs are random CIFAR-shaped
+batches (3x32x32, 10 classes) already in memory, so the figure is the model's cost alone.
+Each configuration runs `--warmup` untimed steps, then `--runs` timed runs of `--steps` steps;
+the table reports the median run (and the min-max spread) and appends itself, with the
+hardware, torch version, command and date, to benchmarks/RESULTS.md.
+
+    python3 benchmarks/bench_train.py                      # resnet20, resnet56 at batch 128
+    python3 benchmarks/bench_train.py --steps 3 --runs 1 --results /tmp/r.md   # smoke test
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shlex
+import statistics
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from resnets import create_model  # noqa: E402
+from resnets.train.loop import autocast  # noqa: E402
+
+MODES = {"fp32": ("fp32", False), "bf16+channels_last": ("bf16", True)}
+
+
+def hardware() -> str:
+    name = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    text = f"{name}, {os.cpu_count()} logical CPUs, torch threads {torch.get_num_threads()}"
+    if torch.cuda.is_available():
+        text += f"; GPU {torch.cuda.get_device_name()}"
+    return text
+
+
+def images_per_second(model_name: str, mode: str, *, batch_size: int, steps: int, runs: int,
+                      warmup: int, device: torch.device, image_size: int) -> list[float]:
+    precision, channels_last = MODES[mode]
+    torch.manual_seed(0)
+    model = create_model(model_name, num_classes=10, in_channels=3).to(device).train()
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(memory_format=memory_format)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    images = torch.randn(batch_size, 3, image_size, image_size, device=device).contiguous(
+        memory_format=memory_format)
+    labels = torch.randint(0, 10, (batch_size,), device=device)
+
+    def step():
+        with autocast(device, precision):
+            logits = model(images)
+        loss = F.cross_entropy(logits.float(), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    for _ in range(warmup):
+        step()
+    rates = []
+    for _ in range(runs):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(steps):
+            step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        rates.append(batch_size * steps / (time.perf_counter() - start))
+    return rates
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="resnet20,resnet56")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=10, help="steps per timed run")
+    parser.add_argument("--runs", type=int, default=5, help="timed runs (median reported)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+    parser.add_argument("--image-size", type=int, default=32)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--results", default=str(Path(__file__).with_name("RESULTS.md")),
+                        help="markdown file the table is appended to ('' for none)")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+
+    header = (f"| model | batch | {' | '.join(f'{m} img/s' for m in MODES)} | speed-up |\n"
+              f"|---|---|{'---|' * len(MODES)}---|")
+    rows = []
+    print(header, flush=True)
+    for model_name in args.models.split(","):
+        medians, cells = [], []
+        for mode in MODES:
+            rates = images_per_second(model_name, mode, batch_size=args.batch_size,
+                                      steps=args.steps, runs=args.runs, warmup=args.warmup,
+                                      device=device, image_size=args.image_size)
+            median = statistics.median(rates)
+            medians.append(median)
+            cells.append(f"{median:.0f} ({min(rates):.0f}-{max(rates):.0f})")
+        row = (f"| {model_name} | {args.batch_size} | {' | '.join(cells)} | "
+               f"{medians[1] / medians[0]:.2f}x |")
+        rows.append(row)
+        print(row, flush=True)
+
+    if args.results:
+        command = "python3 " + " ".join(shlex.quote(a) for a in [sys.argv[0], *sys.argv[1:]])
+        date = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        block = "\n".join([
+            f"\n## bench_train: training images/s, bf16+channels_last vs fp32 ({date})\n",
+            f"- hardware: {hardware()}",
+            f"- torch {torch.__version__}, Python {platform.python_version()}, device "
+            f"{device}",
+            f"- command: `{command}`",
+            f"- method: {args.warmup} warm-up steps, then {args.runs} runs of {args.steps} "
+            f"steps on random {args.image_size}x{args.image_size} RGB batches; median run "
+            f"(min-max)\n",
+            header, *rows, ""])
+        with open(args.results, "a", encoding="utf-8") as f:
+            f.write(block)
+        print(f"appended to {args.results}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
