@@ -87,3 +87,16 @@ def test_units_have_separate_activation_modules_for_hooks():
     assert unit.act1 is not unit.act2
     bottleneck = BottleneckUnit(16, 4, shortcut="B")
     assert len({id(bottleneck.act1), id(bottleneck.act2), id(bottleneck.act3)}) == 3
+
+
+@pytest.mark.parametrize("kind,in_channels,channels,stride", [
+    (BasicUnit, 8, 16, 2), (BottleneckUnit, 16, 8, 2), (PreActBasicUnit, 8, 16, 2), (PreActBottleneckUnit, 16, 8, 1),
+])
+def test_unit_output_is_branch_plus_shortcut(kind, in_channels, channels, stride):
+    torch.manual_seed(0)
+    unit = _unit(kind, in_channels, channels, stride, "B")
+    x = torch.randn(2, in_channels, 8, 8)
+    with torch.no_grad():
+        summed = unit.branch(x) + unit.shortcut(x)
+        expected = summed if kind in (PreActBasicUnit, PreActBottleneckUnit) else torch.relu(summed)
+        assert torch.allclose(unit(x), expected, atol=1e-6)

@@ -112,10 +112,14 @@ class BasicUnit(nn.Module):
         """F(x): the residual function the unit learns. (B, C_in, H, W) -> (B, C_out, H/s, W/s)."""
         return self.bn2(self.conv2(self.act1(self.bn1(self.conv1(x)))))
 
+    def shortcut(self, x: torch.Tensor) -> torch.Tensor:
+        """The skip path: x itself, zero-padded (A) or projected (B/C) to the output's shape."""
+        return self.downsample(x)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.downsample is None:  # plain twin: same layers, no addition
             return self.act2(self.branch(x))
-        return self.act2(self.branch(x) + self.downsample(x))
+        return self.act2(self.branch(x) + self.shortcut(x))
 
     def zero_init_last(self) -> None:
         """Zero the scale of the branch's last BN, so the branch outputs 0 and a residual unit
@@ -166,10 +170,13 @@ class BottleneckUnit(nn.Module):
         out = self.act2(self.bn2(self.conv2(out)))
         return self.bn3(self.conv3(out))
 
+    def shortcut(self, x: torch.Tensor) -> torch.Tensor:
+        return self.downsample(x)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.downsample is None:  # plain twin
             return self.act3(self.branch(x))
-        return self.act3(self.branch(x) + self.downsample(x))
+        return self.act3(self.branch(x) + self.shortcut(x))
 
     def zero_init_last(self) -> None:
         nn.init.zeros_(self.bn3.weight)
@@ -208,13 +215,20 @@ class PreActBasicUnit(nn.Module):
     def residual(self) -> bool:
         return self.downsample is not None
 
+    def _branch(self, pre: torch.Tensor) -> torch.Tensor:
+        return self.conv2(self.act2(self.bn2(self.conv1(pre))))
+
+    def branch(self, x: torch.Tensor) -> torch.Tensor:
+        return self._branch(self.act1(self.bn1(x)))
+
+    def shortcut(self, x: torch.Tensor) -> torch.Tensor:
+        return _preact_shortcut(self, x, None)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pre = self.act1(self.bn1(x))
-        out = self.conv2(self.act2(self.bn2(self.conv1(pre))))
+        pre = self.act1(self.bn1(x))  # computed once: the branch and a projection both read it
         if self.downsample is None:
-            return out
-        shortcut = x if isinstance(self.downsample, nn.Identity) else self.downsample(pre)
-        return out + shortcut
+            return self._branch(pre)
+        return self._branch(pre) + _preact_shortcut(self, x, pre)
 
     def zero_init_last(self) -> None:
         nn.init.zeros_(self.conv2.weight)
@@ -254,18 +268,33 @@ class PreActBottleneckUnit(nn.Module):
     def residual(self) -> bool:
         return self.downsample is not None
 
+    def _branch(self, pre: torch.Tensor) -> torch.Tensor:
+        out = self.conv2(self.act2(self.bn2(self.conv1(pre))))
+        return self.conv3(self.act3(self.bn3(out)))
+
+    def branch(self, x: torch.Tensor) -> torch.Tensor:
+        return self._branch(self.act1(self.bn1(x)))
+
+    def shortcut(self, x: torch.Tensor) -> torch.Tensor:
+        return _preact_shortcut(self, x, None)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pre = self.act1(self.bn1(x))
-        out = self.conv1(pre)
-        out = self.conv2(self.act2(self.bn2(out)))
-        out = self.conv3(self.act3(self.bn3(out)))
         if self.downsample is None:
-            return out
-        shortcut = x if isinstance(self.downsample, nn.Identity) else self.downsample(pre)
-        return out + shortcut
+            return self._branch(pre)
+        return self._branch(pre) + _preact_shortcut(self, x, pre)
 
     def zero_init_last(self) -> None:
         nn.init.zeros_(self.conv3.weight)
+
+
+def _preact_shortcut(unit: nn.Module, x: torch.Tensor, pre: torch.Tensor | None) -> torch.Tensor:
+    """A pre-activation unit's skip path: x itself, or a projection of the pre-activated x."""
+    if isinstance(unit.downsample, nn.Identity):
+        return x
+    if pre is None:
+        pre = unit.act1(unit.bn1(x))
+    return unit.downsample(pre)
 
 
 UNITS = {
