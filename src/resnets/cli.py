@@ -24,7 +24,26 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
+
+    download = sub.add_parser(
+        "download",
+        help="fetch a CIFAR archive, check its MD5 and extract it",
+        description="Fetch the official CIFAR python-version archive into DIR, check its MD5, "
+        "and extract it there (atomic: a failure leaves nothing partial behind).",
+    )
+    download.add_argument("dataset", choices=["cifar10", "cifar100"], help="which archive")
+    download.add_argument("--to", required=True, metavar="DIR", help="folder to put it in (then use --data-dir DIR)")
+    download.add_argument("--url", default=None, help="a mirror of the official archive (same MD5)")
+    download.set_defaults(run=_cmd_download)
     return parser
+
+
+def _cmd_download(args) -> int:
+    from resnets.data import download
+
+    folder = download(args.dataset, args.to, url=args.url)
+    print(f"{args.dataset}: {folder}")
+    return 0
 
 
 def _version() -> str:
