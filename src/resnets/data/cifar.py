@@ -41,12 +41,13 @@ LAYOUT = {
     },
 }
 
-# (module, name) pairs a CIFAR pickle may name: numpy's ndarray/dtype reconstruction only.
+# (module, name) pairs a CIFAR pickle may name: numpy's ndarray/dtype reconstruction, and
+# _codecs.encode, which protocol-2 pickles written by Python 3 use to rebuild bytes (str -> bytes).
 _ALLOWED_GLOBALS = {
     (module, name)
     for module in ("numpy.core.multiarray", "numpy._core.multiarray")
     for name in ("_reconstruct", "scalar")
-} | {("numpy", "ndarray"), ("numpy", "dtype")}
+} | {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
 
 
 class _NumpyOnlyUnpickler(pickle.Unpickler):

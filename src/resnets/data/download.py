@@ -69,7 +69,10 @@ def fetch(url: str, path: str | Path, md5: str) -> Path:
         raise
     except (urllib.error.URLError, OSError, ValueError) as error:  # includes http.client.IncompleteRead
         part.unlink(missing_ok=True)
-        reason = getattr(error, "reason", None) or error
+        if isinstance(error, urllib.error.HTTPError):
+            reason = f"HTTP {error.code} {error.reason}"
+        else:
+            reason = getattr(error, "reason", None) or error
         raise UserError(f"download of {url} failed after {received:,} bytes ({reason}): try again") from None
     except BaseException:  # Ctrl-C: still leave nothing half-written
         part.unlink(missing_ok=True)
