@@ -34,7 +34,7 @@ def server(cifar10):
             pass
 
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
     thread.start()
     yield {"url": f"http://127.0.0.1:{httpd.server_address[1]}", "md5": hashlib.md5(payload).hexdigest(),
            "cifar": cifar10}

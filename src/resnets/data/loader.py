@@ -138,7 +138,12 @@ class Loader:
             collate_fn=_stack_images,
             persistent_workers=False,
         )
-        return iter(loader)
+        try:
+            yield from loader
+        except UserError as error:  # raised in a worker: keep its one line, not the traceback
+            from resnets.data.folder import worker_error
+
+            raise worker_error(error) from None
 
 
 def _stack_images(items: list) -> torch.Tensor:
