@@ -45,3 +45,16 @@ def test_zero_pad_is_the_identity_and_one_seed_one_result():
     assert torch.equal(pad_crop(images, _generator(), 0), images)
     assert torch.equal(pad_crop(images, _generator(7), 2), pad_crop(images, _generator(7), 2))
     assert not torch.equal(pad_crop(images, _generator(7), 2), pad_crop(images, _generator(8), 2))
+
+
+@pytest.mark.parametrize("pad, do_flip", [(4, True), (4, False), (0, True), (2, True)])
+def test_fused_crop_and_flip_equal_the_two_functions_in_turn(pad, do_flip):
+    from resnets.data.augment import pad_crop_flip
+
+    images = torch.randint(0, 255, (32, 3, 7, 6), dtype=torch.uint8)
+    expected = pad_crop(images, _generator(9), pad)
+    if do_flip:
+        generator = _generator(9)
+        pad_crop(images, generator, pad)  # consume the crop's draws, as in the separate path
+        expected = flip(expected, generator)
+    assert torch.equal(pad_crop_flip(images, _generator(9), pad, do_flip), expected)

@@ -89,3 +89,10 @@ def test_bad_arguments_are_user_errors(dataset):
         Loader(dataset, 0, shuffle=True, normalizer=None)
     with pytest.raises(UserError, match="unknown normalisation 'zca'"):
         Normalizer.fit("zca", dataset.images)
+
+
+def test_normaliser_leaves_a_float_input_untouched(dataset):
+    images = dataset.images.float()
+    before = images.clone()
+    Normalizer.fit("channel", dataset.images)(images)
+    assert torch.equal(images, before)

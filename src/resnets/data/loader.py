@@ -18,8 +18,7 @@ from typing import Iterator
 
 import torch
 
-from resnets.data.augment import flip as flip_batch
-from resnets.data.augment import pad_crop
+from resnets.data.augment import pad_crop_flip
 from resnets.data.normalize import Normalizer
 from resnets.errors import UserError
 
@@ -118,10 +117,7 @@ class Loader:
         """Normalise and augment one uint8 batch (B, C, H, W) on the device."""
         images = self.normalizer(images)
         if self.pad or self.flip:
-            generator = _generator(self.seed, epoch, index)
-            images = pad_crop(images, generator, self.pad)
-            if self.flip:
-                images = flip_batch(images, generator)
+            images = pad_crop_flip(images, _generator(self.seed, epoch, index), self.pad, self.flip)
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         return images

@@ -61,10 +61,9 @@ class Normalizer:
         return Normalizer(self.kind, self.mean.to(device), self.std.to(device))
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        images = images.float()
         mean = self.mean if self.mean.device == images.device else self.mean.to(images.device)
         std = self.std if self.std.device == images.device else self.std.to(images.device)
-        return (images - mean) / std
+        return images.to(torch.float32, copy=True).sub_(mean).div_(std)  # one new tensor, the caller's untouched
 
     def state_dict(self) -> dict:
         """Plain tensors and a string: safe to save and load with weights_only=True."""
