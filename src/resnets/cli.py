@@ -24,7 +24,12 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
+    _add_model_commands(sub)
+    _add_data_commands(sub)
+    return parser
 
+
+def _add_model_commands(sub) -> None:
     cmd = sub.add_parser("list", help="list registered models with params and FLOPs",
                          description="List registered models: layers, parameters and multiply-adds "
                          "at the paper's input size (3x32x32 CIFAR, 3x224x224 ImageNet).")
@@ -44,7 +49,6 @@ def _build_parser() -> argparse.ArgumentParser:
     cmd.add_argument("--depth", type=int, help="for cifar_resnet / cifar_plain / imagenet_resnet")
     cmd.add_argument("--json", action="store_true", help="print the figures as JSON")
     cmd.set_defaults(run=_cmd_info)
-    return parser
 
 
 def _cmd_list(args) -> int:
@@ -85,6 +89,27 @@ def _cmd_info(args) -> int:
     size = args.input_size[0] if args.input_size and len(args.input_size) == 1 else args.input_size
     info = model_info(args.name, input_size=size, **kwargs)
     print(json.dumps(info, indent=1) if args.json else format_info(info))
+    return 0
+
+
+def _add_data_commands(sub) -> None:
+    download = sub.add_parser(
+        "download",
+        help="fetch a CIFAR archive, check its MD5 and extract it",
+        description="Fetch the official CIFAR python-version archive into DIR, check its MD5, "
+        "and extract it there (atomic: a failure leaves nothing partial behind).",
+    )
+    download.add_argument("dataset", choices=["cifar10", "cifar100"], help="which archive")
+    download.add_argument("--to", required=True, metavar="DIR", help="folder to put it in (then use --data-dir DIR)")
+    download.add_argument("--url", default=None, help="a mirror of the official archive (same MD5)")
+    download.set_defaults(run=_cmd_download)
+
+
+def _cmd_download(args) -> int:
+    from resnets.data import download
+
+    folder = download(args.dataset, args.to, url=args.url)
+    print(f"{args.dataset}: {folder}")
     return 0
 
 
