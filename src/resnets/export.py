@@ -1,0 +1,168 @@
+"""Export a trained checkpoint: ONNX (checked against onnxruntime) and torchvision state dicts.
+
+ONNX: the graph takes raw pixels, float32 (N, C, H, W) in [0, 255] at the training size, and
+returns logits (N, classes); the saved normaliser is part of the graph, so the caller only
+resizes. The batch dimension is dynamic. Needs the optional extra: `pip install resnets[onnx]`.
+
+torchvision: for resnet18/34/50/101/152 the parameter names already match torchvision's, so the
+export is the state dict alone, loadable with `torchvision.models.resnet50(num_classes=N)
+.load_state_dict(torch.load(FILE))` (strict).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from resnets.errors import UserError
+
+TORCHVISION_NAMES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+
+
+class PixelsToLogits(nn.Module):
+    """normaliser then model: float pixels in [0, 255] (N, C, H, W) -> logits (N, classes)."""
+
+    def __init__(self, model: nn.Module, normalizer):
+        super().__init__()
+        self.model = model
+        self.normalizer = normalizer
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.model(self.normalizer(pixels))
+
+
+def export_onnx(checkpoint: str | Path, out: str | Path, *, check: bool = True,
+                tolerance: float = 1e-3) -> dict[str, Any]:
+    """Write the checkpoint's model as ONNX to `out`; with `check`, run the file in
+    onnxruntime on random pixels and compare with PyTorch.
+
+    Returns {"path", "max_abs_diff" (None without check), "input_shape"}. Raises `UserError`
+    when onnx/onnxruntime are missing or the outputs disagree by more than `tolerance`
+    (relative to the largest logit).
+    """
+    from resnets.train.inference import load_trained
+
+    try:
+        import onnx  # noqa: F401  (the exporter needs it)
+    except ImportError:
+        raise UserError("ONNX export needs the optional extra: pip install 'resnets[onnx]' "
+                        "(onnx, onnxruntime, onnxscript)") from None
+    trained = load_trained(checkpoint, device="cpu")
+    module = PixelsToLogits(trained.model, trained.normalizer).eval()
+    channels, height, width = trained.input_size
+    example = torch.rand(2, channels, height, width, generator=torch.Generator().manual_seed(0)
+                         ) * 255
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.stem}.tmp-{os.getpid()}{out.suffix}")
+    try:
+        _onnx_export(module, example, tmp)
+        _add_metadata(tmp, trained)
+        max_diff = _check_onnx(tmp, module, example, tolerance) if check else None
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+        Path(f"{tmp}.data").unlink(missing_ok=True)
+    return {"path": out, "max_abs_diff": max_diff, "input_shape": [channels, height, width]}
+
+
+def _onnx_export(module: nn.Module, example: torch.Tensor, path: Path) -> None:
+    import warnings
+
+    batch = torch.export.Dim("batch", min=1, max=65536)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        try:
+            torch.onnx.export(module, (example,), str(path), input_names=["pixels"],
+                              output_names=["logits"], dynamo=True,
+                              dynamic_shapes=({0: batch},), external_data=False,
+                              verbose=False)
+        except ImportError as error:
+            raise UserError(f"ONNX export needs the optional extra: pip install "
+                            f"'resnets[onnx]' ({error})") from None
+
+
+def _add_metadata(path: Path, trained) -> None:
+    import onnx
+
+    model = onnx.load(str(path))
+    entries = {"resnets.model": trained.checkpoint["model"],
+               "resnets.classes": json.dumps(trained.classes),
+               "resnets.input": "float32 pixels in [0, 255], (N, C, H, W) = "
+                                f"(N, {', '.join(map(str, trained.input_size))})"}
+    for key, value in entries.items():
+        prop = model.metadata_props.add()
+        prop.key, prop.value = key, value
+    onnx.save(model, str(path))
+
+
+def _check_onnx(path: Path, module: nn.Module, example: torch.Tensor,
+                tolerance: float) -> float:
+    try:
+        import onnxruntime
+    except ImportError:
+        raise UserError("checking the ONNX file needs onnxruntime: pip install "
+                        "'resnets[onnx]' (or skip the check)") from None
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    # A batch size other than the export example's, to exercise the dynamic batch dimension.
+    pixels = torch.rand(3, *example.shape[1:], generator=torch.Generator().manual_seed(1)) * 255
+    (got,) = session.run(["logits"], {"pixels": pixels.numpy()})
+    with torch.no_grad():
+        expected = module(pixels)
+    diff = float((torch.from_numpy(got) - expected).abs().max())
+    scale = float(expected.abs().max()) or 1.0
+    if not diff <= tolerance * max(scale, 1.0):
+        raise UserError(f"ONNX check failed: onnxruntime and PyTorch differ by {diff:.3g} "
+                        f"(logits up to {scale:.3g}); the exported file is unreliable")
+    return diff
+
+
+def torchvision_state_dict(checkpoint: str | Path) -> dict[str, torch.Tensor]:
+    """The checkpoint's weights as the state dict of torchvision's model of the same name."""
+    from resnets.train.checkpoint import load_checkpoint
+
+    state = load_checkpoint(checkpoint)
+    name = state["model"]
+    if name not in TORCHVISION_NAMES:
+        raise UserError(f"--torchvision works for {', '.join(TORCHVISION_NAMES)}; this "
+                        f"checkpoint is {name!r} (torchvision has no such model)")
+    kwargs = state["model_kwargs"]
+    if kwargs.get("in_channels", 3) != 3:
+        raise UserError(f"torchvision's {name} takes 3-channel images; this model was "
+                        f"trained on {kwargs['in_channels']}-channel ones")
+    for key, value in kwargs.items():
+        if key in ("num_classes", "in_channels"):
+            continue
+        if key in TORCHVISION_COMPATIBLE and TORCHVISION_COMPATIBLE[key] == value:
+            continue
+        raise UserError(f"this {name} was built with {key}={value!r}, which torchvision's "
+                        f"{name} does not have")
+    return {key: tensor.detach().cpu().contiguous()
+            for key, tensor in state["model_state"].items()}
+
+
+# Model options whose torchvision-equivalent value is known; any other option makes the
+# architecture differ from torchvision's.
+TORCHVISION_COMPATIBLE: dict[str, Any] = {}
+
+
+def export_torchvision(checkpoint: str | Path, out: str | Path) -> dict[str, Any]:
+    """Write `torchvision_state_dict(checkpoint)` to `out` (atomically)."""
+    from resnets.train.checkpoint import load_checkpoint
+
+    state_dict = torchvision_state_dict(checkpoint)
+    num_classes = load_checkpoint(checkpoint)["model_kwargs"]["num_classes"]
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    try:
+        torch.save(state_dict, tmp)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return {"path": out, "tensors": len(state_dict), "num_classes": num_classes}

@@ -1,0 +1,116 @@
+"""Checkpoints: atomic writes, safe reads.
+
+A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts, so it loads with
+`torch.load(weights_only=True)`: a checkpoint from a stranger can hold no code that runs.
+Writes go to a temporary file in the same folder, are fsynced, then renamed over the old file,
+so a crash mid-write leaves the previous checkpoint intact.
+
+Keys: format, version, model (name), model_kwargs, model_state, optimizer_state, step,
+schedule ({"step", "lr"}), rng ({"torch", "cuda"}), config (nested dict), normalizer (its
+state dict), classes, input_size ([C, H, W]), data (dataset name), progress (counters that let
+a resumed run continue its metrics), best ({"step", "err", "split"}).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from resnets.errors import UserError
+
+FORMAT = "resnets-checkpoint"
+VERSION = 1
+
+
+def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
+    """Write `state` to `path` atomically (temporary file + fsync + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {"format": FORMAT, "version": VERSION, **state}
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def _fsync_dir(folder: Path) -> None:
+    # Makes the rename itself durable; not possible on every platform (Windows), hence optional.
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    """Read a resnets checkpoint with `weights_only=True`.
+
+    `path` may be a checkpoint file or a run directory (then `checkpoints/last.pt`). Raises
+    `UserError` for a missing file, a file that is not a torch file, a file whose pickle holds
+    anything but plain data (refused before any of it runs), or a torch file that is not ours.
+    """
+    path = resolve_checkpoint_path(path)
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else "unsafe content"
+        raise UserError(f"{path}: refused to load: it holds more than plain data ({first})") \
+            from None
+    except Exception as error:  # any other failure: the file is not a torch file at all
+        raise UserError(f"{path}: not a resnets checkpoint (cannot be read as a torch file: "
+                        f"{type(error).__name__})") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise UserError(f"{path}: not a resnets checkpoint (a torch file without the "
+                        f"{FORMAT!r} marker)")
+    if state.get("version", 0) > VERSION:
+        raise UserError(f"{path}: checkpoint version {state['version']} is newer than this "
+                        f"resnets understands ({VERSION}); upgrade resnets")
+    return state
+
+
+def resolve_checkpoint_path(path: str | Path) -> Path:
+    """A checkpoint file, or `RUN_DIR/checkpoints/last.pt` for a run directory."""
+    path = Path(path)
+    if path.is_dir():
+        candidate = path / "checkpoints" / "last.pt"
+        if not candidate.is_file():
+            raise UserError(f"{path}: a folder without checkpoints/last.pt (not a run "
+                            f"directory, or the run has not saved a checkpoint yet)")
+        return candidate
+    if not path.is_file():
+        raise UserError(f"checkpoint not found: {path}")
+    return path
+
+
+def rng_state() -> dict[str, Any]:
+    """Every global RNG state the training touches (torch CPU, and CUDA if present)."""
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what `rng_state` saved (CUDA states only where CUDA is present)."""
+    torch.set_rng_state(state["torch"].cpu())
+    if "cuda" in state and torch.cuda.is_available():
+        cuda_states = [s.cpu() for s in state["cuda"]]
+        if len(cuda_states) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda_states)

@@ -1,0 +1,351 @@
+"""Training configuration: one dataclass per concern, presets as TOML data, validation.
+
+Every field has a flat name, used identically in TOML files (`lr = 0.1`), CLI flags (`--lr 0.1`)
+and override dicts (`{"lr": 0.1}`). A config is resolved in layers: the dataclass defaults, then
+a preset (`src/resnets/train/presets/NAME.toml`), then a TOML file, then overrides; each layer
+replaces the fields it names. Unknown names and bad values raise `UserError`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
+from resnets.errors import UserError
+
+PRESET_DIR = Path(__file__).with_name("presets")
+
+
+def _field(default, help: str, choices: tuple | None = None):
+    metadata = {"help": help, "choices": choices}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=type(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+@dataclass
+class ModelConfig:
+    model: str = _field("resnet20", "model name from the registry (`resnets models`)")
+    # Extra keyword arguments for create_model, e.g. {shortcut = "B"}. num_classes and
+    # in_channels always come from the dataset.
+    model_args: dict = _field({}, "extra create_model keyword arguments (TOML inline table; "
+                              "CLI: KEY=VALUE,KEY=VALUE)")
+
+
+@dataclass
+class DataConfig:
+    data: str = _field("bundled", "dataset: bundled | cifar10 | cifar100 | folder:PATH")
+    data_dir: str | None = _field(None, "where datasets are stored/downloaded (None: default)")
+    val_fraction: float | None = _field(
+        None, "fraction of training images held out for validation (None: the dataset's "
+        "default, CIFAR 5k of 50k, others 0.1; 0: no validation split)")
+    split_seed: int = _field(0, "seed of the train/validation split (fixed across runs so that "
+                             "seeds vary the training, not the data)")
+    image_size: int | None = _field(None, "resize images to this size (None: native)")
+    normalize: str = _field("channel", "input normalisation fitted on the training images",
+                            choices=("pixel_mean", "channel", "none"))
+    pad: int = _field(4, "pad-and-random-crop augmentation, pixels (0: off)")
+    flip: bool | None = _field(None, "random horizontal flips (None: the dataset's default, "
+                               "off for digits, on for photos)")
+
+
+@dataclass
+class OptimConfig:
+    epochs: float | None = _field(None, "length of training in epochs (exactly one of "
+                                  "epochs / iters)")
+    iters: int | None = _field(None, "length of training in optimizer steps")
+    batch_size: int = _field(128, "images per step")
+    lr: float = _field(0.1, "peak learning rate")
+    momentum: float = _field(0.9, "SGD momentum")
+    nesterov: bool = _field(False, "Nesterov momentum")
+    wd: float = _field(5e-4, "weight decay (L2, applied to every parameter, as in the paper)")
+    schedule: str = _field("cosine", "learning-rate decay after warm-up",
+                           choices=("cosine", "step", "constant"))
+    milestones: list = _field([], "steps at which `step` multiplies lr by gamma (empty: at "
+                              "50% and 75% of training)")
+    gamma: float = _field(0.1, "lr factor at each milestone")
+    warmup: int = _field(0, "warm-up length in steps (0: none)")
+    warmup_mode: str = _field("linear", "linear: ramp from lr/warmup to lr; constant: hold "
+                              "warmup_lr", choices=("linear", "constant"))
+    warmup_lr: float = _field(0.01, "lr during a constant warm-up")
+    warmup_min_depth: int = _field(0, "apply the warm-up only to models at least this deep "
+                                   "(paper: 110); 0: always")
+
+
+@dataclass
+class RunConfig:
+    seed: int = _field(0, "seed of initialisation, shuffling and augmentation")
+    device: str = _field("auto", "auto (CUDA if present, else CPU) | cpu | cuda | cuda:N")
+    precision: str = _field("bf16", "bf16: autocast with fp32 weights; fp32: plain",
+                            choices=("bf16", "fp32"))
+    channels_last: bool = _field(True, "NHWC memory format (faster convolutions)")
+    compile: bool = _field(False, "torch.compile the model")
+    out: str = _field("runs", "parent folder of run directories")
+    name: str | None = _field(None, "run directory name (None: MODEL-DATA-TIMESTAMP)")
+    log_every: int = _field(0, "steps between training lines in metrics.jsonl "
+                            "(0: about 10 per epoch)")
+    eval_every: int = _field(0, "steps between validation/test evaluations (0: once per epoch)")
+    eval_batch_size: int = _field(500, "images per evaluation batch")
+
+
+@dataclass
+class Config:
+    """A resolved training configuration (see the module docstring for the layers)."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def flat(self) -> dict[str, Any]:
+        """All fields by flat name (the same names as TOML keys and CLI flags)."""
+        out = {}
+        for section in _SECTIONS:
+            out.update(dataclasses.asdict(getattr(self, section)))
+        return out
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        """Nested plain dict by section (what config.json and checkpoints store)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Config":
+        """Inverse of `to_dict` (also accepts a flat dict); validated."""
+        return _build(_flatten(data, source="saved config"))
+
+    def __getattr__(self, name: str):
+        # Flat access: config.lr == config.optim.lr. Only called for names not found normally,
+        # so `config.model` and `config.data` are the sections; their fields `model` and `data`
+        # are `config.model.model` and `config.data.data`.
+        section = _SECTION_OF.get(name)
+        if section is None:
+            raise AttributeError(name)
+        return getattr(object.__getattribute__(self, section), name)
+
+
+_SECTIONS = {"model": ModelConfig, "data": DataConfig, "optim": OptimConfig, "run": RunConfig}
+FIELDS: dict[str, dataclasses.Field] = {
+    f.name: f for cls in _SECTIONS.values() for f in dataclasses.fields(cls)
+}
+_SECTION_OF = {f.name: section for section, cls in _SECTIONS.items()
+               for f in dataclasses.fields(cls)}
+
+
+def list_presets() -> list[str]:
+    """Names of the bundled presets."""
+    return sorted(p.stem for p in PRESET_DIR.glob("*.toml"))
+
+
+def resolve_config(preset: str | None = None, file: str | Path | None = None,
+                   overrides: dict | None = None) -> Config:
+    """Build a validated `Config`: defaults, then `preset`, then TOML `file`, then `overrides`.
+
+    Each layer replaces only the fields it names (flat names; TOML tables named after a
+    section, e.g. `[optim]`, are accepted too). Setting `epochs` in a layer clears an `iters`
+    from an earlier layer and vice versa. Overrides whose value is None are ignored.
+    """
+    values: dict[str, Any] = {}
+    layers: list[tuple[str, dict]] = []
+    if preset is not None:
+        path = PRESET_DIR / f"{preset}.toml"
+        if not re.fullmatch(r"[A-Za-z0-9_-]+", preset) or not path.is_file():
+            raise UserError(f"unknown preset {preset!r}; valid: {', '.join(list_presets())}")
+        layers.append((f"preset {preset}", _read_toml(path)))
+    if file is not None:
+        layers.append((str(file), _read_toml(Path(file))))
+    if overrides:
+        layers.append(("overrides", {k: v for k, v in overrides.items() if v is not None}))
+    for source, layer in layers:
+        flat = _flatten(layer, source)
+        if "epochs" in flat and "iters" in flat and None not in (flat["epochs"], flat["iters"]):
+            raise UserError(f"{source}: give epochs or iters, not both")
+        if "epochs" in flat:
+            values["iters"] = None
+        if "iters" in flat:
+            values["epochs"] = None
+        values.update(flat)
+    return _build(values)
+
+
+def _read_toml(path: Path) -> dict:
+    if not path.is_file():
+        raise UserError(f"config file not found: {path}")
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except tomllib.TOMLDecodeError as error:
+        raise UserError(f"{path}: not valid TOML ({error})") from None
+
+
+def _flatten(data: dict, source: str) -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if key in _SECTIONS and isinstance(value, dict):
+            flat.update(_flatten(value, source))
+        elif key in FIELDS:
+            flat[key] = value
+        else:
+            raise UserError(f"{source}: unknown config key {key!r}; valid keys: "
+                            f"{', '.join(sorted(FIELDS))}")
+    return flat
+
+
+def _build(values: dict[str, Any]) -> Config:
+    sections = {}
+    for name, cls in _SECTIONS.items():
+        kwargs = {}
+        for f in dataclasses.fields(cls):
+            if f.name in values:
+                kwargs[f.name] = _coerce(f.name, values[f.name])
+        sections[name] = cls(**kwargs)
+    config = Config(**sections)
+    if config.model_args is None:
+        config.model.model_args = {}
+    if config.milestones is None:
+        config.optim.milestones = []
+    _validate(config)
+    return config
+
+
+# Field types as written in the dataclasses (kept as strings by `from __future__ import
+# annotations`), mapped to what a value must be.
+def _coerce(name: str, value: Any) -> Any:
+    kind = FIELDS[name].type.replace(" | None", "")
+    optional = "None" in FIELDS[name].type
+    if value is None:
+        if optional or kind in ("dict", "list"):
+            return None
+        raise UserError(f"{name} must not be empty")
+    if kind == "bool":
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        if not isinstance(value, bool):
+            raise UserError(f"{name} must be true or false, got {value!r}")
+        return value
+    if kind == "int":
+        if isinstance(value, str):
+            value = _parse_number(name, value, int)
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise UserError(f"{name} must be an integer, got {value!r}")
+        return value
+    if kind == "float":
+        if isinstance(value, str):
+            value = _parse_number(name, value, float)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UserError(f"{name} must be a number, got {value!r}")
+        if not math.isfinite(value):
+            raise UserError(f"{name} must be finite, got {value!r}")
+        return float(value)
+    if kind == "str":
+        if not isinstance(value, str):
+            raise UserError(f"{name} must be a string, got {value!r}")
+        choices = FIELDS[name].metadata.get("choices")
+        if choices and value not in choices:
+            raise UserError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+        return value
+    if kind == "list":
+        if isinstance(value, str):
+            value = [part for part in value.replace(" ", "").split(",") if part]
+        if not isinstance(value, (list, tuple)):
+            raise UserError(f"{name} must be a list of integers, got {value!r}")
+        return [_coerce_int_item(name, v) for v in value]
+    if kind == "dict":
+        if isinstance(value, str):
+            value = _parse_key_values(name, value)
+        if not isinstance(value, dict):
+            raise UserError(f"{name} must be a table of KEY=VALUE, got {value!r}")
+        return dict(value)
+    raise AssertionError(f"unhandled config type {kind} for {name}")
+
+
+def _coerce_int_item(name: str, value: Any) -> int:
+    if isinstance(value, str):
+        value = _parse_number(name, value, int)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise UserError(f"{name} must be a list of integers, got item {value!r}")
+    return value
+
+
+def _parse_number(name: str, text: str, kind: type):
+    try:
+        return kind(text)
+    except ValueError:
+        if kind is int:
+            try:
+                as_float = float(text)  # accept "64e3" for 64000
+            except ValueError:
+                as_float = None
+            if as_float is not None and as_float.is_integer():
+                return int(as_float)
+        raise UserError(f"{name} must be {'an integer' if kind is int else 'a number'}, "
+                        f"got {text!r}") from None
+
+
+def _parse_key_values(name: str, text: str) -> dict:
+    out: dict[str, Any] = {}
+    for item in filter(None, text.split(",")):
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"{name} must be KEY=VALUE[,KEY=VALUE...], got {text!r}")
+        out[key.strip()] = _guess_scalar(raw.strip())
+    return out
+
+
+def _guess_scalar(text: str) -> Any:
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _validate(config: Config) -> None:
+    if (config.epochs is None) == (config.iters is None):
+        raise UserError("set exactly one of epochs or iters (e.g. --epochs 20 or --iters 64000)")
+    if config.epochs is not None and not config.epochs > 0:
+        raise UserError(f"epochs must be > 0, got {config.epochs}")
+    if config.iters is not None and config.iters < 1:
+        raise UserError(f"iters must be >= 1, got {config.iters}")
+    positive = {"batch_size": 1, "eval_batch_size": 1}
+    for name, low in positive.items():
+        if getattr(config, name) < low:
+            raise UserError(f"{name} must be >= {low}, got {getattr(config, name)}")
+    for name in ("lr", "warmup_lr"):
+        if not getattr(config, name) > 0:
+            raise UserError(f"{name} must be > 0, got {getattr(config, name)}")
+    for name in ("momentum", "wd", "warmup", "warmup_min_depth", "pad", "log_every",
+                 "eval_every", "gamma"):
+        if getattr(config, name) < 0:
+            raise UserError(f"{name} must be >= 0, got {getattr(config, name)}")
+    if not 0 <= config.momentum < 1:
+        raise UserError(f"momentum must be in [0, 1), got {config.momentum}")
+    if config.nesterov and config.momentum == 0:
+        raise UserError("nesterov needs momentum > 0")
+    if config.val_fraction is not None and not 0 <= config.val_fraction < 1:
+        raise UserError(f"val_fraction must be in [0, 1), got {config.val_fraction}")
+    if config.image_size is not None and config.image_size < 1:
+        raise UserError(f"image_size must be >= 1, got {config.image_size}")
+    if any(m < 1 for m in config.milestones) or config.milestones != sorted(config.milestones):
+        raise UserError(f"milestones must be increasing positive steps, got {config.milestones}")
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", config.device):
+        raise UserError(f"device must be auto, cpu, cuda, cuda:N or mps, got {config.device!r}")
+    if config.name is not None and (not config.name or "/" in config.name or
+                                    config.name in (".", "..")):
+        raise UserError(f"name must be a plain folder name, got {config.name!r}")
+    for key in ("num_classes", "in_channels"):
+        if key in config.model_args:
+            raise UserError(f"model_args must not set {key}: it comes from the dataset")

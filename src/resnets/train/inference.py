@@ -1,0 +1,141 @@
+"""Using a trained checkpoint: rebuild its model, evaluate it on a dataset, classify images.
+
+`load_trained(path)` gives the model (eval mode, fp32), the saved normalizer, the class names
+and the input size; `predict_images` reads image files of any size and mode, converts them to
+the model's channels, resizes the shorter side and centre-crops to the training size, applies
+the saved normalizer and returns the top classes with their probabilities.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from resnets.errors import UserError
+from resnets.train import loop
+from resnets.train.checkpoint import load_checkpoint, resolve_checkpoint_path
+from resnets.train.config import Config
+
+
+@dataclass
+class Trained:
+    """A model rebuilt from a checkpoint, with what is needed to feed it."""
+
+    model: nn.Module          # eval mode, fp32, on `device`
+    normalizer: Any           # resnets.data.Normalizer fitted on the training images
+    classes: list[str]
+    input_size: list[int]     # [C, H, W] of the training images
+    config: Config
+    checkpoint: dict
+    path: Path
+    device: torch.device
+
+
+def load_trained(path: str | Path, device: str = "cpu") -> Trained:
+    """Rebuild the model of a checkpoint file (or of a run directory's last.pt)."""
+    path = resolve_checkpoint_path(path)
+    device_ = loop.resolve_device(device)
+    state = load_checkpoint(path, map_location=device_)
+    try:
+        model = loop.create_model(state["model"], **state["model_kwargs"])
+        model.load_state_dict(state["model_state"])
+    except UserError:
+        raise
+    except (RuntimeError, KeyError, ValueError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        raise UserError(f"{path}: the checkpoint does not fit model {state.get('model')!r} "
+                        f"({type(error).__name__}: {first[:200]})") from None
+    model.to(device_).eval()
+    return Trained(model=model, normalizer=loop.normalizer_from_state(state["normalizer"]),
+                   classes=list(state["classes"]), input_size=list(state["input_size"]),
+                   config=Config.from_dict(state["config"]), checkpoint=state, path=path,
+                   device=device_)
+
+
+def evaluate_checkpoint(trained: Trained, *, data: str | None = None,
+                        data_dir: str | None = None, split: str = "test",
+                        batch_size: int = 500, precision: str = "fp32") -> dict[str, Any]:
+    """Top-1/top-5/per-class error of a trained model on a dataset split (by default the
+    dataset and split options it was trained with)."""
+    config = trained.config
+    if data is not None or data_dir is not None:
+        flat = config.flat()
+        flat.update({k: v for k, v in {"data": data, "data_dir": data_dir}.items()
+                     if v is not None})
+        config = Config.from_dict(flat)
+    dataset = loop.load_dataset(config, split)
+    if len(dataset) == 0:
+        raise UserError(f"split {split!r} of {config.data.data!r} is empty")
+    shape = loop.image_shape(dataset)
+    if shape != trained.input_size:
+        raise UserError(f"{config.data.data} {split} images are {shape} (C, H, W) but the "
+                        f"model was trained on {trained.input_size}")
+    if list(dataset.classes) != trained.classes:
+        raise UserError(f"{config.data.data} has classes {_short(dataset.classes)}, the "
+                        f"checkpoint {_short(trained.classes)}")
+    loader = loop.make_loader(dataset, batch_size, shuffle=False, pad=0, flip=False,
+                              normalizer=trained.normalizer, device=trained.device,
+                              seed=0, drop_last=False, channels_last=False)
+    result = loop.evaluate(trained.model, loader, precision=precision,
+                           num_classes=len(trained.classes))
+    return {**result, "data": config.data.data, "split": split}
+
+
+def _short(names: Sequence[str]) -> str:
+    names = list(names)
+    return str(names) if len(names) <= 5 else f"[{', '.join(names[:5])}, ...] ({len(names)})"
+
+
+def load_image(path: str | Path, input_size: Sequence[int]) -> torch.Tensor:
+    """An image file as a uint8 (C, H, W) tensor in the model's input format.
+
+    Any mode is converted to L (1 channel) or RGB (3 channels); the shorter side is resized to
+    the training size and the centre cropped, so any size and aspect ratio works.
+    """
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    channels, height, width = input_size
+    if channels not in (1, 3):
+        raise UserError(f"predict supports 1- or 3-channel models, this one has {channels}")
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"image not found: {path}")
+    try:
+        with Image.open(path) as image:
+            image = ImageOps.exif_transpose(image)
+            if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P"
+                                                       and "transparency" in image.info):
+                # Composite transparency onto black, the background of the training digits
+                # and the usual padding colour.
+                rgba = image.convert("RGBA")
+                background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+                image = Image.alpha_composite(background, rgba)
+            image = image.convert("L" if channels == 1 else "RGB")
+            scale = max(height / image.height, width / image.width)
+            size = (max(width, round(image.width * scale)), max(height, round(image.height
+                                                                               * scale)))
+            image = image.resize(size, Image.Resampling.BILINEAR)
+            left, top = (size[0] - width) // 2, (size[1] - height) // 2
+            image = image.crop((left, top, left + width, top + height))
+            data = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8)
+    except (UnidentifiedImageError, OSError) as error:
+        raise UserError(f"{path}: not an image this program can read "
+                        f"({type(error).__name__})") from None
+    return data.view(height, width, channels).permute(2, 0, 1).contiguous()  # (C, H, W)
+
+
+@torch.no_grad()
+def predict_images(trained: Trained, paths: Sequence[str | Path], top: int = 5
+                   ) -> list[list[tuple[str, float]]]:
+    """For each image, the `top` classes as (name, probability), most likely first."""
+    images = torch.stack([load_image(p, trained.input_size) for p in paths])  # (N, C, H, W)
+    inputs = trained.normalizer(images.float()).to(trained.device)
+    probabilities = torch.softmax(trained.model(inputs).float(), dim=1)
+    k = min(top, len(trained.classes))
+    values, indices = probabilities.topk(k, dim=1)
+    return [[(trained.classes[i], float(p)) for p, i in zip(row_p.tolist(), row_i.tolist())]
+            for row_p, row_i in zip(values, indices)]

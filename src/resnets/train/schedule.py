@@ -1,0 +1,73 @@
+"""The learning rate as a pure function of the step.
+
+`lr_at(step, ...)` is the rate used for the optimizer update numbered `step` (0-based). Because
+it depends on nothing but the step, a resumed run needs only the step to be back on schedule,
+and the schedule can be plotted or tested without training anything.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from functools import partial
+from typing import Callable, Sequence
+
+
+def lr_at(step: int, *, lr: float, total_steps: int, schedule: str = "cosine",
+          milestones: Sequence[int] = (), gamma: float = 0.1, warmup: int = 0,
+          warmup_mode: str = "linear", warmup_lr: float = 0.01) -> float:
+    """Learning rate for the update at `step` (0-based) of a `total_steps`-long run.
+
+    Warm-up (steps 0..warmup-1): "linear" ramps lr*(step+1)/warmup, reaching `lr` at its last
+    step; "constant" holds `warmup_lr` (the paper's 0.01 for ResNet-110). From `warmup` on:
+      cosine    lr * (1 + cos(pi * t)) / 2, t = (step - warmup) / (total_steps - warmup)
+      step      lr * gamma ** (number of milestones <= step), milestones in steps; none given
+                means 50% and 75% of total_steps
+      constant  lr
+    """
+    if step < warmup:
+        if warmup_mode == "linear":
+            return lr * (step + 1) / warmup
+        if warmup_mode == "constant":
+            return warmup_lr
+        raise ValueError(f"unknown warmup_mode {warmup_mode!r}")
+    if schedule == "constant":
+        return lr
+    if schedule == "step":
+        points = milestones or default_milestones(total_steps)
+        return lr * gamma ** sum(1 for m in points if step >= m)
+    if schedule == "cosine":
+        span = max(total_steps - warmup, 1)
+        progress = min((step - warmup) / span, 1.0)
+        return lr * 0.5 * (1.0 + math.cos(math.pi * progress))
+    raise ValueError(f"unknown schedule {schedule!r}")
+
+
+def default_milestones(total_steps: int) -> list[int]:
+    """Milestones at 50% and 75% of training (the paper's 32k/48k of 64k)."""
+    return [total_steps // 2, total_steps * 3 // 4]
+
+
+def model_depth(model_name: str, model_args: dict | None = None) -> int | None:
+    """Depth of a named model ("resnet110" -> 110; "cifar_resnet" with depth=...); None if
+    the name carries no depth."""
+    if model_args and isinstance(model_args.get("depth"), int):
+        return model_args["depth"]
+    match = re.search(r"(\d+)$", model_name)
+    return int(match.group(1)) if match else None
+
+
+def schedule_from_config(config, total_steps: int) -> Callable[[int], float]:
+    """`lr_at` with the config's settings bound: a function of the step alone.
+
+    The warm-up is dropped for models shallower than `warmup_min_depth` (the paper warms up
+    only ResNet-110 and deeper).
+    """
+    warmup = config.warmup
+    if config.warmup_min_depth:
+        depth = model_depth(config.model.model, config.model_args)
+        if depth is None or depth < config.warmup_min_depth:
+            warmup = 0
+    return partial(lr_at, lr=config.lr, total_steps=total_steps, schedule=config.schedule,
+                   milestones=tuple(config.milestones), gamma=config.gamma, warmup=warmup,
+                   warmup_mode=config.warmup_mode, warmup_lr=config.warmup_lr)
