@@ -1,0 +1,89 @@
+import hashlib
+import http.server
+import threading
+
+import pytest
+import torch
+
+from resnets.cli import main
+from resnets.data import download, load
+from resnets.errors import UserError
+
+
+@pytest.fixture
+def server(cifar10):
+    """An http.server on 127.0.0.1 serving /good (the archive) and /drop (half, then hang up)."""
+    payload = cifar10["archive"].read_bytes()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            if self.path not in ("/good", "/drop"):
+                self.send_error(404)
+                return
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            if self.path == "/good":
+                self.wfile.write(payload)
+            else:
+                self.wfile.write(payload[: len(payload) // 2])
+                self.wfile.flush()
+                self.close_connection = True  # the connection drops midway
+
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
+    thread.start()
+    yield {"url": f"http://127.0.0.1:{httpd.server_address[1]}", "md5": hashlib.md5(payload).hexdigest(),
+           "cifar": cifar10}
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def test_good_archive_is_checked_renamed_and_extracted(server, tmp_path):
+    to = tmp_path / "data"
+    folder = download("cifar10", to, url=server["url"] + "/good", md5=server["md5"])
+    assert folder == to / "cifar-10-batches-py" and (folder / "data_batch_5").is_file()
+    assert sorted(p.name for p in to.iterdir()) == ["cifar-10-batches-py", "cifar-10-python.tar.gz"]
+    test = load("cifar10", "test", root=str(to))
+    assert test.labels.tolist() == server["cifar"]["test"][1]
+    # a second call finds both steps done
+    assert download("cifar10", to, url=server["url"] + "/missing", md5=server["md5"]) == folder
+
+
+def test_wrong_md5_leaves_nothing(server, tmp_path):
+    to = tmp_path / "data"
+    with pytest.raises(UserError, match=r"/good has MD5 [0-9a-f]{32}, expected c58f30108f718f92721af3b95e74349a"):
+        download("cifar10", to, url=server["url"] + "/good")  # the official MD5: our tiny archive fails it
+    assert list(to.iterdir()) == []
+
+
+def test_dropped_connection_leaves_nothing_and_a_retry_starts_clean(server, tmp_path):
+    to = tmp_path / "data"
+    with pytest.raises(UserError, match="/drop"):
+        download("cifar10", to, url=server["url"] + "/drop", md5=server["md5"])
+    assert list(to.iterdir()) == []
+    (to / "cifar-10-python.tar.gz.part").write_bytes(b"stale bytes from a killed run")
+    folder = download("cifar10", to, url=server["url"] + "/good", md5=server["md5"])
+    assert folder.is_dir() and not (to / "cifar-10-python.tar.gz.part").exists()
+    archive = (to / "cifar-10-python.tar.gz").read_bytes()
+    assert hashlib.md5(archive).hexdigest() == server["md5"]
+
+
+def test_http_error_and_unknown_name(server, tmp_path):
+    to = tmp_path / "data"
+    with pytest.raises(UserError, match="404"):
+        download("cifar100", to, url=server["url"] + "/nothing-here")
+    assert list(to.iterdir()) == []
+    with pytest.raises(UserError, match="'mnist'.*cifar10, cifar100"):
+        download("mnist", tmp_path)
+
+
+def test_cli_download_reports_one_line(server, tmp_path, capsys):
+    to = tmp_path / "data"
+    assert main(["download", "cifar10", "--to", str(to), "--url", server["url"] + "/drop"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: download of") and err.count("\n") == 1
+    assert list(to.iterdir()) == []

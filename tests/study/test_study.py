@@ -1,0 +1,141 @@
+"""`resnets study`: a micro study writes every output, skips finished runs, survives a kill."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import resnets
+from resnets.cli import main
+from resnets.study import degradation
+from resnets.study.degradation import Study, read_study, run_study
+from resnets.study.report import collect
+
+TRAIN = {"data": "bundled", "iters": 8, "batch_size": 16, "log_every": 2, "eval_every": 4,
+         "eval_batch_size": 500, "precision": "fp32"}
+
+
+def micro_study(name="micro", depths=(8, 14), iters=8):
+    return Study(name=name, kinds=["plain", "resnet"], depths=list(depths), seeds=[0], preset="quick",
+                 train={**TRAIN, "iters": iters}).validate()
+
+
+def _records(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def finished_study(tmp_path_factory):
+    root = tmp_path_factory.mktemp("studies")
+    run_study(micro_study(), root, progress="none", log=lambda line: None)
+    return root / "micro"
+
+
+def test_micro_study_writes_every_output(finished_study):
+    assert read_study(finished_study / "study.toml") == micro_study()
+    for run in ("plain8-seed0", "resnet8-seed0", "plain14-seed0", "resnet14-seed0"):
+        run_dir = finished_study / "runs" / run
+        for name in ("config.json", "metrics.jsonl", "summary.json", "checkpoints/last.pt"):
+            assert (run_dir / name).is_file(), f"{run}/{name}"
+    report = finished_study / "report"
+    assert (report / "figure6.png").stat().st_size > 10_000
+    assert (report / "figure6.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (report / "table.md").read_text().startswith("| model | layers | params")
+    assert len((report / "table.csv").read_text().splitlines()) == 5
+    summary = json.loads((report / "summary.json").read_text())
+    assert {(row["kind"], row["depth"]) for row in summary["rows"]} == {
+        ("plain", 8), ("resnet", 8), ("plain", 14), ("resnet", 14)}
+
+
+def test_table_numbers_equal_those_in_the_runs_metrics(finished_study):
+    summary = json.loads((finished_study / "report" / "summary.json").read_text())
+    table = (finished_study / "report" / "table.md").read_text()
+    for row in summary["rows"]:
+        run_dir = finished_study / "runs" / f"{row['kind']}{row['depth']}-seed0"
+        records = _records(run_dir)
+        train = [r for r in records if r["split"] == "train"]
+        # 8 steps are less than one epoch: every training record lies in the last epoch
+        steps = [r["step"] for r in train]
+        weights = [b - a for a, b in zip([0] + steps[:-1], steps)]
+        expected_train = sum(r["err"] * w for r, w in zip(train, weights)) / sum(weights)
+        expected_test = [r for r in records if r["split"] == "test"][-1]["err"]
+        assert row["train_err_mean"] == pytest.approx(expected_train, rel=1e-12)
+        assert row["test_err_mean"] == expected_test
+        assert row["params"] == json.loads((run_dir / "summary.json").read_text())["params"]
+        assert f"| {row['kind']}{row['depth']} | {row['depth']} | {row['params']:,} | {expected_train:.2f} | " \
+               f"{expected_test:.2f} | 1 |" in table
+
+
+def test_running_again_trains_nothing(finished_study, monkeypatch):
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr("resnets.train.fit", no_training)
+    before = {p: p.stat().st_mtime_ns for p in finished_study.glob("runs/*/metrics.jsonl")}
+    lines = []
+    run_study(micro_study(), finished_study.parent, progress="none", log=lines.append)
+    assert sum("skipped" in line for line in lines) == 4
+    assert {p: p.stat().st_mtime_ns for p in finished_study.glob("runs/*/metrics.jsonl")} == before
+
+
+def test_report_command_redraws_from_metrics_alone(finished_study, capsys):
+    (finished_study / "report" / "figure6.png").unlink()
+    assert main(["study", "report", str(finished_study)]) == 0
+    assert (finished_study / "report" / "figure6.png").is_file()
+    assert "figure6.png" in capsys.readouterr().out
+
+
+def test_killed_study_finishes_when_run_again_with_no_run_trained_twice(tmp_path):
+    study = micro_study(name="killed", depths=(8,), iters=40)
+    study_file = tmp_path / "killed.toml"
+    study_file.write_text(study.to_toml())
+    command = [sys.executable, "-m", "resnets", "study", "--config", str(study_file),
+               "--out", str(tmp_path), "--progress", "none"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    second = tmp_path / "killed" / "runs" / "resnet8-seed0" / "checkpoints" / "last.pt"
+    first_summary = tmp_path / "killed" / "runs" / "plain8-seed0" / "summary.json"
+    deadline = time.monotonic() + 240
+    while not second.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert process.poll() is None, "the study ended before it could be killed"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert first_summary.is_file() and not (second.parent.parent / "summary.json").exists()
+    first_finished = first_summary.stat().st_mtime_ns
+
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "plain8-seed0: finished earlier, skipped" in result.stderr
+    assert "resuming resnet8-seed0" in result.stderr
+    assert first_summary.stat().st_mtime_ns == first_finished
+    steps = [r["step"] for r in _records(second.parent.parent) if r["split"] == "train"]
+    assert steps == sorted(set(steps)) and steps[-1] == 40  # no step logged twice
+
+
+def test_bad_study_settings_are_one_line_errors(tmp_path, capsys):
+    assert main(["study", "--depths", "21", "--out", str(tmp_path)]) == 2
+    assert "nearest valid depths are 20 and 26" in capsys.readouterr().err
+    assert main(["study", "--kinds", "wide", "--out", str(tmp_path)]) == 2
+    assert "unknown model kind 'wide'" in capsys.readouterr().err
+    (tmp_path / "bad.toml").write_text("depths = [20]\ncolour = 'red'\n")
+    assert main(["study", "--config", str(tmp_path / "bad.toml")]) == 2
+    assert "unknown study keys ['colour']" in capsys.readouterr().err
+    assert main(["study", "report", str(tmp_path)]) == 2
+    assert "not a study directory" in capsys.readouterr().err
+
+
+def test_a_saved_study_must_match_the_one_asked_for(finished_study):
+    different = micro_study(depths=(8,))
+    with pytest.raises(resnets.UserError, match="holds a different study"):
+        degradation.prepare(different, finished_study.parent)
+
+
+def test_default_study_is_the_paper_depths():
+    study = degradation.default_study()
+    assert study.kinds == ["plain", "resnet"] and study.depths == [20, 32, 44, 56]
+    assert study.train["data"] == "bundled"
