@@ -131,24 +131,36 @@ def torchvision_state_dict(checkpoint: str | Path) -> dict[str, torch.Tensor]:
     if name not in TORCHVISION_NAMES:
         raise UserError(f"--torchvision works for {', '.join(TORCHVISION_NAMES)}; this "
                         f"checkpoint is {name!r} (torchvision has no such model)")
-    kwargs = state["model_kwargs"]
-    if kwargs.get("in_channels", 3) != 3:
-        raise UserError(f"torchvision's {name} takes 3-channel images; this model was "
-                        f"trained on {kwargs['in_channels']}-channel ones")
-    for key, value in kwargs.items():
-        if key in ("num_classes", "in_channels"):
-            continue
-        if key in TORCHVISION_COMPATIBLE and TORCHVISION_COMPATIBLE[key] == value:
-            continue
-        raise UserError(f"this {name} was built with {key}={value!r}, which torchvision's "
-                        f"{name} does not have")
+    problem = _torchvision_mismatch(name, state["model_kwargs"])
+    if problem:
+        raise UserError(f"cannot export this {name} for torchvision: {problem}")
     return {key: tensor.detach().cpu().contiguous()
             for key, tensor in state["model_state"].items()}
 
 
-# Model options whose torchvision-equivalent value is known; any other option makes the
-# architecture differ from torchvision's.
-TORCHVISION_COMPATIBLE: dict[str, Any] = {}
+def _torchvision_mismatch(name: str, kwargs: dict) -> str | None:
+    """Why a model built with `kwargs` computes something else than torchvision's `name`
+    (None when it does not). torchvision: 3 input channels, width 64, projection shortcuts
+    where the shape changes (B), post-activation units, bottleneck stride on the 3x3 (v1.5)."""
+    if kwargs.get("in_channels", 3) != 3:
+        return f"torchvision's {name} takes 3-channel images, this one {kwargs['in_channels']}"
+    if kwargs.get("width", 64) != 64:
+        return f"width={kwargs['width']} (torchvision: 64)"
+    if kwargs.get("shortcut", "B") != "B":
+        return f"shortcut={kwargs['shortcut']!r} (torchvision's shortcuts are option B)"
+    if kwargs.get("preact", False):
+        return "pre-activation units (torchvision's are post-activation)"
+    bottleneck = name in ("resnet50", "resnet101", "resnet152")
+    if bottleneck and kwargs.get("bottleneck_stride", "1x1") != "3x3":
+        return ("its bottleneck stride is on the 1x1 conv (the paper's v1); torchvision's is on "
+                "the 3x3 (v1.5), so the weights would load but compute something else; train "
+                "with --model-args bottleneck_stride=3x3")
+    known = {"num_classes", "in_channels", "width", "shortcut", "preact", "zero_init_last",
+             "bottleneck_stride"}
+    unknown = sorted(set(kwargs) - known)
+    if unknown:
+        return f"model options {', '.join(unknown)} have no torchvision equivalent"
+    return None
 
 
 def export_torchvision(checkpoint: str | Path, out: str | Path) -> dict[str, Any]:

@@ -41,3 +41,49 @@ def test_torchvision_export_refuses_models_torchvision_does_not_have(tiny_run, t
     with pytest.raises(UserError, match="resnet18, resnet34.*'tiny'"):
         export_torchvision(tiny_run, tmp_path / "tv.pt")
     assert not (tmp_path / "tv.pt").exists()
+
+
+def _imagenet_checkpoint(path, name, **model_args):
+    from resnets.models import create_model
+    from resnets.train.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=7, **model_args).eval()
+    kwargs = {"num_classes": 7, "in_channels": model_args.pop("in_channels", 3), **model_args}
+    save_checkpoint({"model": name, "model_kwargs": kwargs, "model_state": model.state_dict()},
+                    path)
+    return model
+
+
+def test_torchvision_export_is_the_state_dict_in_torchvision_names(tmp_path):
+    model = _imagenet_checkpoint(tmp_path / "r18.pt", "resnet18")
+    result = export_torchvision(tmp_path / "r18.pt", tmp_path / "tv.pt")
+    state = torch.load(tmp_path / "tv.pt", weights_only=True)
+    assert result["tensors"] == len(state) == 122  # torchvision's resnet18 state dict size
+    assert state.keys() == model.state_dict().keys()
+    assert state["fc.weight"].shape == (7, 512)
+    assert state["layer2.0.downsample.0.weight"].shape == (128, 64, 1, 1)
+
+
+@pytest.mark.parametrize("name, model_args, words", [
+    ("resnet50", {}, "bottleneck stride is on the 1x1"),
+    ("resnet18", {"shortcut": "A"}, "shortcut='A'"),
+    ("resnet18", {"in_channels": 1}, "3-channel images"),
+])
+def test_torchvision_export_refuses_architectures_torchvision_computes_differently(
+        tmp_path, name, model_args, words):
+    _imagenet_checkpoint(tmp_path / "m.pt", name, **model_args)
+    with pytest.raises(UserError, match=words):
+        export_torchvision(tmp_path / "m.pt", tmp_path / "tv.pt")
+
+
+def test_torchvision_loads_the_export_strictly_and_computes_the_same(tmp_path):
+    torchvision = pytest.importorskip("torchvision")
+    for name, args in (("resnet34", {}), ("resnet50", {"bottleneck_stride": "3x3"})):
+        ours = _imagenet_checkpoint(tmp_path / "m.pt", name, **args)
+        export_torchvision(tmp_path / "m.pt", tmp_path / "tv.pt")
+        theirs = getattr(torchvision.models, name)(num_classes=7).eval()
+        theirs.load_state_dict(torch.load(tmp_path / "tv.pt", weights_only=True), strict=True)
+        x = torch.randn(1, 3, 64, 64)
+        with torch.no_grad():
+            assert torch.allclose(theirs(x), ours(x), atol=1e-5)
