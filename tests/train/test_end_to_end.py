@@ -1,0 +1,70 @@
+"""`resnets train` on the real bundled digits and the real resnet20, for a few steps, then
+every command that reads a run directory. One short training run serves the whole module."""
+
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+from resnets.cli import main
+from resnets.data import load
+from resnets.train import load_checkpoint
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    argv = ["train", "--iters", "3", "--batch-size", "32", "--device", "cpu", "--out",
+            str(out), "--name", "quick", "--progress", "none"]
+    assert main(argv) == 0
+    return out / "quick"
+
+
+def test_train_writes_a_complete_run_directory(run_dir):
+    assert sorted(p.name for p in run_dir.iterdir()) == [
+        "checkpoints", "config.json", "metrics.jsonl", "plots", "summary.json"]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["model"] == "resnet20" and summary["steps"] == 3
+    assert 0 <= summary["final"]["test_err"] <= 100 and summary["best"]["split"] == "val"
+    state = load_checkpoint(run_dir)
+    # Input channels and classes come from the dataset: 1x28x28 digits, 10 classes.
+    assert state["model_kwargs"] == {"num_classes": 10, "in_channels": 1}
+    assert state["input_size"] == [1, 28, 28] and state["classes"][3] == "3"
+    assert state["config"]["run"]["precision"] == "bf16"
+    assert state["config"]["data"]["pad"] == 2 and state["config"]["data"]["flip"] is False
+    records = [json.loads(line) for line in open(run_dir / "metrics.jsonl")]
+    # quick logs every 7 steps; a run shorter than that logs once, at its end, then evaluates.
+    assert [(r["split"], r["step"]) for r in records] == [("train", 3), ("val", 3), ("test", 3)]
+
+
+def test_eval_on_the_run(run_dir, capsys):
+    assert main(["eval", str(run_dir), "--device", "cpu"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("resnet20 on bundled test (1000 images): top-1 error ")
+    assert len(out) == 2 + 10
+
+
+def test_predict_on_a_digit_photo(run_dir, tmp_path, capsys):
+    digit = load("bundled", "test").images[0, 0].numpy()
+    Image.fromarray(digit).convert("RGB").resize((100, 80)).save(tmp_path / "digit.jpg")
+    assert main(["predict", str(run_dir), str(tmp_path / "digit.jpg")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 4 and out[1].split()[0] in [str(d) for d in range(10)]
+
+
+def test_plot_the_run(run_dir, tmp_path):
+    assert main(["plot", str(run_dir), "--out", str(tmp_path)]) == 0
+    assert {p.name for p in tmp_path.iterdir()} == {"loss.png", "error.png"}
+
+
+def test_export_the_run_to_onnx(run_dir, tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    assert main(["export", str(run_dir), "--onnx", str(tmp_path / "digits.onnx")]) == 0
+    assert "onnxruntime matches PyTorch" in capsys.readouterr().out
+
+
+def test_export_the_run_for_torchvision_is_refused_with_one_line(run_dir, tmp_path, capsys):
+    assert main(["export", str(run_dir), "--torchvision", str(tmp_path / "tv.pt")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "'resnet20' (torchvision has no such model)" in err
