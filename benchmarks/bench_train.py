@@ -31,7 +31,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from resnets import create_model  # noqa: E402
 from resnets.train.loop import autocast  # noqa: E402
 
-MODES = {"fp32": ("fp32", False), "bf16+channels_last": ("bf16", True)}
+# The first two are the comparison the table is for (speed-up = second / first); the others
+# separate the two effects. --modes picks columns.
+MODES = {"fp32": ("fp32", False), "bf16+channels_last": ("bf16", True),
+         "fp32+channels_last": ("fp32", True), "bf16": ("bf16", False)}
 
 
 def hardware() -> str:
@@ -92,19 +95,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=5, help="timed runs (median reported)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     parser.add_argument("--image-size", type=int, default=32)
+    parser.add_argument("--modes", default="fp32,bf16+channels_last,fp32+channels_last,bf16",
+                        help=f"columns, from {', '.join(MODES)} (speed-up: 2nd / 1st)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--results", default=str(Path(__file__).with_name("RESULTS.md")),
                         help="markdown file the table is appended to ('' for none)")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
+    modes = args.modes.split(",")
+    unknown = [m for m in modes if m not in MODES]
+    if unknown or len(modes) < 2:
+        parser.error(f"--modes takes two or more of {', '.join(MODES)}")
 
-    header = (f"| model | batch | {' | '.join(f'{m} img/s' for m in MODES)} | speed-up |\n"
-              f"|---|---|{'---|' * len(MODES)}---|")
+    header = (f"| model | batch | {' | '.join(f'{m} img/s' for m in modes)} | "
+              f"speed-up {modes[1]} / {modes[0]} |\n|---|---|{'---|' * len(modes)}---|")
     rows = []
     print(header, flush=True)
     for model_name in args.models.split(","):
         medians, cells = [], []
-        for mode in MODES:
+        for mode in modes:
             rates = images_per_second(model_name, mode, batch_size=args.batch_size,
                                       steps=args.steps, runs=args.runs, warmup=args.warmup,
                                       device=device, image_size=args.image_size)
