@@ -103,6 +103,10 @@ def format_duration(seconds: float) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
+def _epochs(value: float) -> str:
+    return f"{value:.0f}" if float(value).is_integer() else f"{value:.1f}"
+
+
 class Progress:
     """What the training loop reports to; the base class shows nothing."""
 
@@ -152,7 +156,7 @@ class LineProgress(Progress):
     def _print(self, step: int) -> None:
         train = self.latest.get("train", {})
         total_epochs = self.total_steps / self.steps_per_epoch
-        parts = [f"epoch {step / self.steps_per_epoch:.1f}/{total_epochs:g}",
+        parts = [f"epoch {step / self.steps_per_epoch:.1f}/{_epochs(total_epochs)}",
                  f"step {step}/{self.total_steps}"]
         if train:
             parts += [f"loss {train['loss']:.4f}", f"err {train['err']:.2f}%",
@@ -189,7 +193,8 @@ class BarProgress(Progress):
             TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
             TextColumn("loss {task.fields[loss]} err {task.fields[err]} lr {task.fields[lr]}"
                        " {task.fields[img_s]} img/s {task.fields[val]}"),
-            TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn(),
+            TimeElapsedColumn(), TextColumn("elapsed,"), TimeRemainingColumn(),
+            TextColumn("left"),
             console=self.console, transient=False)
         self.bar.start()
         self.task = self.bar.add_task("train", total=total_steps, completed=start_step,
@@ -197,7 +202,7 @@ class BarProgress(Progress):
         self._set_epoch(start_step)
 
     def _set_epoch(self, step):
-        self.fields["epoch"] = f"{step / self.steps_per_epoch:.1f}/{self.total_epochs:g}"
+        self.fields["epoch"] = f"{step / self.steps_per_epoch:.1f}/{_epochs(self.total_epochs)}"
 
     def step(self, step):
         self._set_epoch(step)
@@ -209,8 +214,10 @@ class BarProgress(Progress):
         self.bar.update(self.task, **self.fields)
 
     def evaluation(self, record):
-        self.fields["val"] = f"{record['split']}_err {record['err']:.2f}%"
-        self.bar.update(self.task, **self.fields)
+        # The validation error when there is one (the test error is for the end).
+        if record["split"] == "val" or not self.fields["val"].startswith("val"):
+            self.fields["val"] = f"{record['split']}_err {record['err']:.2f}%"
+            self.bar.update(self.task, **self.fields)
 
     def message(self, text):
         self.bar.console.print(text)
