@@ -11,6 +11,7 @@ export is the state dict alone, loadable with `torchvision.models.resnet50(num_c
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 from pathlib import Path
@@ -47,11 +48,9 @@ def export_onnx(checkpoint: str | Path, out: str | Path, *, check: bool = True,
     """
     from resnets.train.inference import load_trained
 
-    try:
-        import onnx  # noqa: F401  (the exporter needs it)
-    except ImportError:
+    if any(importlib.util.find_spec(m) is None for m in ("onnx", "onnxscript")):
         raise UserError("ONNX export needs the optional extra: pip install 'resnets[onnx]' "
-                        "(onnx, onnxruntime, onnxscript)") from None
+                        "(onnx, onnxruntime, onnxscript)")
     trained = load_trained(checkpoint, device="cpu")
     module = PixelsToLogits(trained.model, trained.normalizer).eval()
     channels, height, width = trained.input_size

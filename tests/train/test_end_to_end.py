@@ -4,7 +4,6 @@ every command that reads a run directory. One short training run serves the whol
 import json
 
 import pytest
-import torch
 from PIL import Image
 
 from resnets.cli import main

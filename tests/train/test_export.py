@@ -1,7 +1,6 @@
 import pytest
 import torch
 
-import resnets.train.loop as loop
 from resnets.errors import UserError
 from resnets.export import PixelsToLogits, export_onnx, export_torchvision
 from resnets.train import fit

@@ -11,7 +11,7 @@ from resnets.train import fit, load_checkpoint
 from resnets.train.loop import TrainingDiverged, TrainingInterrupted, evaluate, train_step
 from resnets.train.metrics import read_metrics
 
-from train_fakes import FakeLoader, FakeNormalizer, TinyNet, make_dataset, tiny_config
+from train_fakes import FakeNormalizer, TinyNet, make_dataset, tiny_config
 
 
 def _train_losses(run_dir):

@@ -54,6 +54,13 @@ def test_paper_warmup_applies_only_from_depth_110(model, warmed):
     assert lr(400) == 0.1
 
 
+def test_paper_warmup_follows_the_depth_argument_of_generic_models():
+    for depth, first_lr in ((56, 0.1), (110, 0.01)):
+        config = resolve_config("paper-cifar", overrides={"model": "cifar_plain",
+                                                          "model_args": {"depth": depth}})
+        assert schedule_from_config(config, config.iters)(0) == first_lr
+
+
 def test_model_depth_reads_names_and_kwargs():
     assert model_depth("resnet110") == 110 and model_depth("plain20") == 20
     assert model_depth("cifar_resnet", {"depth": 44}) == 44

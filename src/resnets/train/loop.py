@@ -305,8 +305,9 @@ def fit(config: Config, run_dir: str | Path, *, resume: bool = False,
         raise UserError(f"batch_size {config.batch_size} is larger than the training set "
                         f"({len(train_set)} images)")
     flip = config.flip if config.flip is not None else getattr(train_set, "default_flip", False)
-    loader = make_loader(train_set, config.batch_size, shuffle=True, pad=config.pad, flip=flip, normalizer=normalizer, device=device,
-                         seed=config.seed, drop_last=True, channels_last=config.channels_last)
+    loader = make_loader(train_set, config.batch_size, shuffle=True, pad=config.pad, flip=flip,
+                         normalizer=normalizer, device=device, seed=config.seed, drop_last=True,
+                         channels_last=config.channels_last)
     eval_loaders = {split: make_loader(ds, config.eval_batch_size, shuffle=False, pad=0,
                                        flip=False, normalizer=normalizer, device=device,
                                        seed=config.seed, drop_last=False,
