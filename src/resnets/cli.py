@@ -369,7 +369,7 @@ def _cmd_eval(args) -> int:
     print(f"{trained.checkpoint['model']} on {result['data']} {args.split} ({result['n']} "
           f"images): top-1 error {result['err']:.2f}%, top-5 error {result['err_top5']:.2f}%, "
           f"loss {result['loss']:.4f}")
-    width = max(len(name) for name in trained.classes)
+    width = max(len("class"), *(len(name) for name in trained.classes))
     print(f"{'class':<{width}}  error")
     for name, err in zip(trained.classes, result["per_class_err"]):
         print(f"{name:<{width}}  {'-' if err is None else f'{err:.2f}%'}")

@@ -60,6 +60,7 @@ def test_eval_prints_top1_top5_and_per_class_error(run_dir, capsys):
     assert out[0].startswith("tiny on fake test (40 images): top-1 error ")
     assert "top-5 error 0.00%" in out[0]
     assert out[1].split() == ["class", "error"] and out[2].startswith("class0  ")
+    assert out[1].index("error") == out[2].index(out[2].split()[1])  # aligned columns
     assert len(out) == 2 + 4
 
 
