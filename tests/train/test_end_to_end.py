@@ -67,3 +67,33 @@ def test_export_the_run_for_torchvision_is_refused_with_one_line(run_dir, tmp_pa
     assert main(["export", str(run_dir), "--torchvision", str(tmp_path / "tv.pt")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "'resnet20' (torchvision has no such model)" in err
+
+
+def test_resume_with_the_real_loader_and_model_matches_step_for_step(tmp_path, monkeypatch):
+    import os
+    import signal
+
+    import resnets.train.loop as loop
+    from resnets.train import TrainingInterrupted, fit, resolve_config
+    from resnets.train.metrics import read_metrics
+
+    config = resolve_config("quick", overrides={
+        "iters": 5, "batch_size": 32, "precision": "fp32", "log_every": 1, "eval_every": 5,
+        "device": "cpu"})
+    fit(config, tmp_path / "straight", progress="none")
+    real_step, calls = loop.train_step, {"n": 0}
+
+    def step_then_ctrl_c(*args, **kwargs):
+        out = real_step(*args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+        return out
+
+    monkeypatch.setattr(loop, "train_step", step_then_ctrl_c)
+    with pytest.raises(TrainingInterrupted):
+        fit(config, tmp_path / "resumed", progress="none")
+    fit(config, tmp_path / "resumed", resume=True, progress="none")
+    losses = {run: [r["loss"] for r in read_metrics(tmp_path / run) if r["split"] == "train"]
+              for run in ("straight", "resumed")}
+    assert len(losses["straight"]) == 5 and losses["resumed"] == losses["straight"]
