@@ -24,7 +24,75 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
+    _add_model_commands(sub)
+    _add_data_commands(sub)
+    return parser
 
+
+def _add_model_commands(sub) -> None:
+    cmd = sub.add_parser("list", help="list registered models with params and FLOPs",
+                         description="List registered models: layers, parameters and multiply-adds "
+                         "at the paper's input size (3x32x32 CIFAR, 3x224x224 ImageNet).")
+    cmd.add_argument("pattern", nargs="?", default="*", help="shell-style pattern, e.g. 'resnet*'")
+    cmd.add_argument("--markdown", action="store_true", help="print a Markdown table")
+    cmd.set_defaults(run=_cmd_list)
+
+    cmd = sub.add_parser("info", help="one model, laid out like the paper's Table 1",
+                         description="Per stage: output size, units x (kernel, channels), parameters "
+                         "and multiply-add FLOPs (counted by running the model), then totals.")
+    cmd.add_argument("name", help="a registered model name (see `resnets list`)")
+    cmd.add_argument("--input-size", type=int, nargs="+", metavar="N",
+                     help="H W, C H W or one side (default: the paper's)")
+    cmd.add_argument("--num-classes", type=int, help="outputs of the fc layer")
+    cmd.add_argument("--in-channels", type=int, help="input channels (1 for grayscale)")
+    cmd.add_argument("--shortcut", help="A, B, C or none")
+    cmd.add_argument("--depth", type=int, help="for cifar_resnet / cifar_plain / imagenet_resnet")
+    cmd.add_argument("--json", action="store_true", help="print the figures as JSON")
+    cmd.set_defaults(run=_cmd_info)
+
+
+def _cmd_list(args) -> int:
+    from resnets.models.figures import stored_figures
+    from resnets.models.summary import human
+    from resnets.models.zoo import get_entry, list_models
+
+    names = list_models(args.pattern)
+    if not names:
+        raise UserError(f"no model matches {args.pattern!r} (try `resnets list`)")
+    figures = stored_figures()
+    header = ("name", "family", "input", "params", "mult-adds", "paper error %")
+    rows = []
+    for name in names:
+        entry, row = get_entry(name), figures[name]
+        error = "" if entry.paper_error is None else f"{entry.paper_error:.2f}"
+        size = "x".join(map(str, row["input_size"]))
+        rows.append((name, entry.family, size, f"{row['params']:,}", human(row["macs"]), error))
+    if args.markdown:
+        print("| " + " | ".join(header) + " |")
+        print("|" + "|".join(["---"] * 3 + ["---:"] * 3) + "|")
+        for row in rows:
+            print("| " + " | ".join(row) + " |")
+        return 0
+    print(f"{header[0]:<22} {header[1]:<9} {header[2]:<10} {header[3]:>12} {header[4]:>10} {header[5]:>14}")
+    for row in rows:
+        print(f"{row[0]:<22} {row[1]:<9} {row[2]:<10} {row[3]:>12} {row[4]:>10} {row[5]:>14}")
+    return 0
+
+
+def _cmd_info(args) -> int:
+    import json
+
+    from resnets.models.summary import format_info, model_info
+
+    kwargs = {key: value for key, value in (("num_classes", args.num_classes), ("in_channels", args.in_channels),
+                                            ("shortcut", args.shortcut), ("depth", args.depth)) if value is not None}
+    size = args.input_size[0] if args.input_size and len(args.input_size) == 1 else args.input_size
+    info = model_info(args.name, input_size=size, **kwargs)
+    print(json.dumps(info, indent=1) if args.json else format_info(info))
+    return 0
+
+
+def _add_data_commands(sub) -> None:
     download = sub.add_parser(
         "download",
         help="fetch a CIFAR archive, check its MD5 and extract it",
@@ -35,7 +103,6 @@ def _build_parser() -> argparse.ArgumentParser:
     download.add_argument("--to", required=True, metavar="DIR", help="folder to put it in (then use --data-dir DIR)")
     download.add_argument("--url", default=None, help="a mirror of the official archive (same MD5)")
     download.set_defaults(run=_cmd_download)
-    return parser
 
 
 def _cmd_download(args) -> int:
@@ -63,6 +130,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `resnets list | head`: the reader left; not an error
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,262 @@
+"""Named models: typed keyword-only builders, a registry, `create_model` and `list_models`.
+
+Every registered name maps to a builder and the keyword arguments it fixes (`resnet56` is
+`cifar_resnet(depth=56)`). Metadata from the paper (its reported error and where) sits beside
+each entry as data; `resnets.model_info` adds the measured parameters and FLOPs.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+from dataclasses import dataclass, field
+from typing import Callable
+
+from torch import nn
+
+from resnets.errors import UserError
+from resnets.models.resnet import ResNet
+
+# Table 1 of the paper: units per stage for each ImageNet depth, and the unit kind.
+IMAGENET_STAGES = {
+    18: ("basic", (2, 2, 2, 2)),
+    34: ("basic", (3, 4, 6, 3)),
+    50: ("bottleneck", (3, 4, 6, 3)),
+    101: ("bottleneck", (3, 4, 23, 3)),
+    152: ("bottleneck", (3, 8, 36, 3)),
+}
+CIFAR_DEPTHS = (20, 32, 44, 56, 110, 1202)  # the depths of the paper's Table 6
+
+
+def _cifar_units_per_stage(depth: object) -> int:
+    """n for a CIFAR depth 6n+2, or a UserError naming the two nearest valid depths."""
+    if isinstance(depth, bool) or not isinstance(depth, int):
+        raise UserError(f"depth must be an integer of the form 6n+2 (20, 32, 44, 56, 110, ...), got {depth!r}")
+    if depth >= 8 and (depth - 2) % 6 == 0:
+        return (depth - 2) // 6
+    if depth < 8:
+        lower, upper = 8, 14
+    else:
+        lower = depth - (depth - 2) % 6
+        upper = lower + 6
+    raise UserError(
+        f"CIFAR depth must be 6n+2 with n >= 1 (8, 14, 20, ...); {depth} is not: "
+        f"the nearest valid depths are {lower} and {upper}"
+    )
+
+
+def cifar_resnet(
+    *,
+    depth: int = 20,
+    num_classes: int = 10,
+    in_channels: int = 3,
+    width: int = 16,
+    shortcut: str = "A",
+    preact: bool = False,
+    zero_init_last: bool = False,
+) -> ResNet:
+    """CIFAR ResNet of section 4.2: depth 6n+2, n basic units in each of three stages."""
+    n = _cifar_units_per_stage(depth)
+    return ResNet(
+        family="cifar",
+        unit="basic",
+        stage_depths=(n, n, n),
+        width=width,
+        shortcut=shortcut,
+        preact=preact,
+        num_classes=num_classes,
+        in_channels=in_channels,
+        zero_init_last=zero_init_last,
+    )
+
+
+def cifar_plain(
+    *,
+    depth: int = 20,
+    num_classes: int = 10,
+    in_channels: int = 3,
+    width: int = 16,
+    zero_init_last: bool = False,
+) -> ResNet:
+    """The plain twin of `cifar_resnet`: the same layers and names, no shortcut additions.
+
+    `zero_init_last` is accepted so one recipe serves both twins; plain units ignore it.
+    """
+    return cifar_resnet(
+        depth=depth,
+        num_classes=num_classes,
+        in_channels=in_channels,
+        width=width,
+        shortcut="none",
+        zero_init_last=zero_init_last,
+    )
+
+
+def imagenet_resnet(
+    *,
+    depth: int = 18,
+    num_classes: int = 1000,
+    in_channels: int = 3,
+    width: int = 64,
+    shortcut: str = "B",
+    preact: bool = False,
+    zero_init_last: bool = False,
+    bottleneck_stride: str = "1x1",
+) -> ResNet:
+    """ImageNet ResNet of Table 1 (depth 18, 34, 50, 101 or 152).
+
+    `bottleneck_stride="1x1"` is the paper's stride placement (v1); torchvision's weights were
+    trained with `"3x3"` (v1.5): use that to reproduce their outputs.
+    """
+    if depth not in IMAGENET_STAGES:
+        raise UserError(
+            f"ImageNet depth must be one of {', '.join(map(str, IMAGENET_STAGES))}, got {depth!r}"
+        )
+    unit, stages = IMAGENET_STAGES[depth]
+    return ResNet(
+        family="imagenet",
+        unit=unit,
+        stage_depths=stages,
+        width=width,
+        shortcut=shortcut,
+        preact=preact,
+        num_classes=num_classes,
+        in_channels=in_channels,
+        zero_init_last=zero_init_last,
+        bottleneck_stride=bottleneck_stride,
+    )
+
+
+def imagenet_plain(
+    *,
+    depth: int = 18,
+    num_classes: int = 1000,
+    in_channels: int = 3,
+    width: int = 64,
+    zero_init_last: bool = False,
+    bottleneck_stride: str = "1x1",
+) -> ResNet:
+    """The plain twin of `imagenet_resnet` (plain units ignore `zero_init_last`)."""
+    return imagenet_resnet(
+        depth=depth,
+        num_classes=num_classes,
+        in_channels=in_channels,
+        width=width,
+        shortcut="none",
+        zero_init_last=zero_init_last,
+        bottleneck_stride=bottleneck_stride,
+    )
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One registered name: its builder, the arguments the name fixes, and paper metadata."""
+
+    name: str
+    builder: Callable[..., ResNet]
+    fixed: dict = field(default_factory=dict)
+    family: str = "cifar"
+    input_size: tuple[int, int, int] = (3, 32, 32)  # (C, H, W) the paper used
+    paper_error: float | None = None  # top-1 error (%) the paper reports for this model
+    paper_source: str = ""  # where: table and protocol
+
+    def build(self, **kwargs) -> ResNet:
+        for key, value in kwargs.items():
+            if key in self.fixed and self.fixed[key] != value:
+                raise UserError(
+                    f"{self.name} fixes {key}={self.fixed[key]!r}; for {key}={value!r} use "
+                    f"{self.builder.__name__}({key}=...)"
+                )
+        try:
+            return self.builder(**{**self.fixed, **kwargs})
+        except TypeError as error:  # an argument this builder does not take
+            raise UserError(f"{self.name}: {error}") from None
+
+
+_REGISTRY: dict[str, ModelEntry] = {}
+
+
+def register(entry: ModelEntry) -> ModelEntry:
+    if entry.name in _REGISTRY:
+        raise ValueError(f"model {entry.name!r} is registered twice")
+    _REGISTRY[entry.name] = entry
+    return entry
+
+
+def _register_all() -> None:
+    register(ModelEntry("cifar_resnet", cifar_resnet))
+    register(ModelEntry("cifar_plain", cifar_plain))
+    register(ModelEntry("cifar_preact_resnet", cifar_resnet, {"preact": True}))
+    register(ModelEntry("imagenet_resnet", imagenet_resnet, family="imagenet", input_size=(3, 224, 224)))
+    register(ModelEntry("imagenet_plain", imagenet_plain, family="imagenet", input_size=(3, 224, 224)))
+
+    # Table 6, CIFAR-10 test error (%); 110 is the best of 5 runs (mean 6.61 +- 0.16).
+    cifar_errors = {20: 8.75, 32: 7.51, 44: 7.17, 56: 6.97, 110: 6.43, 1202: 7.93}
+    for depth in CIFAR_DEPTHS:
+        register(
+            ModelEntry(
+                f"resnet{depth}",
+                cifar_resnet,
+                {"depth": depth},
+                paper_error=cifar_errors[depth],
+                paper_source="Table 6, CIFAR-10 test error",
+            )
+        )
+        register(ModelEntry(f"plain{depth}", cifar_plain, {"depth": depth}))
+        register(ModelEntry(f"preact_resnet{depth}", cifar_resnet, {"depth": depth, "preact": True}))
+
+    # ImageNet validation top-1 error (%), 10-crop testing: Table 2 (shortcut A for 18/34,
+    # plain nets) and Table 3 (ResNet-34 B, ResNet-50/101/152).
+    imagenet_errors = {
+        "resnet18": (27.88, "Table 2, ImageNet val top-1, 10-crop, shortcut A"),
+        "resnet34": (24.52, "Table 3, ImageNet val top-1, 10-crop, shortcut B"),
+        "resnet50": (22.85, "Table 3, ImageNet val top-1, 10-crop"),
+        "resnet101": (21.75, "Table 3, ImageNet val top-1, 10-crop"),
+        "resnet152": (21.43, "Table 3, ImageNet val top-1, 10-crop"),
+        "plain18": (27.94, "Table 2, ImageNet val top-1, 10-crop"),
+        "plain34": (28.54, "Table 2, ImageNet val top-1, 10-crop"),
+    }
+    for depth in IMAGENET_STAGES:
+        for name, builder, fixed in (
+            (f"resnet{depth}", imagenet_resnet, {"depth": depth}),
+            (f"plain{depth}", imagenet_plain, {"depth": depth}),
+            (f"preact_resnet{depth}", imagenet_resnet, {"depth": depth, "preact": True}),
+        ):
+            error, source = imagenet_errors.get(name, (None, ""))
+            register(
+                ModelEntry(
+                    name,
+                    builder,
+                    fixed,
+                    family="imagenet",
+                    input_size=(3, 224, 224),
+                    paper_error=error,
+                    paper_source=source,
+                )
+            )
+
+
+_register_all()
+
+
+def get_entry(name: str) -> ModelEntry:
+    """The registry entry for `name`, or a UserError listing the closest names."""
+    if not isinstance(name, str) or name not in _REGISTRY:
+        close = difflib.get_close_matches(str(name), list(_REGISTRY), n=4, cutoff=0.5)
+        hint = f"; closest: {', '.join(close)}" if close else ""
+        raise UserError(f"unknown model {name!r}{hint} (see `resnets list`)")
+    return _REGISTRY[name]
+
+
+def create_model(name: str, **kwargs) -> nn.Module:
+    """Build a registered model: `create_model("resnet56")`, `create_model("cifar_resnet", depth=74)`.
+
+    Keyword arguments go to the builder (num_classes, in_channels, width, shortcut, preact,
+    zero_init_last, bottleneck_stride, and depth for the generic names).
+    """
+    return get_entry(name).build(**kwargs)
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    """Registered names matching a shell-style pattern, in registration order."""
+    return [name for name in _REGISTRY if fnmatch.fnmatchcase(name, pattern)]

@@ -1,0 +1,224 @@
+"""Why residual networks train: gradient flow, layer responses, distance from the identity.
+
+Three measurements, each a pure function of a model and a batch:
+
+- `gradient_norms`: the norm of the loss gradient reaching each weighted layer (stem conv,
+  every conv of every branch, fc), in forward order. Its first/last imbalance grows with depth
+  far faster in plain networks than in their residual twins.
+- `response_stds`: the standard deviation of each 3x3 layer's response after BN and before the
+  nonlinearity or addition (the paper's Figure 7), in eval mode.
+- `identity_distances`: for each residual unit, ||F(x)|| / ||shortcut(x)||, how far the unit is
+  from the identity (0 = exactly the identity).
+
+`diagnose` runs all three on named models, at initialisation and after k training steps, and
+`write_diagnosis` saves the JSON and plots.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from resnets.errors import UserError
+
+
+def weighted_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Conv and linear layers on the main path, in forward order (projection shortcuts excluded)."""
+    return [
+        (name, module)
+        for name, module in model.named_modules()
+        if isinstance(module, (nn.Conv2d, nn.Linear)) and ".downsample" not in name
+    ]
+
+
+def gradient_norms(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """||dL/dW|| for each weighted layer after one forward/backward in training mode.
+
+    Leaves the model's gradients zeroed, its BN running statistics as they were.
+    """
+    saved = {k: v.clone() for k, v in model.state_dict().items() if "running" in k or "num_batches" in k}
+    was_training = model.training
+    model.train()
+    model.zero_grad(set_to_none=True)
+    loss = F.cross_entropy(model(images), labels)
+    loss.backward()
+    norms = {name: module.weight.grad.norm().item() for name, module in weighted_layers(model)}
+    model.zero_grad(set_to_none=True)
+    model.load_state_dict(saved, strict=False)
+    model.train(was_training)
+    return norms
+
+
+def first_last_ratio(norms: dict[str, float]) -> float:
+    """Gradient norm of the first conv over that of the last conv (fc excluded)."""
+    convs = [value for name, value in norms.items() if name != "fc"]
+    return convs[0] / convs[-1] if convs[-1] > 0 else math.inf
+
+
+def _response_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    return [
+        (name, module)
+        for name, module in model.named_modules()
+        if isinstance(module, nn.BatchNorm2d) and ".downsample" not in name and name != "bn_final"
+    ]
+
+
+@torch.no_grad()
+def response_stds(model: nn.Module, images: torch.Tensor) -> dict[str, float]:
+    """Std of each BN layer's output on `images`, in eval mode (the paper's Figure 7)."""
+    stds: dict[str, float] = {}
+    hooks = [
+        module.register_forward_hook(lambda m, args, out, name=name: stds.__setitem__(name, out.float().std().item()))
+        for name, module in _response_layers(model)
+    ]
+    was_training = model.training
+    model.eval()
+    try:
+        model(images)
+    finally:
+        model.train(was_training)
+        for hook in hooks:
+            hook.remove()
+    return {name: stds[name] for name, _ in _response_layers(model) if name in stds}
+
+
+@torch.no_grad()
+def identity_distances(model: nn.Module, images: torch.Tensor) -> list[float]:
+    """||F(x)|| / ||shortcut(x)|| for every residual unit, in eval mode; [] for a plain network."""
+    units = [unit for unit in getattr(model, "units", []) if getattr(unit, "residual", False)]
+    inputs: dict[int, torch.Tensor] = {}
+    hooks = [
+        unit.register_forward_pre_hook(lambda m, args, index=index: inputs.__setitem__(index, args[0].detach()))
+        for index, unit in enumerate(units)
+    ]
+    was_training = model.training
+    model.eval()
+    try:
+        model(images)
+        distances = []
+        for index, unit in enumerate(units):
+            x = inputs[index]
+            skip = unit.shortcut(x).float()
+            distances.append((unit.branch(x).float().norm() / skip.norm().clamp_min(1e-12)).item())
+    finally:
+        model.train(was_training)
+        for hook in hooks:
+            hook.remove()
+    return distances
+
+
+def measure(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> dict:
+    """All three measurements on one batch."""
+    norms = gradient_norms(model, images, labels)
+    return {
+        "layers": list(norms),
+        "grad_norm": list(norms.values()),
+        "first_last_ratio": first_last_ratio(norms),
+        "response_std": list(response_stds(model, images).values()),
+        "identity_distance": identity_distances(model, images),
+    }
+
+
+def train_steps(
+    model: nn.Module,
+    batches: Iterator[tuple[torch.Tensor, torch.Tensor]],
+    steps: int,
+    *,
+    lr: float = 0.1,
+    momentum: float = 0.9,
+    weight_decay: float = 1e-4,
+) -> list[float]:
+    """k plain SGD steps (the paper's optimiser, constant lr); returns the losses."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    model.train()
+    losses = []
+    for _ in range(steps):
+        images, labels = next(batches)
+        loss = F.cross_entropy(model(images), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses
+
+
+def diagnose(
+    names: Iterable[str],
+    *,
+    data: str = "bundled",
+    data_dir: str | None = None,
+    steps: int = 50,
+    batch_size: int = 128,
+    lr: float = 0.1,
+    seed: int = 0,
+) -> dict:
+    """Measure each named model at initialisation and after `steps` SGD steps on `data`.
+
+    Every model sees the same probe batch (the first `batch_size` test images, normalized with
+    the training set's per-pixel mean) and the same sequence of training batches.
+    """
+    from resnets.data import Loader, Normalizer, load
+    from resnets.models import create_model
+
+    names = list(names)
+    if not names:
+        raise UserError("diagnose needs at least one model name")
+    if steps < 0 or batch_size < 2:
+        raise UserError(f"steps must be >= 0 and batch size >= 2, got steps={steps}, batch size={batch_size}")
+    train = load(data, split="train", root=data_dir, seed=seed)
+    test = load(data, split="test", root=data_dir, seed=seed)
+    normalizer = Normalizer.fit("pixel_mean", train.images)
+    probe_images = normalizer(test.images[:batch_size])
+    probe_labels = test.labels[:batch_size]
+    channels, classes = train.images.shape[1], len(train.classes)
+
+    results = {}
+    for name in names:
+        torch.manual_seed(seed)
+        model = create_model(name, num_classes=classes, in_channels=channels)
+        initial = measure(model, probe_images, probe_labels)
+        loader = Loader(train, batch_size, shuffle=True, pad=2, normalizer=normalizer, device="cpu", seed=seed)
+        losses = train_steps(model, _endless(loader), steps, lr=lr)
+        trained = measure(model, probe_images, probe_labels)
+        results[name] = {
+            "depth": model.depth,
+            "residual": any(unit.residual for unit in model.units),
+            "layers": initial.pop("layers"),
+            "init": initial,
+            "trained": {**{k: v for k, v in trained.items() if k != "layers"}, "losses": losses},
+        }
+    return {
+        "steps": steps,
+        "batch_size": batch_size,
+        "lr": lr,
+        "seed": seed,
+        "data": data,
+        "models": results,
+    }
+
+
+def _endless(loader) -> Iterator:
+    epoch = 0
+    while True:
+        yield from loader.batches(epoch)
+        epoch += 1
+
+
+def write_diagnosis(result: dict, out_dir: str | Path) -> list[Path]:
+    """Write diagnosis.json and the three plots under out_dir; returns the paths written."""
+    from resnets.study.diagnosis_plots import plot_diagnosis
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "diagnosis.json"
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(json.dumps(result, indent=1))
+    os.replace(temporary, path)
+    return [path, *plot_diagnosis(result, out)]

@@ -1,0 +1,39 @@
+"""Parameters and multiply-add FLOPs, counted by running the model, against the paper's Table 1."""
+
+import json
+
+import pytest
+
+from resnets.models import format_info, list_models, model_info
+from resnets.models.figures import measure, stored_figures
+
+TABLE_1_FLOPS = {"resnet18": 1.8e9, "resnet34": 3.6e9, "resnet50": 3.8e9, "resnet101": 7.6e9, "resnet152": 11.3e9}
+
+
+@pytest.mark.parametrize("name,flops", sorted(TABLE_1_FLOPS.items()))
+def test_multiply_adds_at_224_within_2_percent_of_table_1(name, flops):
+    info = model_info(name, bottleneck_stride="1x1") if name in ("resnet50", "resnet101", "resnet152") else model_info(name)
+    assert info["input_size"] == [3, 224, 224]
+    assert abs(info["macs"] - flops) / flops < 0.02
+
+
+def test_stage_rows_add_up_to_totals_and_follow_table_1():
+    info = model_info("resnet34")
+    assert [row["stage"] for row in info["stages"]] == ["conv1", "layer1", "layer2", "layer3", "layer4", "head"]
+    assert sum(row["params"] for row in info["stages"]) == info["params"] == 21_797_672
+    assert sum(row["macs"] for row in info["stages"]) == info["macs"]
+    assert [row["output"][1:] for row in info["stages"][:5]] == [[56, 56], [56, 56], [28, 28], [14, 14], [7, 7]]
+    assert info["stages"][2]["layout"] == "[3x3, 128 | 3x3, 128] x 4"
+
+
+def test_cifar_info_at_another_input_size():
+    info = model_info("resnet20", input_size=(1, 28, 28))
+    assert info["input_size"] == [1, 28, 28]
+    assert info["stages"][-2]["output"] == [64, 7, 7]
+    text = format_info(info)
+    assert "[3x3, 64 | 3x3, 64] x 3" in text and "8.75% error" in text
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_stored_figures_match_a_fresh_count(name):
+    assert stored_figures()[name] == json.loads(json.dumps(measure(name)))

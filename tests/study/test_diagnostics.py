@@ -1,0 +1,70 @@
+"""Diagnostics: gradient flow, layer responses and distance from the identity."""
+
+import torch
+import torch.nn.functional as F
+
+from resnets.models import create_model
+from resnets.study.diagnostics import (
+    first_last_ratio,
+    gradient_norms,
+    identity_distances,
+    response_stds,
+    weighted_layers,
+)
+
+
+def _batch(seed=0, n=32, size=16):
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 3, size, size, generator=generator), torch.randint(0, 10, (n,), generator=generator)
+
+
+def test_gradient_norms_equal_a_direct_autograd_computation():
+    torch.manual_seed(0)
+    model = create_model("resnet20")
+    images, labels = _batch()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    norms = gradient_norms(model, images, labels)
+
+    reference = create_model("resnet20")
+    reference.load_state_dict(before)
+    reference.train()
+    weights = [module.weight for _, module in weighted_layers(reference)]
+    grads = torch.autograd.grad(F.cross_entropy(reference(images), labels), weights)
+    assert list(norms) == [name for name, _ in weighted_layers(reference)]
+    assert list(norms)[0] == "conv1" and list(norms)[-1] == "fc" and len(norms) == 20
+    for value, grad in zip(norms.values(), grads):
+        assert abs(value - grad.norm().item()) <= 1e-5 * max(1.0, grad.norm().item())
+    # the measurement leaves BN statistics and gradients as they were
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, before[key]), key
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_gradient_imbalance_grows_with_depth_far_faster_in_plain_nets():
+    images, labels = _batch(n=16, size=16)
+    ratios = {}
+    for name in ("plain20", "plain56", "resnet20", "resnet56"):
+        torch.manual_seed(0)
+        ratios[name] = first_last_ratio(gradient_norms(create_model(name), images, labels))
+    plain_growth = ratios["plain56"] / ratios["plain20"]
+    residual_growth = ratios["resnet56"] / ratios["resnet20"]
+    assert ratios["plain56"] > 10 * ratios["resnet56"]
+    assert plain_growth > 10 * residual_growth
+
+
+def test_response_stds_one_per_bn_on_the_main_path():
+    torch.manual_seed(0)
+    model = create_model("resnet20")
+    stds = response_stds(model, _batch()[0])
+    assert len(stds) == 19  # stem BN + 2 per unit x 9 units
+    assert all(value > 0 for value in stds.values())
+    assert model.training  # mode restored
+
+
+def test_identity_distance_is_zero_for_zero_initialised_units_and_empty_for_plain():
+    images = _batch()[0]
+    torch.manual_seed(0)
+    assert identity_distances(create_model("resnet20", zero_init_last=True), images) == [0.0] * 9
+    distances = identity_distances(create_model("resnet20"), images)
+    assert len(distances) == 9 and all(d > 0 for d in distances)
+    assert identity_distances(create_model("plain20"), images) == []
