@@ -147,6 +147,7 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
 
+    load_before = os.getloadavg()[0]
     data = _data(args)
     channels, size = data.images.shape[1], data.images.shape[-1]
     pad, flip = 4, True
@@ -172,6 +173,8 @@ def main(argv=None) -> int:
         f"### Loader vs DataLoader ({datetime.date.today().isoformat()})",
         "",
         f"- hardware: {_hardware(device)}; device {device}; torch {torch.__version__}",
+        f"- load average before/after (1 min): {load_before:.2f} / {os.getloadavg()[0]:.2f} "
+        "(other processes on the machine slow the Loader's multi-threaded ops most; compare --threads 1)",
         f"- data: {args.data}, {len(data)} images {tuple(data.images.shape[1:])}, batch {args.batch_size}, "
         f"pad {pad} + crop, flip, pixel-mean; median of {args.repeats} runs x {args.batches} batches",
         f"- command: `{command}`",
@@ -192,8 +195,9 @@ def main(argv=None) -> int:
     text = "\n".join(lines)
     print(text)
     if not args.no_record:
+        new = not RESULTS.exists()
         with open(RESULTS, "a") as file:
-            file.write(text + "\n")
+            file.write(("# Benchmark results\n\nEach entry: what was run, where, and the figures it printed.\n\n" if new else "") + text + "\n")
         print(f"appended to {RESULTS}")
     return 0
 

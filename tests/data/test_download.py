@@ -17,6 +17,12 @@ def server(cifar10):
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self):
+            if self.path == "/garbage":
+                self.send_response(200)
+                self.send_header("Content-Length", "12")
+                self.end_headers()
+                self.wfile.write(b"not a tar.gz")
+                return
             if self.path not in ("/good", "/drop"):
                 self.send_error(404)
                 return
@@ -87,3 +93,11 @@ def test_cli_download_reports_one_line(server, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: download of") and err.count("\n") == 1
     assert list(to.iterdir()) == []
+
+
+def test_archive_that_will_not_extract_is_named_and_leaves_no_folder(server, tmp_path):
+    to = tmp_path / "data"
+    md5 = hashlib.md5(b"not a tar.gz").hexdigest()
+    with pytest.raises(UserError, match=r"cannot extract .*cifar-100-python.tar.gz"):
+        download("cifar100", to, url=server["url"] + "/garbage", md5=md5)
+    assert [p.name for p in to.iterdir()] == ["cifar-100-python.tar.gz"]  # checked archive kept, no folder

@@ -139,3 +139,11 @@ def test_streamed_tree_reports_mixed_sizes_and_bad_images(tree):
     loader = Loader(streamed, 6, shuffle=False, normalizer=None, workers=1)
     with pytest.raises(UserError, match=r"^cannot read image .*train/dog/f.png"):
         list(loader.batches(0))
+
+
+def test_parallel_decoding_reports_a_bad_image_in_one_line(tree, monkeypatch):
+    monkeypatch.setattr(folder_module, "DECODE_WORKERS_ABOVE", 1)  # decode through workers
+    assert load(f"folder:{tree}", "trainval", image_size=8).images.shape == (6, 3, 8, 8)
+    (tree / "train/cat/b.png").write_bytes(b"not a png")
+    with pytest.raises(UserError, match=r"^cannot read image .*train/cat/b.png[^\n]*$"):
+        load(f"folder:{tree}", "trainval", image_size=8)

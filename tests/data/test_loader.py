@@ -96,3 +96,9 @@ def test_normaliser_leaves_a_float_input_untouched(dataset):
     before = images.clone()
     Normalizer.fit("channel", dataset.images)(images)
     assert torch.equal(images, before)
+
+
+def test_empty_validation_split_gives_no_batches(dataset):
+    empty = dataset.subset(torch.zeros(0, dtype=torch.int64), "val")
+    loader = Loader(empty, 8, shuffle=False, normalizer=None, drop_last=False)
+    assert len(loader) == 0 and list(loader) == []

@@ -91,7 +91,7 @@ def test_report_command_redraws_from_metrics_alone(finished_study, capsys):
 
 
 def test_killed_study_finishes_when_run_again_with_no_run_trained_twice(tmp_path):
-    study = micro_study(name="killed", depths=(8,), iters=40)
+    study = micro_study(name="killed", depths=(8,), iters=16)
     study_file = tmp_path / "killed.toml"
     study_file.write_text(study.to_toml())
     command = [sys.executable, "-m", "resnets", "study", "--config", str(study_file),
@@ -114,7 +114,7 @@ def test_killed_study_finishes_when_run_again_with_no_run_trained_twice(tmp_path
     assert "resuming resnet8-seed0" in result.stderr
     assert first_summary.stat().st_mtime_ns == first_finished
     steps = [r["step"] for r in _records(second.parent.parent) if r["split"] == "train"]
-    assert steps == sorted(set(steps)) and steps[-1] == 40  # no step logged twice
+    assert steps == sorted(set(steps)) and steps[-1] == 16  # no step logged twice
 
 
 def test_bad_study_settings_are_one_line_errors(tmp_path, capsys):

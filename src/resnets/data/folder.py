@@ -130,11 +130,15 @@ def worker_error(error: Exception) -> UserError:
     return UserError(lines[-1].split(": ", 1)[1] if lines else str(error).splitlines()[0])
 
 
+def _images_only(items: list) -> list[torch.Tensor]:
+    return [image for image, _ in items]  # a module-level function: picklable for spawned workers
+
+
 def _decode_all(stream: StreamingFolder) -> torch.Tensor:
     """All images of `stream` stacked (N, 3, H, W); images of mixed sizes are an error."""
     workers = min(4, os.cpu_count() or 1) if len(stream) > DECODE_WORKERS_ABOVE else 0
     loader = torch.utils.data.DataLoader(stream, batch_size=64, num_workers=workers,
-                                         collate_fn=lambda items: [image for image, _ in items])
+                                         collate_fn=_images_only)
     images, first = [], None
     try:
         for batch in loader:

@@ -101,17 +101,16 @@ class Loader:
     def batches(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Batches start, start+1, ... of `epoch`."""
         order = self.order(epoch)
+        device_order = order.to(self.device)
         steps = range(start, len(self))
-        index_batches = [order[i * self.batch_size : (i + 1) * self.batch_size] for i in steps]
+        slices = [slice(i * self.batch_size, (i + 1) * self.batch_size) for i in steps]
         if self.streaming:
-            raw = self._stream(index_batches)
+            uint8_batches = self._stream([order[s] for s in slices])
         else:
-            device_order = order.to(self.device)
-            raw = (
-                self.images[device_order[i * self.batch_size : (i + 1) * self.batch_size]] for i in steps
-            )
-        for i, indices, images in zip(steps, index_batches, raw):
-            yield self._finish(images.to(self.device, non_blocking=True), epoch, i), self.labels[indices.to(self.device)]
+            uint8_batches = (self.images[device_order[s]] for s in slices)  # gathered on the device
+        for i, rows, images in zip(steps, slices, uint8_batches):
+            images = images.to(self.device, non_blocking=True)  # (B, C, H, W) uint8
+            yield self._finish(images, epoch, i), self.labels[device_order[rows]]
 
     def _finish(self, images: torch.Tensor, epoch: int, index: int) -> torch.Tensor:
         """Normalise and augment one uint8 batch (B, C, H, W) on the device."""

@@ -36,7 +36,12 @@ class Normalizer:
         if kind not in KINDS:
             raise UserError(f"unknown normalisation {kind!r}: expected one of {', '.join(KINDS)}")
         if not isinstance(images, torch.Tensor):
-            images = images.images if hasattr(images, "images") else images.sample(FIT_SAMPLE)
+            if hasattr(images, "images"):
+                images = images.images
+            elif kind == "none":  # a streamed RGB folder: nothing to fit, nothing to decode
+                return cls(kind, torch.zeros(3, 1, 1), torch.full((3, 1, 1), 255.0))
+            else:
+                images = images.sample(FIT_SAMPLE)
         if images.ndim != 4 or images.shape[0] == 0:
             raise UserError(f"cannot fit a normaliser on images of shape {tuple(images.shape)}: expected (N>0, C, H, W)")
         channels = images.shape[1]
