@@ -103,7 +103,7 @@ def test_resume_continues_a_stopped_run(run_dir, capsys):
 
 
 @pytest.mark.parametrize("argv, words", [
-    (["train", "--precision", "fp16"], "precision must be one of bf16, fp32"),
+    (["train", "--precision", "fp16"], "precision must be one of auto, bf16, fp32"),
     (["train", "--preset", "nope"], "unknown preset 'nope'"),
     (["train", "--lr", "fast"], "lr must be a number"),
     (["train", "--bogus"], "unrecognized arguments: --bogus"),

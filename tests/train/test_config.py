@@ -11,7 +11,7 @@ def test_presets_are_bundled_toml_files():
 def test_quick_preset_is_resnet20_on_bundled_digits_without_flips():
     config = resolve_config("quick")
     assert config.model.model == "resnet20" and config.data.data == "bundled"
-    assert config.flip is False and config.precision == "bf16" and config.channels_last
+    assert config.flip is False and config.precision == "auto" and config.channels_last
     assert config.device == "auto" and config.epochs is not None and config.iters is None
 
 
@@ -58,7 +58,7 @@ def test_cli_style_strings_are_parsed():
 
 @pytest.mark.parametrize("overrides, words", [
     ({"learning_rate": 0.1}, "unknown config key 'learning_rate'"),
-    ({"precision": "fp16"}, "precision must be one of bf16, fp32"),
+    ({"precision": "fp16"}, "precision must be one of auto, bf16, fp32"),
     ({"lr": -1}, "lr must be > 0"),
     ({"batch_size": 0}, "batch_size must be >= 1"),
     ({"batch_size": "many"}, "batch_size must be an integer"),

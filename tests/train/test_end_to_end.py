@@ -30,7 +30,11 @@ def test_train_writes_a_complete_run_directory(run_dir):
     # Input channels and classes come from the dataset: 1x28x28 digits, 10 classes.
     assert state["model_kwargs"] == {"num_classes": 10, "in_channels": 1}
     assert state["input_size"] == [1, 28, 28] and state["classes"][3] == "3"
-    assert state["config"]["run"]["precision"] == "bf16"
+    assert state["config"]["run"]["precision"] == "auto"
+    from resnets.train.loop import cpu_has_amx
+
+    environment = json.loads((run_dir / "config.json").read_text())["environment"]
+    assert environment["precision"] == ("bf16" if cpu_has_amx() else "fp32")  # bf16 only where faster
     assert state["config"]["data"]["pad"] == 2 and state["config"]["data"]["flip"] is False
     records = [json.loads(line) for line in open(run_dir / "metrics.jsonl")]
     # quick logs every 7 steps; a run shorter than that logs once, at its end, then evaluates.

@@ -191,3 +191,17 @@ def test_line_progress_prints_one_line_per_epoch(tmp_path, fake_rooms, capsys):
     assert len(lines) == 3  # 18 steps / 6 per epoch
     assert lines[0].startswith("epoch 1.0/3  step 6/18  loss ")
     assert "val_err" in lines[0] and "left" in lines[0]
+
+
+def test_auto_precision_is_bf16_only_where_it_is_faster(monkeypatch):
+    import torch
+
+    from resnets.train import loop
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(loop, "cpu_has_amx", lambda: False)
+    assert loop.resolve_precision("auto", cpu) == "fp32"
+    monkeypatch.setattr(loop, "cpu_has_amx", lambda: True)
+    assert loop.resolve_precision("auto", cpu) == "bf16"
+    assert loop.resolve_precision("fp32", cpu) == "fp32"
+    assert loop.resolve_precision("bf16", cpu) == "bf16"

@@ -85,8 +85,9 @@ class OptimConfig:
 class RunConfig:
     seed: int = _field(0, "seed of initialisation, shuffling and augmentation")
     device: str = _field("auto", "auto (CUDA if present, else CPU) | cpu | cuda | cuda:N")
-    precision: str = _field("bf16", "bf16: autocast with fp32 weights; fp32: plain",
-                            choices=("bf16", "fp32"))
+    precision: str = _field("auto", "auto: bf16 where faster (CUDA, CPUs with AMX), else fp32; "
+                            "bf16: autocast with fp32 weights; fp32: plain",
+                            choices=("auto", "bf16", "fp32"))
     channels_last: bool = _field(True, "NHWC memory format (faster convolutions)")
     compile: bool = _field(False, "torch.compile the model")
     out: str = _field("runs", "parent folder of run directories")

@@ -98,6 +98,31 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def cpu_has_amx() -> bool:
+    """True where the CPU reports AMX bf16 tiles (Linux /proc/cpuinfo flag `amx_bf16`)."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            return any("amx_bf16" in line.split() for line in cpuinfo if line.startswith("flags"))
+    except OSError:
+        return False
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """"auto" -> bf16 where it is faster than fp32, else fp32.
+
+    bf16 autocast pays on CUDA GPUs that support it and on CPUs with AMX. On a CPU with
+    AVX-512 bf16 but no AMX it was measured ~10% slower than fp32 (benchmarks/RESULTS.md), so
+    "auto" keeps fp32 there.
+    """
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    if device.type == "cpu":
+        return "bf16" if cpu_has_amx() else "fp32"
+    return "fp32"
+
+
 def autocast(device: torch.device, precision: str):
     """bf16 autocast (weights stay fp32) or nothing for fp32."""
     if precision == "bf16":
@@ -267,6 +292,7 @@ def fit(config: Config, run_dir: str | Path, *, resume: bool = False,
     checkpoint_dir = run_dir / "checkpoints"
     last_path, best_path = checkpoint_dir / "last.pt", checkpoint_dir / "best.pt"
     device = resolve_device(config.device)
+    precision = resolve_precision(config.precision, device)
     checkpoint = None
     if resume:
         if not run_dir.is_dir():
@@ -341,7 +367,8 @@ def fit(config: Config, run_dir: str | Path, *, resume: bool = False,
         truncate_metrics(run_dir / "metrics.jsonl", step)
     else:
         run_dir.mkdir(parents=True, exist_ok=True)
-        write_json(run_dir / "config.json", {**config.to_dict(), "environment": _environment()})
+        write_json(run_dir / "config.json", {**config.to_dict(), "environment": {
+            **_environment(), "device": str(device), "precision": precision}})
 
     forward_model = torch.compile(model) if config.compile else model
     model.train()
@@ -381,7 +408,7 @@ def fit(config: Config, run_dir: str | Path, *, resume: bool = False,
 
     def run_evaluation() -> None:
         for split, split_loader in eval_loaders.items():
-            result = evaluate(forward_model, split_loader, precision=config.precision,
+            result = evaluate(forward_model, split_loader, precision=precision,
                               num_classes=len(classes))
             record = {"split": split, "step": step, "epoch": step / steps_per_epoch,
                       "loss": result["loss"], "err": result["err"],
@@ -408,7 +435,7 @@ def fit(config: Config, run_dir: str | Path, *, resume: bool = False,
                     for group in optimizer.param_groups:
                         group["lr"] = last_lr
                     loss, correct = train_step(forward_model, optimizer, images, labels,
-                                               precision=config.precision)
+                                               precision=precision)
                     step += 1
                     meter.loss_sum += loss
                     meter.correct += correct
