@@ -123,7 +123,8 @@ def _add_study_commands(sub) -> None:
         "then draw Figure 6 and a Table 6 style table from the runs' metrics. Run it again to "
         "skip finished runs and resume an interrupted one. `resnets study report DIR` redraws.",
     )
-    study.add_argument("--config", metavar="FILE", help="a study TOML file (default: the bundled degradation study)")
+    study.add_argument("--config", metavar="FILE", help="a study TOML file, or a bundled study by name: "
+                       "degradation (the default), paper-cifar10 (the paper's recipe on CIFAR-10)")
     study.add_argument("--name", help="study folder name under --out (default: the file's name)")
     study.add_argument("--kinds", nargs="+", metavar="KIND", help="plain, resnet, preact_resnet")
     study.add_argument("--depths", nargs="+", type=int, metavar="D", help="depths 6n+2, e.g. 20 32 44 56 110")
@@ -409,7 +410,7 @@ def _cmd_export(args) -> int:
 def _cmd_plot(args) -> int:
     from pathlib import Path
 
-    from resnets.study.plots import plot_runs
+    from resnets.train.plots import plot_runs
 
     labels = args.labels.split(",") if args.labels else None
     out = args.out or (Path(args.runs[0]) / "plots" if len(args.runs) == 1 else "plots")

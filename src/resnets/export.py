@@ -6,7 +6,7 @@ resizes. The batch dimension is dynamic. Needs the optional extra: `pip install 
 
 torchvision: for resnet18/34/50/101/152 the parameter names already match torchvision's, so the
 export is the state dict alone, loadable with `torchvision.models.resnet50(num_classes=N)
-.load_state_dict(torch.load(FILE))` (strict).
+.load_state_dict(torch.load(FILE, weights_only=True))` (strict).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from resnets.atomic import atomic_open
 from resnets.errors import UserError
 
 TORCHVISION_NAMES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
@@ -169,11 +170,6 @@ def export_torchvision(checkpoint: str | Path, out: str | Path) -> dict[str, Any
     state_dict = torchvision_state_dict(checkpoint)
     num_classes = load_checkpoint(checkpoint)["model_kwargs"]["num_classes"]
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    try:
-        torch.save(state_dict, tmp)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_open(out, "wb") as file:
+        torch.save(state_dict, file)
     return {"path": out, "tensors": len(state_dict), "num_classes": num_classes}

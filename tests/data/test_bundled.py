@@ -43,7 +43,10 @@ def test_validation_split_is_drawn_from_the_seed():
 
 
 def test_cifar_protocol_split_sizes():
-    train, val = split_indices(50_000, 5_000, seed=0)
+    from resnets.data.datasets import DEFAULT_VAL_FRACTION, val_size
+
+    assert val_size(50_000, DEFAULT_VAL_FRACTION) == 5_000  # the paper's 45k/5k
+    train, val = split_indices(50_000, val_size(50_000, DEFAULT_VAL_FRACTION), seed=0)
     assert (len(train), len(val)) == (45_000, 5_000)
     assert len(set(train.tolist()) | set(val.tolist())) == 50_000
 

@@ -3,7 +3,6 @@ import http.server
 import threading
 
 import pytest
-import torch
 
 from resnets.cli import main
 from resnets.data import download, load

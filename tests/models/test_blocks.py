@@ -39,8 +39,23 @@ def test_zero_branch_unit_with_projection_everywhere_outputs_its_shortcut(kind, 
     assert not torch.allclose(unit(x), x)
 
 
+@pytest.mark.parametrize("kind,in_channels,channels", [(BasicUnit, 8, 16), (BottleneckUnit, 16, 8)])
+def test_zero_branch_unit_where_shape_changes_outputs_its_shortcut(kind, in_channels, channels):
+    # Option A: the subsampled input with zero channels appended; option B: g(projection(x)).
+    torch.manual_seed(0)
+    x = torch.rand(2, in_channels, 8, 8)
+    unit_a = _unit(kind, in_channels, channels, 2, "A")
+    unit_a.zero_init_last()
+    out = unit_a(x)
+    assert torch.equal(out[:, :in_channels], x[:, :, ::2, ::2])
+    assert torch.count_nonzero(out[:, in_channels:]) == 0
+    unit_b = _unit(kind, in_channels, channels, 2, "B")
+    unit_b.zero_init_last()
+    assert torch.allclose(unit_b(x), torch.relu(unit_b.downsample(x)))
+
+
 @pytest.mark.parametrize("kind", [BasicUnit, BottleneckUnit])
-def test_zero_branch_plain_unit_is_not_identity(kind):
+def test_zero_branch_plain_unit_outputs_zero_not_its_input(kind):
     unit = _unit(kind, 16, 16 // kind.expansion, 1, "none")
     unit.zero_init_last()
     x = torch.rand(2, 16, 6, 6) + 0.1

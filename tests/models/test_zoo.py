@@ -89,8 +89,10 @@ def test_plain_twin_shares_initialisation_with_same_seed():
     a = create_model("resnet20")
     torch.manual_seed(3)
     b = create_model("plain20")
-    for (name, p), (_, q) in zip(a.named_parameters(), b.named_parameters()):
-        assert torch.equal(p, q), name
+    b_parameters = dict(b.named_parameters())
+    assert set(b_parameters) == {name for name, _ in a.named_parameters()}
+    for name, p in a.named_parameters():
+        assert torch.equal(p, b_parameters[name]), name
 
 
 def test_plain_and_residual_twins_compute_different_functions():
@@ -115,8 +117,11 @@ def test_every_parameter_receives_a_gradient(name):
 
 
 def test_zero_init_last_flag_makes_every_residual_unit_start_as_identity():
-    model = create_model("resnet20", zero_init_last=True)
+    model = create_model("resnet20", zero_init_last=True).eval()
     assert all(torch.count_nonzero(unit.bn2.weight) == 0 for unit in model.units)
+    x = torch.rand(2, 16, 8, 8)
+    for unit in model.layer1:  # shortcuts are identities here: each unit passes x through
+        assert torch.equal(unit(x), x)
     plain = create_model("plain20", zero_init_last=True)  # plain units are left alone
     assert all(torch.count_nonzero(unit.bn2.weight) > 0 for unit in plain.units)
 

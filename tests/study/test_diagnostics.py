@@ -68,3 +68,41 @@ def test_identity_distance_is_zero_for_zero_initialised_units_and_empty_for_plai
     distances = identity_distances(create_model("resnet20"), images)
     assert len(distances) == 9 and all(d > 0 for d in distances)
     assert identity_distances(create_model("plain20"), images) == []
+
+
+def test_diagnose_command_writes_json_of_the_documented_schema_and_plots(tmp_path, capsys):
+    import json
+
+    from resnets.cli import main
+
+    out = tmp_path / "diag"
+    assert main(["diagnose", "plain8", "resnet8", "--steps", "2", "--batch-size", "16", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "plain8" in printed and "resnet8" in printed
+    result = json.loads((out / "diagnosis.json").read_text())
+    assert {"steps", "batch_size", "lr", "seed", "data", "models"} <= set(result)
+    assert result["steps"] == 2 and list(result["models"]) == ["plain8", "resnet8"]
+    for name, row in result["models"].items():
+        assert row["depth"] == 8 and row["residual"] == (name == "resnet8")
+        assert len(row["layers"]) == 8 and row["layers"][0] == "conv1" and row["layers"][-1] == "fc"
+        for stage in ("init", "trained"):
+            measured = row[stage]
+            assert len(measured["grad_norm"]) == 8 and all(v > 0 for v in measured["grad_norm"])
+            assert measured["first_last_ratio"] == measured["grad_norm"][0] / measured["grad_norm"][-2]
+            assert len(measured["response_std"]) == 7  # stem BN + 2 per unit x 3 units
+            assert len(measured["identity_distance"]) == (3 if row["residual"] else 0)
+        assert len(row["trained"]["losses"]) == 2
+    for name in ("grad_norms.png", "response_std.png", "identity.png"):
+        data = (out / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5_000
+
+
+def test_diagnose_bad_input_is_one_line(capsys):
+    from resnets.cli import main
+
+    assert main(["diagnose", "resnet9"]) == 2
+    assert "9 is not: the nearest valid depths are 8 and 14" in capsys.readouterr().err
+    assert main(["diagnose", "resnut56"]) == 2
+    assert "unknown model 'resnut56'; closest: resnet56" in capsys.readouterr().err
+    assert main(["diagnose", "resnet8", "--steps", "-1"]) == 2
+    assert "steps must be >= 0" in capsys.readouterr().err

@@ -1,12 +1,10 @@
 """`resnets study`: a micro study writes every output, skips finished runs, survives a kill."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
@@ -14,7 +12,6 @@ import resnets
 from resnets.cli import main
 from resnets.study import degradation
 from resnets.study.degradation import Study, read_study, run_study
-from resnets.study.report import collect
 
 TRAIN = {"data": "bundled", "iters": 8, "batch_size": 16, "log_every": 2, "eval_every": 4,
          "eval_batch_size": 500, "precision": "fp32"}
@@ -139,3 +136,12 @@ def test_default_study_is_the_paper_depths():
     study = degradation.default_study()
     assert study.kinds == ["plain", "resnet"] and study.depths == [20, 32, 44, 56]
     assert study.train["data"] == "bundled"
+
+
+def test_bundled_paper_study_uses_the_paper_recipe_unchanged():
+    study = read_study("paper-cifar10")
+    assert study.preset == "paper-cifar" and study.train == {"data": "cifar10"}
+    assert study.depths == [20, 32, 44, 56, 110]
+    config = study.config_for(degradation.Run("resnet", 110, 0))
+    assert config.iters == 64000 and config.milestones == [32000, 48000] and config.wd == 1e-4
+    assert config.model.model_args == {"depth": 110}

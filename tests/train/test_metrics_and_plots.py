@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 from resnets.errors import UserError
-from resnets.study.plots import plot_runs
+from resnets.train.plots import plot_runs
 from resnets.train import fit
 from resnets.train.inference import load_image
 from resnets.train.metrics import (BarProgress, LineProgress, MetricsWriter, make_progress,

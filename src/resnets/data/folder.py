@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import warnings
 from pathlib import Path
 
 import torch
 
 from resnets.data.datasets import Dataset, select, val_size
+from resnets.atomic import atomic_open
 from resnets.errors import UserError
 
 EXTENSIONS = {".png", ".jpg", ".jpeg"}
@@ -191,14 +191,8 @@ def _load_cached(stream: StreamingFolder, root: Path, part: str) -> torch.Tensor
 
 def _save_atomic(value: dict, path: Path) -> None:
     """torch.save to a temporary file beside `path`, then rename: never a half-written cache."""
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            torch.save(value, file)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path, "wb") as file:
+        torch.save(value, file)
 
 
 def _memory_limit() -> int:

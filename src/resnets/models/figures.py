@@ -9,9 +9,9 @@ fresh count.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
+from resnets.atomic import write_text
 from resnets.models.summary import model_info
 from resnets.models.zoo import list_models
 
@@ -31,9 +31,7 @@ def stored_figures() -> dict[str, dict]:
 
 def write_figures(path: Path = FIGURES_FILE) -> dict[str, dict]:
     figures = {name: measure(name) for name in list_models()}
-    temporary = path.with_suffix(".tmp")
-    temporary.write_text(json.dumps(figures, indent=1) + "\n")
-    os.replace(temporary, path)
+    write_text(path, json.dumps(figures, indent=1) + "\n")
     return figures
 
 

@@ -10,8 +10,7 @@ from its last checkpoint, so a killed study loses at most the steps since that c
 from __future__ import annotations
 
 import dataclasses
-import os
-import shutil
+import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -23,11 +22,25 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
+from resnets.atomic import write_text
 from resnets.errors import UserError
 
 DEFAULT_STUDY = Path(__file__).with_name("degradation.toml")
 # The kinds a study compares, and the generic builder each one uses (any 6n+2 depth).
 KINDS = {"plain": "cifar_plain", "resnet": "cifar_resnet", "preact_resnet": "cifar_preact_resnet"}
+
+
+def model_spec(name: str) -> tuple[str, dict]:
+    """A registered name as it is, or KIND+DEPTH (`plain74`, `resnet8`) as the generic CIFAR
+    builder of that kind with that depth: (registry name, keyword arguments)."""
+    from resnets.models import list_models
+
+    if name in list_models():
+        return name, {}
+    match = re.fullmatch(r"(plain|resnet|preact_resnet)(\d+)", name)
+    if match is None:
+        return name, {}  # create_model names the closest registered models
+    return KINDS[match.group(1)], {"depth": int(match.group(2))}
 
 
 @dataclass
@@ -74,7 +87,8 @@ class Study:
     def config_for(self, run: "Run"):
         from resnets.train import resolve_config
 
-        model_args = dict(self.train.get("model_args", {}), depth=run.depth)
+        recipe = resolve_config(preset=self.preset, overrides=self.train)  # parses model_args
+        model_args = {**recipe.model.model_args, "depth": run.depth}
         overrides = {**self.train, "model": KINDS[run.kind], "model_args": model_args, "seed": run.seed}
         return resolve_config(preset=self.preset, overrides=overrides)
 
@@ -113,11 +127,19 @@ def _toml_value(value: Any) -> str:
     raise UserError(f"cannot write {value!r} to a study file")
 
 
+def bundled_studies() -> list[str]:
+    """Names of the study files that ship with the package (`--config NAME`)."""
+    return sorted(path.stem for path in DEFAULT_STUDY.parent.glob("*.toml"))
+
+
 def read_study(path: str | Path) -> Study:
-    """A Study from a TOML file; unknown keys and bad values raise UserError."""
+    """A Study from a TOML file, or from a bundled study by name ("degradation",
+    "paper-cifar10"); unknown keys and bad values raise UserError."""
     path = Path(path)
+    if not path.is_file() and path.suffix == "" and str(path) in bundled_studies():
+        path = DEFAULT_STUDY.with_name(f"{path}.toml")
     if not path.is_file():
-        raise UserError(f"study file not found: {path}")
+        raise UserError(f"study file not found: {path} (bundled studies: {', '.join(bundled_studies())})")
     try:
         data = tomllib.loads(path.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
@@ -163,10 +185,7 @@ def prepare(study: Study, root: str | Path = "studies") -> Path:
                 f"or run `resnets study --name {study.name}` with no other settings to continue it"
             )
     else:
-        study_dir.mkdir(parents=True, exist_ok=True)
-        temporary = saved_path.with_name("study.toml.tmp")
-        temporary.write_text(study.to_toml())
-        os.replace(temporary, saved_path)
+        write_text(saved_path, study.to_toml())
     (study_dir / "runs").mkdir(exist_ok=True)
     return study_dir
 
@@ -181,6 +200,7 @@ def run_study(
     """Train every unfinished run of `study`, then write its report. Returns the study dir."""
     from resnets.study.report import write_report
     from resnets.train import fit
+    from resnets.train.metrics import format_duration
 
     log = log or (lambda line: print(line, file=sys.stderr, flush=True))
     study_dir = prepare(study, root)
@@ -192,14 +212,12 @@ def run_study(
         if _is_finished(run_dir):
             log(f"[{index}/{len(runs)}] {run.name}: finished earlier, skipped")
             continue
-        resume = _is_resumable(run_dir)
-        if run_dir.exists() and not resume:
-            shutil.rmtree(run_dir)  # died before its first checkpoint: nothing to keep
+        resume = _is_resumable(run_dir)  # else fit starts afresh, even over a run that died early
         elapsed = time.monotonic() - started
         left = [r.depth for r in runs[index - 1 :] if not _is_finished(study_dir / "runs" / r.name)]
-        estimate = f", about {_duration(elapsed / trained_layers * sum(left))} left" if trained_layers else ""
+        estimate = f", about {format_duration(elapsed / trained_layers * sum(left))} left" if trained_layers else ""
         verb = "resuming" if resume else "training"
-        log(f"[{index}/{len(runs)}] {verb} {run.name} (elapsed {_duration(elapsed)}{estimate})")
+        log(f"[{index}/{len(runs)}] {verb} {run.name} (elapsed {format_duration(elapsed)}{estimate})")
         fit(study.config_for(run), run_dir, resume=resume, progress=progress)
         trained_layers += run.depth
     write_report(study_dir)
@@ -207,6 +225,3 @@ def run_study(
     return study_dir
 
 
-def _duration(seconds: float) -> str:
-    seconds = int(round(seconds))
-    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"

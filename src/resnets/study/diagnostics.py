@@ -16,9 +16,7 @@ Three measurements, each a pure function of a model and a batch:
 
 from __future__ import annotations
 
-import json
 import math
-import os
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -26,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from resnets.atomic import write_json
 from resnets.errors import UserError
 
 
@@ -161,15 +160,22 @@ def diagnose(
 ) -> dict:
     """Measure each named model at initialisation and after `steps` SGD steps on `data`.
 
+    Names are registered models or KIND+DEPTH for any CIFAR depth 6n+2 (`plain74`, `resnet8`).
+
     Every model sees the same probe batch (the first `batch_size` test images, normalized with
     the training set's per-pixel mean) and the same sequence of training batches.
     """
     from resnets.data import Loader, Normalizer, load
     from resnets.models import create_model
+    from resnets.study.degradation import model_spec
 
     names = list(names)
     if not names:
         raise UserError("diagnose needs at least one model name")
+    specs = {name: model_spec(name) for name in names}
+    for registered, kwargs in specs.values():  # a bad name fails now, not after the others ran
+        with torch.device("meta"):
+            create_model(registered, **kwargs)
     if steps < 0 or batch_size < 2:
         raise UserError(f"steps must be >= 0 and batch size >= 2, got steps={steps}, batch size={batch_size}")
     train = load(data, split="train", root=data_dir, seed=seed)
@@ -182,7 +188,8 @@ def diagnose(
     results = {}
     for name in names:
         torch.manual_seed(seed)
-        model = create_model(name, num_classes=classes, in_channels=channels)
+        registered, kwargs = specs[name]
+        model = create_model(registered, num_classes=classes, in_channels=channels, **kwargs)
         initial = measure(model, probe_images, probe_labels)
         loader = Loader(train, batch_size, shuffle=True, pad=2, normalizer=normalizer, device="cpu", seed=seed)
         losses = train_steps(model, _endless(loader), steps, lr=lr)
@@ -213,12 +220,9 @@ def _endless(loader) -> Iterator:
 
 def write_diagnosis(result: dict, out_dir: str | Path) -> list[Path]:
     """Write diagnosis.json and the three plots under out_dir; returns the paths written."""
-    from resnets.study.diagnosis_plots import plot_diagnosis
+    from resnets.study.plots import plot_diagnosis
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / "diagnosis.json"
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(result, indent=1))
-    os.replace(temporary, path)
+    path = write_json(out / "diagnosis.json", result)
     return [path, *plot_diagnosis(result, out)]

@@ -18,18 +18,12 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import statistics
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from resnets.errors import UserError  # noqa: E402
-
-PANEL_TITLES = {"plain": "plain networks", "resnet": "ResNets", "preact_resnet": "pre-activation ResNets"}
+from resnets.atomic import write_json, write_text
+from resnets.errors import UserError
+from resnets.study.plots import plot_figure6
 
 
 def read_records(run_dir: Path) -> list[dict]:
@@ -172,44 +166,6 @@ def table_csv(data: dict) -> str:
     return buffer.getvalue()
 
 
-def plot_figure6(data: dict, path: Path) -> Path:
-    kinds = list(dict.fromkeys(row["kind"] for row in data["rows"]))
-    depths = sorted({row["depth"] for row in data["rows"]})
-    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    colour_of = {depth: colours[i % len(colours)] for i, depth in enumerate(depths)}
-    figure, axes = plt.subplots(1, len(kinds), figsize=(5.5 * len(kinds), 4.2), sharex=True, sharey=True, squeeze=False)
-    finals = []
-    for axis, kind in zip(axes[0], kinds):
-        for row in (r for r in data["rows"] if r["kind"] == kind):
-            colour = colour_of[row["depth"]]
-            train, test = row["curves"]["train"], row["curves"]["test"]
-            if train:
-                axis.plot(*zip(*train), "--", linewidth=0.9, color=colour)
-            if test:
-                axis.plot(*zip(*test), "-", linewidth=2.2, color=colour, label=f"{kind}-{row['depth']}")
-            finals += [v for v in (row["train_err_mean"], row["test_err_mean"]) if v is not None]
-        axis.set_title(PANEL_TITLES.get(kind, kind))
-        axis.set_xlabel("iterations")
-        axis.grid(alpha=0.3)
-        axis.legend(fontsize=8, title="bold: test, dashed: train", title_fontsize=8)
-    axes[0][0].set_ylabel("error (%)")
-    top = min(100.0, max(5.0, 2.5 * max(finals, default=10.0)))
-    axes[0][0].set_ylim(0, top)
-    figure.tight_layout()
-    temporary = path.with_name(path.stem + ".tmp.png")
-    figure.savefig(temporary, dpi=120)
-    plt.close(figure)
-    os.replace(temporary, path)
-    return path
-
-
-def _write_text(path: Path, text: str) -> Path:
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)
-    return path
-
-
 def write_report(study_dir: str | Path) -> list[Path]:
     """Write figure6.png, table.md, table.csv and summary.json under study_dir/report/."""
     study_dir = Path(study_dir)
@@ -220,8 +176,8 @@ def write_report(study_dir: str | Path) -> list[Path]:
     out.mkdir(exist_ok=True)
     summary = {**data, "rows": [{k: v for k, v in row.items() if k != "curves"} for row in data["rows"]]}
     return [
-        plot_figure6(data, out / "figure6.png"),
-        _write_text(out / "table.md", table_markdown(data)),
-        _write_text(out / "table.csv", table_csv(data)),
-        _write_text(out / "summary.json", json.dumps(summary, indent=1) + "\n"),
+        plot_figure6(data["rows"], out / "figure6.png"),
+        write_text(out / "table.md", table_markdown(data)),
+        write_text(out / "table.csv", table_csv(data)),
+        write_json(out / "summary.json", summary),
     ]

@@ -34,7 +34,7 @@ def _field(default, help: str, choices: tuple | None = None):
 
 @dataclass
 class ModelConfig:
-    model: str = _field("resnet20", "model name from the registry (`resnets models`)")
+    model: str = _field("resnet20", "model name from the registry (`resnets list`)")
     # Extra keyword arguments for create_model, e.g. {shortcut = "B"}. num_classes and
     # in_channels always come from the dataset.
     model_args: dict = _field({}, "extra create_model keyword arguments (TOML inline table; "
@@ -43,7 +43,7 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    data: str = _field("bundled", "dataset: bundled | cifar10 | cifar100 | folder:PATH")
+    data: str = _field("bundled", "dataset: bundled | cifar10 | cifar100 | cifar100-coarse | folder:PATH")
     data_dir: str | None = _field(None, "where datasets are stored/downloaded (None: default)")
     val_fraction: float | None = _field(
         None, "fraction of training images held out for validation (None: the dataset's "

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from resnets.errors import UserError
+from resnets.models.summary import count_parameters
 from resnets.train.checkpoint import (load_checkpoint, rng_state, save_checkpoint,
                                       set_rng_state)
 from resnets.train.config import Config
@@ -198,10 +199,6 @@ def image_shape(dataset) -> list[int]:
     return list(dataset[0][0].shape)
 
 
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
 def _git_commit() -> str | None:
     try:
         result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent,
@@ -301,11 +298,20 @@ def fit(config: Config, run_dir: str | Path, *, resume: bool = False,
             import json
 
             return json.loads((run_dir / "summary.json").read_text())
+        if not last_path.is_file():
+            raise UserError(f"cannot resume {run_dir}: it has no checkpoint (the run stopped "
+                            f"before its first evaluation); start it again without --resume")
         checkpoint = load_checkpoint(last_path, map_location=device)
         _check_resumable(config, checkpoint, last_path)
-    elif run_dir.exists() and ((run_dir / "metrics.jsonl").exists() or last_path.exists()):
+        # The arithmetic the run started with, whatever "auto" means on this machine: a
+        # resumed run must compute what the uninterrupted one would have.
+        precision = checkpoint.get("precision", precision)
+    elif last_path.exists() or (run_dir / "summary.json").exists():
         raise UserError(f"run directory {run_dir} already holds a run; resume it with "
                         f"--resume {run_dir}, or choose another --name/--out")
+    elif (run_dir / "metrics.jsonl").exists():
+        # A run that died before its first checkpoint: nothing to resume, start it afresh.
+        (run_dir / "metrics.jsonl").unlink()
 
     torch.manual_seed(config.seed)
     train_set = load_dataset(config, "train")
@@ -381,7 +387,7 @@ def fit(config: Config, run_dir: str | Path, *, resume: bool = False,
                 "normalizer": normalizer.state_dict(), "classes": classes,
                 "input_size": input_size, "data": config.data.data,
                 "progress": {"counters": dict(counters), "meter": meter.state()},
-                "best": dict(best)}
+                "best": dict(best), "precision": precision}
 
     display = progress if isinstance(progress, Progress) else make_progress(progress)
     metrics = MetricsWriter(run_dir / "metrics.jsonl")
@@ -473,7 +479,7 @@ def fit(config: Config, run_dir: str | Path, *, resume: bool = False,
     records = read_metrics(run_dir / "metrics.jsonl")
     summary = _summary(config, model, records, step, steps_per_epoch, counters, best)
     try:
-        from resnets.study.plots import plot_runs
+        from resnets.train.plots import plot_runs
 
         plot_runs([run_dir], run_dir / "plots")
     except Exception as error:  # a plot failure must not lose a finished run

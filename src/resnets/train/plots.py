@@ -1,0 +1,88 @@
+"""Run figures drawn from run directories' metrics.jsonl files (never from models).
+
+`plot_runs(run_dirs, out_dir)` draws loss.png and error.png against iterations for one run or
+an overlay: training dashed, validation and test solid (test bolder), one colour per run.
+`save_figure` writes any matplotlib Figure atomically; the study's figures use it too.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+from matplotlib.figure import Figure
+
+from resnets.atomic import atomic_open
+from resnets.errors import UserError
+from resnets.train.metrics import read_metrics
+
+# split -> matplotlib line style; training dashed, held-out splits solid (test bolder).
+STYLES = {"train": {"linestyle": "--", "linewidth": 1.0, "alpha": 0.8},
+          "val": {"linestyle": "-", "linewidth": 1.2},
+          "test": {"linestyle": "-", "linewidth": 2.0}}
+
+
+def run_label(run_dir: Path) -> str:
+    return Path(run_dir).name
+
+
+def plot_metric(ax, runs: Sequence[tuple[str, list[dict]]], key: str,
+                splits: Sequence[str] = ("train", "val", "test")) -> None:
+    """Draw `key` against step for each (label, records) run onto a matplotlib Axes.
+
+    One run: a colour per split. Several runs: a colour per run, the split told by the line
+    (training dashed, validation thin, test bold).
+    """
+    for number, (label, records) in enumerate(runs):
+        for split_number, split in enumerate(splits):
+            colour = f"C{split_number}" if len(runs) == 1 else f"C{number % 10}"
+            points = [(r["step"], r[key]) for r in records
+                      if r.get("split") == split and r.get(key) is not None]
+            if not points:
+                continue
+            steps, values = zip(*points)
+            ax.plot(steps, values, color=colour, label=f"{label} {split}", **STYLES[split])
+    ax.set_xlabel("iterations")
+    ax.grid(True, alpha=0.3)
+    if ax.lines:
+        ax.legend(fontsize="small")
+
+
+def plot_runs(run_dirs: Sequence[str | Path], out_dir: str | Path, *,
+              labels: Sequence[str] | None = None) -> list[Path]:
+    """Write loss.png and error.png for one run or an overlay of several; return the paths."""
+    run_dirs = [Path(d) for d in run_dirs]
+    if not run_dirs:
+        raise UserError("plot needs at least one run directory")
+    if labels is not None and len(labels) != len(run_dirs):
+        raise UserError(f"{len(labels)} labels for {len(run_dirs)} runs")
+    for run_dir in run_dirs:
+        if not (run_dir / "metrics.jsonl").is_file():
+            raise UserError(f"not a run directory (no metrics.jsonl): {run_dir}")
+    runs = [(labels[i] if labels else run_label(d), read_metrics(d))
+            for i, d in enumerate(run_dirs)]
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, key, ylabel in (("loss.png", "loss", "cross-entropy loss"),
+                              ("error.png", "err", "top-1 error (%)")):
+        figure = Figure(figsize=(7, 4.5), layout="constrained")
+        ax = figure.add_subplot()
+        plot_metric(ax, runs, key)
+        ax.set_ylabel(ylabel)
+        if key == "loss":
+            values = [r["loss"] for _, records in runs for r in records
+                      if r.get("loss") is not None]
+            if values and min(values) > 0:
+                ax.set_yscale("log")
+        title = runs[0][0] if len(runs) == 1 else f"{len(runs)} runs"
+        ax.set_title(title)
+        written.append(save_figure(figure, out_dir / name))
+    return written
+
+
+def save_figure(figure: Figure, path: Path) -> Path:
+    """Write a figure atomically, its format from the file's suffix."""
+    with atomic_open(path, "wb") as file:
+        figure.savefig(file, format=path.suffix.lstrip(".") or "png", dpi=120)
+    return path
