@@ -145,3 +145,16 @@ def test_bundled_paper_study_uses_the_paper_recipe_unchanged():
     config = study.config_for(degradation.Run("resnet", 110, 0))
     assert config.iters == 64000 and config.milestones == [32000, 48000] and config.wd == 1e-4
     assert config.model.model_args == {"depth": 110}
+
+
+def test_study_passes_model_arguments_to_every_run_with_its_depth():
+    study = Study(name="s", depths=[20], train={"data": "bundled", "epochs": 1, "model_args": "shortcut=B"}).validate()
+    config = study.config_for(degradation.Run("resnet", 20, 3))
+    assert config.model.model == "cifar_resnet" and config.seed == 3
+    assert config.model.model_args == {"shortcut": "B", "depth": 20}
+
+
+def test_diagnose_and_study_name_any_cifar_depth():
+    assert degradation.model_spec("plain74") == ("cifar_plain", {"depth": 74})
+    assert degradation.model_spec("resnet56") == ("resnet56", {})
+    assert degradation.model_spec("preact_resnet8") == ("cifar_preact_resnet", {"depth": 8})

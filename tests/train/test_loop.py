@@ -205,3 +205,36 @@ def test_auto_precision_is_bf16_only_where_it_is_faster(monkeypatch):
     assert loop.resolve_precision("auto", cpu) == "bf16"
     assert loop.resolve_precision("fp32", cpu) == "fp32"
     assert loop.resolve_precision("bf16", cpu) == "bf16"
+
+
+def test_a_run_that_died_before_its_first_checkpoint_starts_afresh(tmp_path, fake_rooms, monkeypatch):
+    _interrupt_at(monkeypatch, 1)  # Ctrl-C after step 1 writes last.pt; delete it to mimic a
+    with pytest.raises(TrainingInterrupted):  # crash before the first checkpoint
+        fit(tiny_config(iters=6, eval_every=4), tmp_path / "run", progress="none")
+    (tmp_path / "run" / "checkpoints" / "last.pt").unlink()
+    assert (tmp_path / "run" / "metrics.jsonl").exists()
+    with pytest.raises(UserError, match="has no checkpoint .* start it again without --resume"):
+        fit(tiny_config(iters=6, eval_every=4), tmp_path / "run", resume=True, progress="none")
+    fit(tiny_config(iters=6, eval_every=4), tmp_path / "run", progress="none")
+    steps = [r["step"] for r in read_metrics(tmp_path / "run") if r["split"] == "train"]
+    assert steps == sorted(set(steps)) and steps[-1] == 6  # the dead run's lines are gone
+
+
+def test_resume_keeps_the_precision_the_run_started_with(tmp_path, fake_rooms, monkeypatch):
+    monkeypatch.setattr(loop, "resolve_precision", lambda precision, device: "fp32")
+    _interrupt_at(monkeypatch, 2)
+    with pytest.raises(TrainingInterrupted):
+        fit(tiny_config(iters=6, precision="auto"), tmp_path / "run", progress="none")
+    assert load_checkpoint(tmp_path / "run")["precision"] == "fp32"
+    used = []
+    real_step = loop.train_step
+
+    def recording_step(*args, **kwargs):
+        used.append(kwargs["precision"])
+        return real_step(*args, **kwargs)
+
+    # on "another machine", auto would now mean bf16; the resumed run keeps fp32
+    monkeypatch.setattr(loop, "resolve_precision", lambda precision, device: "bf16")
+    monkeypatch.setattr(loop, "train_step", recording_step)
+    fit(tiny_config(iters=6, precision="auto"), tmp_path / "run", resume=True, progress="none")
+    assert used and set(used) == {"fp32"}
