@@ -433,8 +433,8 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except KeyboardInterrupt as interrupted:  # a command's own cleanup has run; say what it left
+        print(str(interrupted) or "interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # `resnets list | head`: the reader left; not an error
         import os

@@ -1,6 +1,7 @@
 """`resnets study`: a micro study writes every output, skips finished runs, survives a kill."""
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -158,3 +159,24 @@ def test_diagnose_and_study_name_any_cifar_depth():
     assert degradation.model_spec("plain74") == ("cifar_plain", {"depth": 74})
     assert degradation.model_spec("resnet56") == ("resnet56", {})
     assert degradation.model_spec("preact_resnet8") == ("cifar_preact_resnet", {"depth": 8})
+
+
+def test_ctrl_c_during_a_study_exits_130_saying_how_to_continue(tmp_path, capsys, monkeypatch):
+    import resnets.train.loop as loop
+
+    real_step, calls = loop.train_step, {"n": 0}
+
+    def step_then_ctrl_c(*args, **kwargs):
+        out = real_step(*args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+        return out
+
+    monkeypatch.setattr(loop, "train_step", step_then_ctrl_c)
+    study_file = tmp_path / "s.toml"
+    study_file.write_text(micro_study(name="s", depths=(8,)).to_toml())
+    assert main(["study", "--config", str(study_file), "--out", str(tmp_path), "--progress", "none"]) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("study interrupted during plain8-seed0 (run 1/2)")
+    assert (tmp_path / "s" / "runs" / "plain8-seed0" / "checkpoints" / "last.pt").is_file()

@@ -199,7 +199,7 @@ def run_study(
 ) -> Path:
     """Train every unfinished run of `study`, then write its report. Returns the study dir."""
     from resnets.study.report import write_report
-    from resnets.train import fit
+    from resnets.train import TrainingInterrupted, fit
     from resnets.train.metrics import format_duration
 
     log = log or (lambda line: print(line, file=sys.stderr, flush=True))
@@ -218,7 +218,12 @@ def run_study(
         estimate = f", about {format_duration(elapsed / trained_layers * sum(left))} left" if trained_layers else ""
         verb = "resuming" if resume else "training"
         log(f"[{index}/{len(runs)}] {verb} {run.name} (elapsed {format_duration(elapsed)}{estimate})")
-        fit(study.config_for(run), run_dir, resume=resume, progress=progress)
+        try:
+            fit(study.config_for(run), run_dir, resume=resume, progress=progress)
+        except TrainingInterrupted:
+            raise TrainingInterrupted(
+                f"study interrupted during {run.name} (run {index}/{len(runs)}); its checkpoint is "
+                f"saved: run the same `resnets study` command again to continue") from None
         trained_layers += run.depth
     write_report(study_dir)
     log(f"study {study.name}: {len(runs)} runs in {study_dir}; report in {study_dir / 'report'}")
