@@ -33,8 +33,8 @@ def _build_parser() -> argparse.ArgumentParser:
 
 def _add_model_commands(sub) -> None:
     cmd = sub.add_parser("list", help="list registered models with params and FLOPs",
-                         description="List registered models: layers, parameters and multiply-adds "
-                         "at the paper's input size (3x32x32 CIFAR, 3x224x224 ImageNet).")
+                         description="List registered models: family, input size, parameters, multiply-adds "
+                         "at the paper's input size (3x32x32 CIFAR, 3x224x224 ImageNet) and the paper's error.")
     cmd.add_argument("pattern", nargs="?", default="*", help="shell-style pattern, e.g. 'resnet*'")
     cmd.add_argument("--markdown", action="store_true", help="print a Markdown table")
     cmd.set_defaults(run=_cmd_list)
@@ -157,10 +157,10 @@ def _add_study_commands(sub) -> None:
                           help="model names (default: plain56 resnet56)")
     diagnose.add_argument("--data", default="bundled", help="dataset (default: bundled)")
     diagnose.add_argument("--data-dir", help="where the dataset lives")
-    diagnose.add_argument("--steps", type=int, default=50, help="training steps between the two measurements")
-    diagnose.add_argument("--batch-size", type=int, default=128)
-    diagnose.add_argument("--lr", type=float, default=0.1)
-    diagnose.add_argument("--seed", type=int, default=0)
+    diagnose.add_argument("--steps", type=int, default=50, help="training steps between the two measurements (default: %(default)s)")
+    diagnose.add_argument("--batch-size", type=int, default=128, help="images per step and in the probe batch (default: %(default)s)")
+    diagnose.add_argument("--lr", type=float, default=0.1, help="SGD learning rate, momentum 0.9, wd 1e-4 (default: %(default)s)")
+    diagnose.add_argument("--seed", type=int, default=0, help="initialisation and shuffling seed (default: %(default)s)")
     diagnose.add_argument("--out", default="diagnostics", help="output folder (default: diagnostics)")
     diagnose.set_defaults(run=_cmd_diagnose)
 
@@ -214,12 +214,12 @@ def _cmd_diagnose(args) -> int:
                       batch_size=args.batch_size, lr=args.lr, seed=args.seed)
     paths = write_diagnosis(result, args.out)
     print(f"{'model':<14} {'grad first/last (init)':>24} {'(after ' + str(args.steps) + ' steps)':>20} "
-          f"{'mean ||F(x)||/||x||':>20}")
+          f"{'mean ||F(x)||/||shortcut(x)||':>30}")
     for name, row in result["models"].items():
         distances = row["trained"]["identity_distance"]
         mean = f"{sum(distances) / len(distances):.3f}" if distances else "plain"
         print(f"{name:<14} {row['init']['first_last_ratio']:>24.3g} {row['trained']['first_last_ratio']:>20.3g} "
-              f"{mean:>20}")
+              f"{mean:>30}")
     for path in paths:
         print(path)
     return 0
@@ -254,7 +254,7 @@ def _add_training_commands(sub) -> None:
                                default=None, help=help_text)
         else:
             metavar = {"int": "N", "float": "X", "list": "N,N", "dict": "KEY=VALUE,..."}.get(
-                field.type.replace(" | None", ""), "NAME")
+                field.type.replace(" | None", ""), "DIR" if name.endswith("_dir") else "NAME")
             train.add_argument(flag, dest=name, default=None, metavar=metavar, help=help_text)
     train.set_defaults(run=_cmd_train)
 

@@ -238,3 +238,15 @@ def test_resume_keeps_the_precision_the_run_started_with(tmp_path, fake_rooms, m
     monkeypatch.setattr(loop, "train_step", recording_step)
     fit(tiny_config(iters=6, precision="auto"), tmp_path / "run", resume=True, progress="none")
     assert used and set(used) == {"fp32"}
+
+
+def test_resuming_a_finished_run_with_changed_settings_is_refused(tmp_path, fake_rooms):
+    fit(tiny_config(iters=2), tmp_path / "run", progress="none")
+    with pytest.raises(UserError, match="iters"):
+        fit(tiny_config(iters=4), tmp_path / "run", resume=True, progress="none")
+
+
+def test_a_file_that_is_not_a_torch_file_is_named_as_such(tmp_path):
+    (tmp_path / "config.json").write_text('{"a": 1}')
+    with pytest.raises(UserError, match="not a resnets checkpoint \\(not a torch file\\)"):
+        load_checkpoint(tmp_path / "config.json")

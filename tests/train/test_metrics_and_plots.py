@@ -85,3 +85,17 @@ def test_load_image_centre_crops_after_resizing_the_shorter_side(tmp_path):
     image = load_image(tmp_path / "wide.png", [1, 10, 10])
     assert image[:, :, 1:-1].min() == 255  # squashing instead of cropping would show black
     assert image.float().mean() > 240
+
+
+def test_plot_out_that_is_a_file_is_a_user_error(tmp_path):
+    import pytest
+
+    from resnets.errors import UserError
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text('{"split": "test", "step": 5, "loss": 1.0, "err": 50.0}\n')
+    (tmp_path / "file.pt").write_text("x")
+    with pytest.raises(UserError, match="is a file"):
+        plot_runs([run], tmp_path / "file.pt")
+    assert len(plot_runs([run], tmp_path / "plots")) == 2  # a lone evaluation still plots

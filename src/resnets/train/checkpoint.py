@@ -41,6 +41,10 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     anything but plain data (refused before any of it runs), or a torch file that is not ours.
     """
     path = resolve_checkpoint_path(path)
+    with open(path, "rb") as file:
+        head = file.read(4)
+    if head[:2] != b"PK" and head[:1] != b"\x80":  # neither torch's zip format nor a pickle
+        raise UserError(f"{path}: not a resnets checkpoint (not a torch file)")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:

@@ -44,7 +44,8 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     data: str = _field("bundled", "dataset: bundled | cifar10 | cifar100 | cifar100-coarse | folder:PATH")
-    data_dir: str | None = _field(None, "where datasets are stored/downloaded (None: default)")
+    data_dir: str | None = _field(None, "folder holding the dataset (for cifar10/100: the archive or "
+                                      "its extracted folder, e.g. from `resnets download`)")
     val_fraction: float | None = _field(
         None, "fraction of training images held out for validation (None: the dataset's "
         "default, CIFAR 5k of 50k, others 0.1; 0: no validation split)")

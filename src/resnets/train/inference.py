@@ -66,6 +66,9 @@ def evaluate_checkpoint(trained: Trained, *, data: str | None = None,
         flat = config.flat()
         flat.update({k: v for k, v in {"data": data, "data_dir": data_dir}.items()
                      if v is not None})
+        if data is not None and data.startswith("folder:") and flat.get("image_size") is None:
+            # another tree is resized to what the model was trained on (its H; square crops)
+            flat["image_size"] = trained.input_size[1]
         config = Config.from_dict(flat)
     dataset = loop.load_dataset(config, split)
     if len(dataset) == 0:

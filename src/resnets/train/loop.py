@@ -297,6 +297,8 @@ def fit(config: Config, run_dir: str | Path, *, resume: bool = False,
         if (run_dir / "summary.json").is_file():
             import json
 
+            if last_path.is_file():  # a finished run: nothing to train, but no silent changes
+                _check_resumable(config, load_checkpoint(last_path, map_location="cpu"), last_path)
             return json.loads((run_dir / "summary.json").read_text())
         if not last_path.is_file():
             raise UserError(f"cannot resume {run_dir}: it has no checkpoint (the run stopped "

@@ -41,7 +41,8 @@ def plot_metric(ax, runs: Sequence[tuple[str, list[dict]]], key: str,
             if not points:
                 continue
             steps, values = zip(*points)
-            ax.plot(steps, values, color=colour, label=f"{label} {split}", **STYLES[split])
+            marker = "o" if len(points) == 1 else None  # a lone evaluation is a point, not a line
+            ax.plot(steps, values, color=colour, label=f"{label} {split}", marker=marker, **STYLES[split])
     ax.set_xlabel("iterations")
     ax.grid(True, alpha=0.3)
     if ax.lines:
@@ -62,6 +63,8 @@ def plot_runs(run_dirs: Sequence[str | Path], out_dir: str | Path, *,
     runs = [(labels[i] if labels else run_label(d), read_metrics(d))
             for i, d in enumerate(run_dirs)]
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"--out {out_dir} is a file; plots need a folder")
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for name, key, ylabel in (("loss.png", "loss", "cross-entropy loss"),
