@@ -165,7 +165,7 @@ def resolve_config(preset: str | None = None, file: str | Path | None = None,
     if file is not None:
         layers.append((str(file), _read_toml(Path(file))))
     if overrides:
-        layers.append(("overrides", {k: v for k, v in overrides.items() if v is not None}))
+        layers.append(("settings", {k: v for k, v in overrides.items() if v is not None}))
     for source, layer in layers:
         flat = _flatten(layer, source)
         if "epochs" in flat and "iters" in flat and None not in (flat["epochs"], flat["iters"]):
