@@ -1,7 +1,6 @@
 """`resnets study`: a micro study writes every output, skips finished runs, survives a kill."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -161,19 +160,8 @@ def test_diagnose_and_study_name_any_cifar_depth():
     assert degradation.model_spec("preact_resnet8") == ("cifar_preact_resnet", {"depth": 8})
 
 
-def test_ctrl_c_during_a_study_exits_130_saying_how_to_continue(tmp_path, capsys, monkeypatch):
-    import resnets.train.loop as loop
-
-    real_step, calls = loop.train_step, {"n": 0}
-
-    def step_then_ctrl_c(*args, **kwargs):
-        out = real_step(*args, **kwargs)
-        calls["n"] += 1
-        if calls["n"] == 3:
-            os.kill(os.getpid(), signal.SIGINT)
-        return out
-
-    monkeypatch.setattr(loop, "train_step", step_then_ctrl_c)
+def test_ctrl_c_during_a_study_exits_130_saying_how_to_continue(tmp_path, capsys, ctrl_c_after_step):
+    ctrl_c_after_step(3)
     study_file = tmp_path / "s.toml"
     study_file.write_text(micro_study(name="s", depths=(8,)).to_toml())
     assert main(["study", "--config", str(study_file), "--out", str(tmp_path), "--progress", "none"]) == 130

@@ -133,23 +133,8 @@ def test_checkpoint_problems_exit_2_with_one_line(run_dir, tmp_path, capsys):
 
 
 def test_ctrl_c_writes_a_checkpoint_and_exits_130_with_one_line(tmp_path, fake_rooms,
-                                                                 monkeypatch, capsys):
-    import os
-    import signal
-
-    import resnets.train.loop as loop
-
-    real_step = loop.train_step
-    calls = {"n": 0}
-
-    def step_then_ctrl_c(*args, **kwargs):
-        out = real_step(*args, **kwargs)
-        calls["n"] += 1
-        if calls["n"] == 3:
-            os.kill(os.getpid(), signal.SIGINT)
-        return out
-
-    monkeypatch.setattr(loop, "train_step", step_then_ctrl_c)
+                                                                 ctrl_c_after_step, capsys):
+    ctrl_c_after_step(3)
     argv = ["train", *TINY, "--iters", "8", "--out", str(tmp_path), "--name", "r"]
     assert main(argv) == 130
     err = capsys.readouterr().err

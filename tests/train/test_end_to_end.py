@@ -73,11 +73,8 @@ def test_export_the_run_for_torchvision_is_refused_with_one_line(run_dir, tmp_pa
     assert err.count("\n") == 1 and "'resnet20' (torchvision has no such model)" in err
 
 
-def test_resume_with_the_real_loader_and_model_matches_step_for_step(tmp_path, monkeypatch):
-    import os
-    import signal
+def test_resume_with_the_real_loader_and_model_matches_step_for_step(tmp_path, ctrl_c_after_step):
 
-    import resnets.train.loop as loop
     from resnets.train import TrainingInterrupted, fit, resolve_config
     from resnets.train.metrics import read_metrics
 
@@ -85,16 +82,7 @@ def test_resume_with_the_real_loader_and_model_matches_step_for_step(tmp_path, m
         "iters": 5, "batch_size": 32, "precision": "fp32", "log_every": 1, "eval_every": 5,
         "device": "cpu"})
     fit(config, tmp_path / "straight", progress="none")
-    real_step, calls = loop.train_step, {"n": 0}
-
-    def step_then_ctrl_c(*args, **kwargs):
-        out = real_step(*args, **kwargs)
-        calls["n"] += 1
-        if calls["n"] == 2:
-            os.kill(os.getpid(), signal.SIGINT)
-        return out
-
-    monkeypatch.setattr(loop, "train_step", step_then_ctrl_c)
+    ctrl_c_after_step(2)
     with pytest.raises(TrainingInterrupted):
         fit(config, tmp_path / "resumed", progress="none")
     fit(config, tmp_path / "resumed", resume=True, progress="none")

@@ -1,6 +1,4 @@
 import json
-import os
-import signal
 
 import pytest
 import torch
@@ -103,29 +101,13 @@ def test_best_checkpoint_falls_back_to_test_error_without_a_val_split(tmp_path, 
     assert (tmp_path / "run" / "checkpoints" / "best.pt").is_file()
 
 
-def _interrupt_at(monkeypatch, at_step):
-    """Deliver a real SIGINT (Ctrl-C) right after the optimizer step numbered `at_step`
-    (once: later steps, including those of a resumed run, go through untouched)."""
-    calls = {"n": 0}
-    real_step = loop.train_step
-
-    def step_then_ctrl_c(*args, **kwargs):
-        out = real_step(*args, **kwargs)
-        calls["n"] += 1
-        if calls["n"] == at_step:
-            os.kill(os.getpid(), signal.SIGINT)
-        return out
-
-    monkeypatch.setattr(loop, "train_step", step_then_ctrl_c)
-
-
 @pytest.mark.parametrize("stop_at", [5, 6])  # mid-epoch and at an epoch boundary
 def test_resume_after_ctrl_c_matches_an_uninterrupted_run_step_for_step(
-        tmp_path, fake_rooms, monkeypatch, stop_at):
+        tmp_path, fake_rooms, ctrl_c_after_step, stop_at):
     config = tiny_config(iters=14, precision="fp32", pad=1)
     fit(config, tmp_path / "straight", progress="none")
 
-    _interrupt_at(monkeypatch, stop_at)
+    ctrl_c_after_step(stop_at)
     with pytest.raises(TrainingInterrupted, match=f"interrupted at step {stop_at}/14"):
         fit(config, tmp_path / "resumed", progress="none")
     assert load_checkpoint(tmp_path / "resumed")["step"] == stop_at
@@ -207,8 +189,8 @@ def test_auto_precision_is_bf16_only_where_it_is_faster(monkeypatch):
     assert loop.resolve_precision("bf16", cpu) == "bf16"
 
 
-def test_a_run_that_died_before_its_first_checkpoint_starts_afresh(tmp_path, fake_rooms, monkeypatch):
-    _interrupt_at(monkeypatch, 1)  # Ctrl-C after step 1 writes last.pt; delete it to mimic a
+def test_a_run_that_died_before_its_first_checkpoint_starts_afresh(tmp_path, fake_rooms, ctrl_c_after_step):
+    ctrl_c_after_step(1)  # Ctrl-C after step 1 writes last.pt; delete it to mimic a
     with pytest.raises(TrainingInterrupted):  # crash before the first checkpoint
         fit(tiny_config(iters=6, eval_every=4), tmp_path / "run", progress="none")
     (tmp_path / "run" / "checkpoints" / "last.pt").unlink()
@@ -220,9 +202,10 @@ def test_a_run_that_died_before_its_first_checkpoint_starts_afresh(tmp_path, fak
     assert steps == sorted(set(steps)) and steps[-1] == 6  # the dead run's lines are gone
 
 
-def test_resume_keeps_the_precision_the_run_started_with(tmp_path, fake_rooms, monkeypatch):
+def test_resume_keeps_the_precision_the_run_started_with(tmp_path, fake_rooms, monkeypatch,
+                                                          ctrl_c_after_step):
     monkeypatch.setattr(loop, "resolve_precision", lambda precision, device: "fp32")
-    _interrupt_at(monkeypatch, 2)
+    ctrl_c_after_step(2)
     with pytest.raises(TrainingInterrupted):
         fit(tiny_config(iters=6, precision="auto"), tmp_path / "run", progress="none")
     assert load_checkpoint(tmp_path / "run")["precision"] == "fp32"
