@@ -192,10 +192,8 @@ def _cmd_study(args) -> int:
         if "iters" in train:
             definition["train"].pop("epochs", None)
         study = study_from_dict(definition, source=args.config or "study")
-    run_study(study, args.out, progress=args.progress)
-    from resnets.study.report import table_markdown, collect
-
-    print(table_markdown(collect(Path(args.out) / study.name)), end="")
+    study_dir = run_study(study, args.out, progress=args.progress)
+    print((study_dir / "report" / "table.md").read_text(), end="")  # the table run_study wrote
     return 0
 
 

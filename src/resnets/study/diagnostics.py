@@ -185,13 +185,14 @@ def diagnose(
     probe_labels = test.labels[:batch_size]
     channels, classes = train.images.shape[1], len(train.classes)
 
+    # Batches are a pure function of (seed, epoch, index): every model sees the same sequence.
+    loader = Loader(train, batch_size, shuffle=True, pad=2, normalizer=normalizer, device="cpu", seed=seed)
     results = {}
     for name in names:
         torch.manual_seed(seed)
         registered, kwargs = specs[name]
         model = create_model(registered, num_classes=classes, in_channels=channels, **kwargs)
         initial = measure(model, probe_images, probe_labels)
-        loader = Loader(train, batch_size, shuffle=True, pad=2, normalizer=normalizer, device="cpu", seed=seed)
         losses = train_steps(model, _endless(loader), steps, lr=lr)
         trained = measure(model, probe_images, probe_labels)
         results[name] = {

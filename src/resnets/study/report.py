@@ -16,6 +16,7 @@ evaluation, at the end of training.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import statistics
@@ -63,7 +64,7 @@ def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
 
 def collect(study_dir: str | Path) -> dict:
     """Every run's final figures and curves, and the per-(kind, depth) rows of the table."""
-    from resnets.study.degradation import read_study
+    from resnets.study.degradation import Run, read_study
 
     study_dir = Path(study_dir)
     study = read_study(study_dir / "study.toml")
@@ -72,7 +73,7 @@ def collect(study_dir: str | Path) -> dict:
         for depth in study.depths:
             group = []
             for seed in study.seeds:
-                run_dir = study_dir / "runs" / f"{kind}{depth}-seed{seed}"
+                run_dir = study_dir / "runs" / Run(kind, depth, seed).name
                 if not (run_dir / "metrics.jsonl").is_file():
                     continue
                 records = read_records(run_dir)
@@ -114,13 +115,7 @@ def collect(study_dir: str | Path) -> dict:
             )
     if not runs:
         raise UserError(f"{study_dir} has no runs with metrics yet (run `resnets study` first)")
-    return {"study": dataclass_dict(study), "runs": runs, "rows": rows}
-
-
-def dataclass_dict(study) -> dict:
-    import dataclasses
-
-    return dataclasses.asdict(study)
+    return {"study": dataclasses.asdict(study), "runs": runs, "rows": rows}
 
 
 def _mean_curves(record_lists: list[list[dict]]) -> dict:
