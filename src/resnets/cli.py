@@ -54,30 +54,9 @@ def _add_model_commands(sub) -> None:
 
 
 def _cmd_list(args) -> int:
-    from resnets.models.figures import stored_figures
-    from resnets.models.summary import human
-    from resnets.models.zoo import get_entry, list_models
+    from resnets.models.summary import format_model_table, model_table
 
-    names = list_models(args.pattern)
-    if not names:
-        raise UserError(f"no model matches {args.pattern!r} (try `resnets list`)")
-    figures = stored_figures()
-    header = ("name", "family", "input", "params", "mult-adds", "paper error %")
-    rows = []
-    for name in names:
-        entry, row = get_entry(name), figures[name]
-        error = "" if entry.paper_error is None else f"{entry.paper_error:.2f}"
-        size = "x".join(map(str, row["input_size"]))
-        rows.append((name, entry.family, size, f"{row['params']:,}", human(row["macs"]), error))
-    if args.markdown:
-        print("| " + " | ".join(header) + " |")
-        print("|" + "|".join(["---"] * 3 + ["---:"] * 3) + "|")
-        for row in rows:
-            print("| " + " | ".join(row) + " |")
-        return 0
-    print(f"{header[0]:<22} {header[1]:<9} {header[2]:<10} {header[3]:>12} {header[4]:>10} {header[5]:>14}")
-    for row in rows:
-        print(f"{row[0]:<22} {row[1]:<9} {row[2]:<10} {row[3]:>12} {row[4]:>10} {row[5]:>14}")
+    print(format_model_table(model_table(args.pattern), markdown=args.markdown))
     return 0
 
 
@@ -116,6 +95,8 @@ def _cmd_download(args) -> int:
 
 
 def _add_study_commands(sub) -> None:
+    from resnets.train.progress import MODES as PROGRESS_MODES
+
     study = sub.add_parser(
         "study",
         help="plain vs residual twins at several depths (the paper's Figure 6 and Table 6)",
@@ -137,7 +118,7 @@ def _add_study_commands(sub) -> None:
     study.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="any other training setting for every run (repeatable), e.g. --set lr=0.05")
     study.add_argument("--out", default="studies", help="parent folder of study folders (default: studies)")
-    study.add_argument("--progress", default="auto", choices=["auto", "bar", "lines", "none"])
+    study.add_argument("--progress", default="auto", choices=PROGRESS_MODES)
     study.set_defaults(run=_cmd_study)
     actions = study.add_subparsers(dest="study_action", metavar="ACTION", parser_class=_Parser)
     report = actions.add_parser("report", help="redraw a study's figure and table from its metrics",
@@ -166,32 +147,21 @@ def _add_study_commands(sub) -> None:
 
 
 def _cmd_study(args) -> int:
-    from pathlib import Path
+    from resnets.study.degradation import resolve_study, run_study
 
-    from resnets.study.degradation import default_study, read_study, run_study, study_from_dict
-
-    given = {key: value for key, value in (("kinds", args.kinds), ("depths", args.depths), ("seeds", args.seeds),
-                                           ("preset", args.preset)) if value is not None}
+    changes = {key: value for key, value in (("kinds", args.kinds), ("depths", args.depths),
+                                             ("seeds", args.seeds), ("preset", args.preset))
+               if value is not None}
     train = {key: value for key, value in (("data", args.data), ("data_dir", args.data_dir),
-                                           ("epochs", args.epochs), ("iters", args.iters)) if value is not None}
+                                           ("epochs", args.epochs), ("iters", args.iters))
+             if value is not None}
     for item in args.set:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise UserError(f"--set takes KEY=VALUE, got {item!r}")
         train[key.strip()] = value.strip()
-    saved = Path(args.out) / (args.name or "") / "study.toml"
-    if args.config is None and args.name and saved.is_file() and not given and not train:
-        study = read_study(saved)  # continue the saved study as it was defined
-    else:
-        base = read_study(args.config) if args.config else default_study()
-        definition = {**base.__dict__, **given, "train": {**base.train, **train}}
-        if args.name:
-            definition["name"] = args.name
-        if "epochs" in train:
-            definition["train"].pop("iters", None)
-        if "iters" in train:
-            definition["train"].pop("epochs", None)
-        study = study_from_dict(definition, source=args.config or "study")
+    study = resolve_study(args.config, name=args.name, root=args.out, changes=changes,
+                          train=train)
     study_dir = run_study(study, args.out, progress=args.progress)
     print((study_dir / "report" / "table.md").read_text(), end="")  # the table run_study wrote
     return 0
@@ -227,7 +197,10 @@ def _cmd_diagnose(args) -> int:
 
 
 def _add_training_commands(sub) -> None:
-    from resnets.train.config import FIELDS, list_presets
+    from resnets.data.dataset import SPLITS
+    from resnets.train.config import FIELDS, field_type, list_presets
+    from resnets.train.device import PRECISIONS
+    from resnets.train.progress import MODES as PROGRESS_MODES
 
     train = sub.add_parser(
         "train", help="train a model (default: resnet20 on the bundled digits, ~2 min on CPU)",
@@ -240,19 +213,20 @@ def _add_training_commands(sub) -> None:
     train.add_argument("--config", metavar="FILE.toml", help="TOML file of settings")
     train.add_argument("--resume", metavar="RUN_DIR",
                        help="continue an interrupted run exactly where it stopped")
-    train.add_argument("--progress", choices=("auto", "bar", "lines", "none"), default="auto",
+    train.add_argument("--progress", choices=PROGRESS_MODES, default="auto",
                        help="live bar on a terminal, one line per epoch otherwise (auto)")
     for name, field in FIELDS.items():
         flag = "--" + name.replace("_", "-")
         help_text = field.metadata["help"].replace("%", "%%")
         if field.metadata.get("choices"):
             help_text += f" ({' | '.join(field.metadata['choices'])})"
-        if field.type == "bool":
+        kind, _ = field_type(name)
+        if kind is bool:
             train.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction,
                                default=None, help=help_text)
         else:
-            metavar = {"int": "N", "float": "X", "list": "N,N", "dict": "KEY=VALUE,..."}.get(
-                field.type.replace(" | None", ""), "DIR" if name.endswith("_dir") else "NAME")
+            metavar = {int: "N", float: "X", list: "N,N", dict: "KEY=VALUE,..."}.get(
+                kind, "DIR" if name.endswith("_dir") else "NAME")
             train.add_argument(flag, dest=name, default=None, metavar=metavar, help=help_text)
     train.set_defaults(run=_cmd_train)
 
@@ -262,11 +236,11 @@ def _add_training_commands(sub) -> None:
     evaluate.add_argument("checkpoint", help="checkpoint file or run directory")
     evaluate.add_argument("--data", help="dataset (default: the one it was trained on)")
     evaluate.add_argument("--data-dir", help="where datasets are stored")
-    evaluate.add_argument("--split", default="test", choices=("train", "val", "trainval",
-                                                              "test"), help="(default: test)")
+    evaluate.add_argument("--split", default="test", choices=SPLITS, help="(default: test)")
     evaluate.add_argument("--batch-size", type=_positive_int, default=500)
     evaluate.add_argument("--device", default="auto")
-    evaluate.add_argument("--precision", choices=("bf16", "fp32"), default="fp32")
+    evaluate.add_argument("--precision", choices=[p for p in PRECISIONS if p != "auto"],
+                          default="fp32")
     evaluate.set_defaults(run=_cmd_eval)
 
     predict = sub.add_parser("predict", help="classify image files with a checkpoint",
@@ -314,22 +288,11 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _default_run_name(config) -> str:
-    import re
-    from datetime import datetime
-
-    data = re.sub(r"[^A-Za-z0-9_.-]+", "-", config.data.data.replace("folder:", "folder-"))
-    data = data.strip("-.") or "data"
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    return f"{config.model.model}-{data[-40:]}-{stamp}"
-
-
 def _cmd_train(args) -> int:
-    from pathlib import Path
-
-    from resnets.train import Config, TrainingInterrupted, fit, load_checkpoint, resolve_config
+    from resnets.train import TrainingInterrupted, fit, resolve_config, resume_config
     from resnets.train.config import FIELDS
-    from resnets.train.metrics import print_summary
+    from resnets.train.loop import new_run_dir
+    from resnets.train.progress import print_summary
 
     overrides = {name: getattr(args, name) for name in FIELDS
                  if getattr(args, name) is not None}
@@ -337,22 +300,16 @@ def _cmd_train(args) -> int:
         if args.preset or args.config:
             raise UserError("--resume continues a run with its saved settings; it cannot be "
                             "combined with --preset or --config")
-        run_dir = Path(args.resume)
-        if not run_dir.is_dir():
-            raise UserError(f"cannot resume: run directory not found: {run_dir}")
-        saved = Config.from_dict(load_checkpoint(run_dir)["config"]).flat()
-        if "epochs" in overrides or "iters" in overrides:
-            saved.pop("epochs"), saved.pop("iters")
-        config = resolve_config(overrides={**saved, **overrides})
+        config, run_dir = resume_config(args.resume, overrides), args.resume
     else:
         preset = args.preset or ("quick" if args.config is None else None)
         config = resolve_config(preset, args.config, overrides)
-        run_dir = Path(config.out) / (config.name or _default_run_name(config))
+        run_dir = new_run_dir(config).path
     try:
         summary = fit(config, run_dir, resume=bool(args.resume), progress=args.progress)
     except TrainingInterrupted as interrupted:
         print(str(interrupted), file=sys.stderr)
-        return 130
+        return 128 + interrupted.signal_number
     if args.progress != "none":
         print_summary(summary, run_dir)
     return 0
@@ -410,8 +367,10 @@ def _cmd_plot(args) -> int:
 
     from resnets.train.plots import plot_runs
 
+    from resnets.rundir import RunDir
+
     labels = args.labels.split(",") if args.labels else None
-    out = args.out or (Path(args.runs[0]) / "plots" if len(args.runs) == 1 else "plots")
+    out = args.out or (RunDir(args.runs[0]).plots if len(args.runs) == 1 else "plots")
     for path in plot_runs(args.runs, out, labels=labels):
         print(path)
     return 0

@@ -8,7 +8,7 @@ import torch
 
 import resnets.data.bundled as bundled
 from resnets.data import load
-from resnets.data.datasets import split_indices
+from resnets.data.dataset import split_indices
 from resnets.errors import UserError
 
 TOOL = Path(__file__).resolve().parents[2] / "tools" / "make_bundled.py"
@@ -43,7 +43,7 @@ def test_validation_split_is_drawn_from_the_seed():
 
 
 def test_cifar_protocol_split_sizes():
-    from resnets.data.datasets import DEFAULT_VAL_FRACTION, val_size
+    from resnets.data.dataset import DEFAULT_VAL_FRACTION, val_size
 
     assert val_size(50_000, DEFAULT_VAL_FRACTION) == 5_000  # the paper's 45k/5k
     train, val = split_indices(50_000, val_size(50_000, DEFAULT_VAL_FRACTION), seed=0)

@@ -29,7 +29,8 @@ def test_info_with_input_size_and_json(capsys):
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["info", "resnet5"], "unknown model 'resnet5'; closest: resnet56"),
+    (["info", "resnt56"], "unknown model 'resnt56'; closest: resnet56"),
+    (["info", "resnet5"], "nearest valid depths are 8 and 14"),
     (["info", "cifar_resnet", "--depth", "21"], "nearest valid depths are 20 and 26"),
     (["list", "nothing*"], "no model matches"),
     (["frobnicate"], "invalid choice"),

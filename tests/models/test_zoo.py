@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import resnets
+from resnets.models.zoo import describe
 from resnets.models import count_parameters, create_model, list_models
 
 
@@ -174,7 +175,25 @@ def test_bad_depth_names_the_two_nearest_valid_depths():
 
 
 def test_unknown_name_lists_the_closest_names():
-    with pytest.raises(resnets.UserError, match=r"unknown model 'resnet5'; closest: resnet56, resnet50"):
+    with pytest.raises(resnets.UserError, match=r"unknown model 'resnt56'; closest: resnet56"):
+        create_model("resnt56")
+
+
+def test_kind_and_depth_names_resolve_for_any_valid_depth():
+    assert create_model("plain74").depth == 74 and create_model("resnet8").depth == 8
+    assert describe("plain74") == {"name": "plain74", "family": "cifar", "kind": "plain", "depth": 74}
+    assert describe("preact_resnet14")["kind"] == "preact_resnet"
+    # The depths of Table 1 mean the ImageNet networks, though 50 and 152 are also 6n+2.
+    assert describe("resnet50")["family"] == "imagenet" and describe("plain152")["family"] == "imagenet"
+    assert describe("cifar_resnet")["depth"] is None
+    plain74 = create_model("plain74")
+    twin = create_model("cifar_plain", depth=74)
+    assert [n for n, _ in plain74.named_parameters()] == [n for n, _ in twin.named_parameters()]
+
+
+def test_a_kind_and_depth_name_with_an_invalid_depth_names_the_valid_ones():
+    with pytest.raises(resnets.UserError, match=r"unknown model 'resnet5'.*18, 34, 50, 101, 152.*"
+                                                r"nearest valid depths are 8 and 14"):
         create_model("resnet5")
 
 

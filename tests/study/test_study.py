@@ -10,7 +10,7 @@ import pytest
 
 import resnets
 from resnets.cli import main
-from resnets.study import degradation
+from resnets.study import degradation, spec
 from resnets.study.degradation import Study, read_study, run_study
 
 TRAIN = {"data": "bundled", "iters": 8, "batch_size": 16, "log_every": 2, "eval_every": 4,
@@ -133,7 +133,7 @@ def test_a_saved_study_must_match_the_one_asked_for(finished_study):
 
 
 def test_default_study_is_the_paper_depths():
-    study = degradation.default_study()
+    study = spec.default_study()
     assert study.kinds == ["plain", "resnet"] and study.depths == [20, 32, 44, 56]
     assert study.train["data"] == "bundled"
 
@@ -142,22 +142,22 @@ def test_bundled_paper_study_uses_the_paper_recipe_unchanged():
     study = read_study("paper-cifar10")
     assert study.preset == "paper-cifar" and study.train == {"data": "cifar10"}
     assert study.depths == [20, 32, 44, 56, 110]
-    config = study.config_for(degradation.Run("resnet", 110, 0))
+    config = study.config_for(spec.Run("resnet", 110, 0))
     assert config.iters == 64000 and config.milestones == [32000, 48000] and config.wd == 1e-4
-    assert config.model.model_args == {"depth": 110}
+    assert config.model_args == {"depth": 110}
 
 
 def test_study_passes_model_arguments_to_every_run_with_its_depth():
     study = Study(name="s", depths=[20], train={"data": "bundled", "epochs": 1, "model_args": "shortcut=B"}).validate()
-    config = study.config_for(degradation.Run("resnet", 20, 3))
-    assert config.model.model == "cifar_resnet" and config.seed == 3
-    assert config.model.model_args == {"shortcut": "B", "depth": 20}
+    config = study.config_for(spec.Run("resnet", 20, 3))
+    assert config.model == "cifar_resnet" and config.seed == 3
+    assert config.model_args == {"shortcut": "B", "depth": 20}
 
 
-def test_diagnose_and_study_name_any_cifar_depth():
-    assert degradation.model_spec("plain74") == ("cifar_plain", {"depth": 74})
-    assert degradation.model_spec("resnet56") == ("resnet56", {})
-    assert degradation.model_spec("preact_resnet8") == ("cifar_preact_resnet", {"depth": 8})
+def test_a_study_depth_of_50_is_the_cifar_network_not_imagenet_resnet50():
+    study = Study(name="s", depths=[50], train={"data": "bundled", "epochs": 1}).validate()
+    config = study.config_for(spec.Run("resnet", 50, 0))
+    assert config.model == "cifar_resnet" and config.model_args == {"depth": 50}
 
 
 def test_ctrl_c_during_a_study_exits_130_saying_how_to_continue(tmp_path, capsys, ctrl_c_after_step):

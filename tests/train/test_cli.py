@@ -41,8 +41,8 @@ def test_train_writes_a_run_and_prints_its_summary(tmp_path, fake_rooms, capsys)
     out = capsys.readouterr().out
     assert "epoch 1.0/1  step 6/6" in out and f"run directory: {tmp_path / 'r'}" in out
     config = json.loads((tmp_path / "r" / "config.json").read_text())
-    assert config["optim"]["lr"] == 0.05 and config["optim"]["iters"] == 6
-    assert config["data"]["pad"] == 0 and config["optim"]["nesterov"] is False
+    assert config["lr"] == 0.05 and config["iters"] == 6
+    assert config["pad"] == 0 and config["nesterov"] is False
 
 
 def test_train_reads_a_toml_config(tmp_path, fake_rooms):

@@ -10,7 +10,7 @@ def test_presets_are_bundled_toml_files():
 
 def test_quick_preset_is_resnet20_on_bundled_digits_without_flips():
     config = resolve_config("quick")
-    assert config.model.model == "resnet20" and config.data.data == "bundled"
+    assert config.model == "resnet20" and config.data == "bundled"
     assert config.flip is False and config.precision == "auto" and config.channels_last
     assert config.device == "auto" and config.epochs is not None and config.iters is None
 
@@ -20,7 +20,7 @@ def test_paper_cifar_preset_is_section_4_2():
     assert (config.batch_size, config.lr, config.momentum, config.wd) == (128, 0.1, 0.9, 1e-4)
     assert config.schedule == "step" and config.milestones == [32000, 48000]
     assert config.gamma == 0.1 and config.iters == 64000 and config.epochs is None
-    assert config.val_fraction == 0.1 and config.data.data == "cifar10"  # 45k / 5k
+    assert config.val_fraction == 0.1 and config.data == "cifar10"  # 45k / 5k
     assert config.pad == 4 and config.flip and config.normalize == "pixel_mean"
     assert (config.warmup, config.warmup_mode, config.warmup_lr, config.warmup_min_depth) == \
         (400, "constant", 0.01, 110)
@@ -43,8 +43,12 @@ def test_iters_in_a_later_layer_replaces_epochs():
 def test_flat_names_are_unique_and_round_trip():
     config = resolve_config("paper-cifar", overrides={"model_args": {"shortcut": "B"}})
     assert Config.from_dict(config.to_dict()) == config
-    assert Config.from_dict(config.flat()) == config
-    assert len(FIELDS) == len(config.flat())
+    grouped = {}  # the layout of older files: fields in [model], [data], [optim], [run] tables
+    for name, value in config.to_dict().items():
+        grouped.setdefault(FIELDS[name].metadata["group"], {})[name] = value
+    assert set(grouped) == {"model", "data", "optim", "run"}
+    assert Config.from_dict(grouped) == config
+    assert len(FIELDS) == len(config.to_dict())
 
 
 def test_cli_style_strings_are_parsed():

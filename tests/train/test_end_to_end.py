@@ -22,7 +22,8 @@ def run_dir(tmp_path_factory):
 
 def test_train_writes_a_complete_run_directory(run_dir):
     assert sorted(p.name for p in run_dir.iterdir()) == [
-        "checkpoints", "config.json", "metrics.jsonl", "plots", "summary.json"]
+        ".lock", ".resnets-run", "checkpoints", "config.json", "metrics.jsonl", "plots",
+        "summary.json"]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["model"] == "resnet20" and summary["steps"] == 3
     assert 0 <= summary["final"]["test_err"] <= 100 and summary["best"]["split"] == "val"
@@ -30,12 +31,12 @@ def test_train_writes_a_complete_run_directory(run_dir):
     # Input channels and classes come from the dataset: 1x28x28 digits, 10 classes.
     assert state["model_kwargs"] == {"num_classes": 10, "in_channels": 1}
     assert state["input_size"] == [1, 28, 28] and state["classes"][3] == "3"
-    assert state["config"]["run"]["precision"] == "auto"
-    from resnets.train.loop import cpu_has_amx
+    assert state["config"]["precision"] == "auto"
+    from resnets.train.device import cpu_has_amx
 
     environment = json.loads((run_dir / "config.json").read_text())["environment"]
     assert environment["precision"] == ("bf16" if cpu_has_amx() else "fp32")  # bf16 only where faster
-    assert state["config"]["data"]["pad"] == 2 and state["config"]["data"]["flip"] is False
+    assert state["config"]["pad"] == 2 and state["config"]["flip"] is False
     records = [json.loads(line) for line in open(run_dir / "metrics.jsonl")]
     # quick logs every 7 steps; a run shorter than that logs once, at its end, then evaluates.
     assert [(r["split"], r["step"]) for r in records] == [("train", 3), ("val", 3), ("test", 3)]

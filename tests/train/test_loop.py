@@ -63,11 +63,12 @@ def test_fit_writes_a_complete_run_directory(tmp_path, fake_rooms):
     summary = fit(tiny_config(), tmp_path / "run", progress="none")
     run = tmp_path / "run"
     assert sorted(p.name for p in run.iterdir()) == [
-        "checkpoints", "config.json", "metrics.jsonl", "plots", "summary.json"]
+        ".lock", ".resnets-run", "checkpoints", "config.json", "metrics.jsonl", "plots",
+        "summary.json"]
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
     assert sorted(p.name for p in (run / "plots").iterdir()) == ["error.png", "loss.png"]
     config = json.loads((run / "config.json").read_text())
-    assert config["optim"]["iters"] == 12 and config["environment"]["torch"] == torch.__version__
+    assert config["iters"] == 12 and config["environment"]["torch"] == torch.__version__
     records = read_metrics(run)
     train = [r for r in records if r["split"] == "train"]
     assert [r["step"] for r in train] == list(range(1, 13))
@@ -178,15 +179,15 @@ def test_line_progress_prints_one_line_per_epoch(tmp_path, fake_rooms, capsys):
 def test_auto_precision_is_bf16_only_where_it_is_faster(monkeypatch):
     import torch
 
-    from resnets.train import loop
+    from resnets.train import device
 
     cpu = torch.device("cpu")
-    monkeypatch.setattr(loop, "cpu_has_amx", lambda: False)
-    assert loop.resolve_precision("auto", cpu) == "fp32"
-    monkeypatch.setattr(loop, "cpu_has_amx", lambda: True)
-    assert loop.resolve_precision("auto", cpu) == "bf16"
-    assert loop.resolve_precision("fp32", cpu) == "fp32"
-    assert loop.resolve_precision("bf16", cpu) == "bf16"
+    monkeypatch.setattr(device, "cpu_has_amx", lambda: False)
+    assert device.resolve_precision("auto", cpu) == "fp32"
+    monkeypatch.setattr(device, "cpu_has_amx", lambda: True)
+    assert device.resolve_precision("auto", cpu) == "bf16"
+    assert device.resolve_precision("fp32", cpu) == "fp32"
+    assert device.resolve_precision("bf16", cpu) == "bf16"
 
 
 def test_a_run_that_died_before_its_first_checkpoint_starts_afresh(tmp_path, fake_rooms, ctrl_c_after_step):

@@ -9,8 +9,8 @@ from resnets.errors import UserError
 from resnets.train.plots import plot_runs
 from resnets.train import fit
 from resnets.train.inference import load_image
-from resnets.train.metrics import (BarProgress, LineProgress, MetricsWriter, make_progress,
-                                   read_metrics, truncate_metrics)
+from resnets.train.metrics import MetricsWriter, read_metrics, truncate_metrics
+from resnets.train.progress import BarProgress, LineProgress, make_progress
 
 from train_fakes import tiny_config
 

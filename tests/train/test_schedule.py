@@ -1,9 +1,11 @@
 import math
 
 import pytest
+import torch
 
+from resnets import create_model
 from resnets.train.config import resolve_config
-from resnets.train.schedule import lr_at, model_depth, schedule_from_config
+from resnets.train.schedule import lr_at, schedule_from_config
 
 
 def test_paper_step_schedule_divides_by_10_at_32k_and_48k():
@@ -49,20 +51,18 @@ def test_lr_is_a_pure_function_of_the_step():
                                            ("plain110", True), ("resnet1202", True)])
 def test_paper_warmup_applies_only_from_depth_110(model, warmed):
     config = resolve_config("paper-cifar", overrides={"model": model})
-    lr = schedule_from_config(config, config.iters)
+    with torch.device("meta"):
+        depth = create_model(model).depth  # the built model's depth, not a parsed name
+    lr = schedule_from_config(config, config.iters, depth=depth)
     assert lr(0) == (0.01 if warmed else 0.1)
     assert lr(400) == 0.1
 
 
-def test_paper_warmup_follows_the_depth_argument_of_generic_models():
-    for depth, first_lr in ((56, 0.1), (110, 0.01)):
-        config = resolve_config("paper-cifar", overrides={"model": "cifar_plain",
-                                                          "model_args": {"depth": depth}})
-        assert schedule_from_config(config, config.iters)(0) == first_lr
+def test_paper_warmup_follows_the_built_models_depth_and_is_off_when_unknown():
+    config = resolve_config("paper-cifar", overrides={"model": "cifar_plain"})
+    for depth, first_lr in ((56, 0.1), (110, 0.01), (None, 0.1)):
+        assert schedule_from_config(config, config.iters, depth=depth)(0) == first_lr
 
 
-def test_model_depth_reads_names_and_kwargs():
-    assert model_depth("resnet110") == 110 and model_depth("plain20") == 20
-    assert model_depth("cifar_resnet", {"depth": 44}) == 44
-    assert model_depth("mystery") is None
+def test_constant_schedule_holds_the_rate():
     assert math.isclose(lr_at(5, lr=0.3, total_steps=10, schedule="constant"), 0.3)

@@ -10,10 +10,11 @@
 See docs/data.md for the datasets, the splits and the cache.
 """
 
-from resnets.data.datasets import Dataset, load
+from resnets.data.dataset import SPLITS, Dataset
+from resnets.data.datasets import load
 from resnets.data.download import download
 from resnets.data.folder import StreamingFolder
 from resnets.data.loader import Loader
 from resnets.data.normalize import Normalizer
 
-__all__ = ["Dataset", "Loader", "Normalizer", "StreamingFolder", "download", "load"]
+__all__ = ["SPLITS", "Dataset", "Loader", "Normalizer", "StreamingFolder", "download", "load"]

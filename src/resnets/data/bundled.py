@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from resnets.data.datasets import Dataset, select, val_size
+from resnets.data.dataset import Dataset, resolve_val_fraction, select, val_size
 from resnets.errors import UserError
 
 FILE = Path(__file__).resolve().parent / "files" / "mnist5k.u8.gz"
@@ -60,11 +60,11 @@ def _read(path: Path, sha256: str) -> tuple[torch.Tensor, torch.Tensor, int]:
     return parse(data, str(path))
 
 
-def load_bundled(split: str, seed: int = 0, val_fraction: float = 0.1) -> Dataset:
+def load_bundled(split: str, seed: int = 0, val_fraction: float | None = None) -> Dataset:
     """One split of the bundled digits; "val" is `val_fraction` of the 4,000 training images."""
     images, labels, n_train = _read(FILE, SHA256)
     if split == "test":
         part = Dataset(images[n_train:].clone(), labels[n_train:].clone(), list(CLASSES), "bundled", False, "test")
         return part
     trainval = Dataset(images[:n_train].clone(), labels[:n_train].clone(), list(CLASSES), "bundled", False)
-    return select(trainval, split, seed, val_size(n_train, val_fraction))
+    return select(trainval, split, seed, val_size(n_train, resolve_val_fraction(val_fraction)))

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from resnets.data.datasets import DEFAULT_VAL_FRACTION, Dataset, select, val_size
+from resnets.data.dataset import Dataset, resolve_val_fraction, select, val_size
 from resnets.errors import UserError
 
 LAYOUT = {
@@ -180,6 +180,4 @@ def load_cifar(name: str, split: str, root: str | None, seed: int = 0,
                       split="test" if split == "test" else "trainval", meta=meta_out)
     if split == "test":
         return dataset
-    # The default 0.1 is the paper's 45k/5k split of CIFAR's 50,000 training images.
-    fraction = DEFAULT_VAL_FRACTION if val_fraction is None else val_fraction
-    return select(dataset, split, seed, val_size(len(dataset), fraction))
+    return select(dataset, split, seed, val_size(len(dataset), resolve_val_fraction(val_fraction)))

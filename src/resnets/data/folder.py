@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from resnets.data.datasets import Dataset, select, val_size
+from resnets.data.dataset import Dataset, resolve_val_fraction, select, val_size
 from resnets.atomic import atomic_open
 from resnets.errors import UserError
 
@@ -202,7 +202,7 @@ def _memory_limit() -> int:
         return 4 << 30
 
 
-def load_folder(path: str, split: str, seed: int = 0, val_fraction: float = 0.1,
+def load_folder(path: str, split: str, seed: int = 0, val_fraction: float | None = None,
                 image_size: int | None = None, max_memory_bytes: int | None = None):
     """One split of an ImageFolder tree: a Dataset, or a StreamingFolder when too large."""
     if image_size is not None and (not isinstance(image_size, int) or image_size < 1):
@@ -237,4 +237,4 @@ def load_folder(path: str, split: str, seed: int = 0, val_fraction: float = 0.1,
         whole = Dataset(images, stream.labels, classes, name, default_flip=True, split=stream.split)
     if split == "test":
         return whole
-    return select(whole, split, seed, val_size(len(whole), val_fraction))
+    return select(whole, split, seed, val_size(len(whole), resolve_val_fraction(val_fraction)))

@@ -77,19 +77,15 @@ class Loader:
         if not self.streaming:
             self.images = dataset.images.to(self.device)  # (N, C, H, W) uint8, resident
         self.labels = dataset.labels.to(self.device)
-        self.epoch = 0
 
     def __len__(self) -> int:
         """Batches per epoch."""
         n = len(self.dataset)
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
-    def set_epoch(self, epoch: int) -> None:
-        """Make `iter(loader)` yield the batches of `epoch` (like DistributedSampler)."""
-        self.epoch = int(epoch)
-
     def __iter__(self):
-        return self.batches(self.epoch)
+        """The batches of epoch 0 (what an evaluation loop, which never shuffles, wants)."""
+        return self.batches(0)
 
     def order(self, epoch: int) -> torch.Tensor:
         """The epoch's image order, an int64 CPU tensor: a permutation seeded with (seed, epoch)."""

@@ -79,20 +79,44 @@ def check_choice(what: str, value: object, valid: tuple) -> None:
         raise UserError(f"unknown {what} {value!r}; valid: {', '.join(map(repr, valid))}")
 
 
-class BasicUnit(nn.Module):
+class PostActUnit(nn.Module):
+    """What the paper's post-activation units share: the shortcut, and the forward step
+    `a[l+2] = g(z[l+2] + a[l])`, with g the unit's last activation (`self.act_out`).
+
+    A subclass builds its layers, sets `self.downsample` with `make_shortcut` (None for the
+    plain twin) and defines `branch`, the residual function F.
+    """
+
+    downsample: nn.Module | None
+
+    @property
+    def residual(self) -> bool:
+        return self.downsample is not None
+
+    @property
+    def act_out(self) -> nn.Module:
+        """The activation after the addition (act2 of a basic unit, act3 of a bottleneck)."""
+        raise NotImplementedError
+
+    def branch(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def shortcut(self, x: torch.Tensor) -> torch.Tensor:
+        """The skip path: x itself, zero-padded (A) or projected (B/C) to the output's shape."""
+        return self.downsample(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.residual:  # plain twin: same layers, no addition
+            return self.act_out(self.branch(x))
+        return self.act_out(self.branch(x) + self.shortcut(x))
+
+
+class BasicUnit(PostActUnit):
     """Two 3x3 conv layers: `out = act2(bn2(conv2(act1(bn1(conv1(x))))) + shortcut(x))`."""
 
     expansion = 1
 
-    def __init__(
-        self,
-        in_channels: int,
-        channels: int,
-        stride: int = 1,
-        *,
-        shortcut: str = "A",
-        bottleneck_stride: str = "1x1",  # unused; one signature for both unit kinds
-    ):
+    def __init__(self, in_channels: int, channels: int, stride: int = 1, *, shortcut: str = "A"):
         super().__init__()
         out_channels = channels * self.expansion
         self.conv1 = conv3x3(in_channels, channels, stride)
@@ -105,21 +129,12 @@ class BasicUnit(nn.Module):
         self.stride = stride
 
     @property
-    def residual(self) -> bool:
-        return self.downsample is not None
+    def act_out(self) -> nn.Module:
+        return self.act2
 
     def branch(self, x: torch.Tensor) -> torch.Tensor:
         """F(x): the residual function the unit learns. (B, C_in, H, W) -> (B, C_out, H/s, W/s)."""
         return self.bn2(self.conv2(self.act1(self.bn1(self.conv1(x)))))
-
-    def shortcut(self, x: torch.Tensor) -> torch.Tensor:
-        """The skip path: x itself, zero-padded (A) or projected (B/C) to the output's shape."""
-        return self.downsample(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.downsample is None:  # plain twin: same layers, no addition
-            return self.act2(self.branch(x))
-        return self.act2(self.branch(x) + self.shortcut(x))
 
     def zero_init_last(self) -> None:
         """Zero the scale of the branch's last BN, so the branch outputs 0 and a residual unit
@@ -127,7 +142,7 @@ class BasicUnit(nn.Module):
         nn.init.zeros_(self.bn2.weight)
 
 
-class BottleneckUnit(nn.Module):
+class BottleneckUnit(PostActUnit):
     """1x1 reduce, 3x3, 1x1 restore (x4 channels), for ResNet-50/101/152.
 
     `bottleneck_stride="1x1"` puts the stride on the first 1x1 conv, as the paper does (v1);
@@ -136,19 +151,11 @@ class BottleneckUnit(nn.Module):
 
     expansion = 4
 
-    def __init__(
-        self,
-        in_channels: int,
-        channels: int,
-        stride: int = 1,
-        *,
-        shortcut: str = "B",
-        bottleneck_stride: str = "1x1",
-    ):
+    def __init__(self, in_channels: int, channels: int, stride: int = 1, *, shortcut: str = "B",
+                 bottleneck_stride: str = "1x1"):
         super().__init__()
-        check_choice("bottleneck_stride", bottleneck_stride, BOTTLENECK_STRIDES)
         out_channels = channels * self.expansion
-        stride_1x1, stride_3x3 = (stride, 1) if bottleneck_stride == "1x1" else (1, stride)
+        stride_1x1, stride_3x3 = _bottleneck_strides(stride, bottleneck_stride)
         self.conv1 = conv1x1(in_channels, channels, stride_1x1)
         self.bn1 = nn.BatchNorm2d(channels)
         self.act1 = nn.ReLU(inplace=True)
@@ -162,44 +169,58 @@ class BottleneckUnit(nn.Module):
         self.stride = stride
 
     @property
-    def residual(self) -> bool:
-        return self.downsample is not None
+    def act_out(self) -> nn.Module:
+        return self.act3
 
     def branch(self, x: torch.Tensor) -> torch.Tensor:
         out = self.act1(self.bn1(self.conv1(x)))
         out = self.act2(self.bn2(self.conv2(out)))
         return self.bn3(self.conv3(out))
 
-    def shortcut(self, x: torch.Tensor) -> torch.Tensor:
-        return self.downsample(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.downsample is None:  # plain twin
-            return self.act3(self.branch(x))
-        return self.act3(self.branch(x) + self.shortcut(x))
-
     def zero_init_last(self) -> None:
         nn.init.zeros_(self.bn3.weight)
 
 
-class PreActBasicUnit(nn.Module):
-    """Pre-activation basic unit (He et al. 2016): `out = conv2(act2(bn2(conv1(act1(bn1(x)))))) + shortcut`.
+class PreActUnit(nn.Module):
+    """What the pre-activation units (He et al. 2016) share: `out = F(pre) + shortcut(x)` with
+    `pre = act1(bn1(x))`, and nothing after the addition, so a unit whose branch is zeroed is
+    the identity on any input. A projection shortcut reads the pre-activated input, as in the
+    paper's code; an identity shortcut reads x itself.
 
-    Nothing follows the addition, so a unit with a zeroed branch is the identity on any input.
-    A projection shortcut reads the pre-activated input, as in the paper's code.
+    A subclass builds bn1/act1 and its layers, sets `self.downsample` (built with
+    `normalize=False`; None for the plain twin) and defines `branch_from_pre`.
     """
+
+    downsample: nn.Module | None
+
+    @property
+    def residual(self) -> bool:
+        return self.downsample is not None
+
+    def branch_from_pre(self, pre: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def branch(self, x: torch.Tensor) -> torch.Tensor:
+        return self.branch_from_pre(self.act1(self.bn1(x)))
+
+    def shortcut(self, x: torch.Tensor, pre: torch.Tensor | None = None) -> torch.Tensor:
+        if isinstance(self.downsample, nn.Identity):
+            return x
+        return self.downsample(self.act1(self.bn1(x)) if pre is None else pre)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pre = self.act1(self.bn1(x))  # computed once: the branch and a projection both read it
+        if not self.residual:
+            return self.branch_from_pre(pre)
+        return self.branch_from_pre(pre) + self.shortcut(x, pre)
+
+
+class PreActBasicUnit(PreActUnit):
+    """Pre-activation basic unit: `out = conv2(act2(bn2(conv1(act1(bn1(x)))))) + shortcut`."""
 
     expansion = 1
 
-    def __init__(
-        self,
-        in_channels: int,
-        channels: int,
-        stride: int = 1,
-        *,
-        shortcut: str = "A",
-        bottleneck_stride: str = "1x1",  # unused
-    ):
+    def __init__(self, in_channels: int, channels: int, stride: int = 1, *, shortcut: str = "A"):
         super().__init__()
         out_channels = channels * self.expansion
         self.bn1 = nn.BatchNorm2d(in_channels)
@@ -211,47 +232,23 @@ class PreActBasicUnit(nn.Module):
         self.downsample = make_shortcut(shortcut, in_channels, out_channels, stride, normalize=False)
         self.stride = stride
 
-    @property
-    def residual(self) -> bool:
-        return self.downsample is not None
-
-    def _branch(self, pre: torch.Tensor) -> torch.Tensor:
+    def branch_from_pre(self, pre: torch.Tensor) -> torch.Tensor:
         return self.conv2(self.act2(self.bn2(self.conv1(pre))))
-
-    def branch(self, x: torch.Tensor) -> torch.Tensor:
-        return self._branch(self.act1(self.bn1(x)))
-
-    def shortcut(self, x: torch.Tensor) -> torch.Tensor:
-        return _preact_shortcut(self, x, None)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pre = self.act1(self.bn1(x))  # computed once: the branch and a projection both read it
-        if self.downsample is None:
-            return self._branch(pre)
-        return self._branch(pre) + _preact_shortcut(self, x, pre)
 
     def zero_init_last(self) -> None:
         nn.init.zeros_(self.conv2.weight)
 
 
-class PreActBottleneckUnit(nn.Module):
+class PreActBottleneckUnit(PreActUnit):
     """Pre-activation bottleneck unit (He et al. 2016): BN-ReLU-1x1, BN-ReLU-3x3, BN-ReLU-1x1."""
 
     expansion = 4
 
-    def __init__(
-        self,
-        in_channels: int,
-        channels: int,
-        stride: int = 1,
-        *,
-        shortcut: str = "B",
-        bottleneck_stride: str = "1x1",
-    ):
+    def __init__(self, in_channels: int, channels: int, stride: int = 1, *, shortcut: str = "B",
+                 bottleneck_stride: str = "1x1"):
         super().__init__()
-        check_choice("bottleneck_stride", bottleneck_stride, BOTTLENECK_STRIDES)
         out_channels = channels * self.expansion
-        stride_1x1, stride_3x3 = (stride, 1) if bottleneck_stride == "1x1" else (1, stride)
+        stride_1x1, stride_3x3 = _bottleneck_strides(stride, bottleneck_stride)
         self.bn1 = nn.BatchNorm2d(in_channels)
         self.act1 = nn.ReLU(inplace=False)
         self.conv1 = conv1x1(in_channels, channels, stride_1x1)
@@ -264,37 +261,18 @@ class PreActBottleneckUnit(nn.Module):
         self.downsample = make_shortcut(shortcut, in_channels, out_channels, stride, normalize=False)
         self.stride = stride
 
-    @property
-    def residual(self) -> bool:
-        return self.downsample is not None
-
-    def _branch(self, pre: torch.Tensor) -> torch.Tensor:
+    def branch_from_pre(self, pre: torch.Tensor) -> torch.Tensor:
         out = self.conv2(self.act2(self.bn2(self.conv1(pre))))
         return self.conv3(self.act3(self.bn3(out)))
-
-    def branch(self, x: torch.Tensor) -> torch.Tensor:
-        return self._branch(self.act1(self.bn1(x)))
-
-    def shortcut(self, x: torch.Tensor) -> torch.Tensor:
-        return _preact_shortcut(self, x, None)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pre = self.act1(self.bn1(x))
-        if self.downsample is None:
-            return self._branch(pre)
-        return self._branch(pre) + _preact_shortcut(self, x, pre)
 
     def zero_init_last(self) -> None:
         nn.init.zeros_(self.conv3.weight)
 
 
-def _preact_shortcut(unit: nn.Module, x: torch.Tensor, pre: torch.Tensor | None) -> torch.Tensor:
-    """A pre-activation unit's skip path: x itself, or a projection of the pre-activated x."""
-    if isinstance(unit.downsample, nn.Identity):
-        return x
-    if pre is None:
-        pre = unit.act1(unit.bn1(x))
-    return unit.downsample(pre)
+def _bottleneck_strides(stride: int, placement: str) -> tuple[int, int]:
+    """(stride of the first 1x1, stride of the 3x3) for "1x1" (v1) or "3x3" (v1.5)."""
+    check_choice("bottleneck_stride", placement, BOTTLENECK_STRIDES)
+    return (stride, 1) if placement == "1x1" else (1, stride)
 
 
 UNITS = {

@@ -71,6 +71,10 @@ class ResNet(nn.Module):
         self.stage_depths = tuple(int(d) for d in stage_depths)
         self.num_classes, self.in_channels = num_classes, in_channels
         unit_class = UNITS[(unit, preact)]
+        # Only bottleneck units have a stride placement to choose.
+        unit_options = {"shortcut": shortcut}
+        if unit == "bottleneck":
+            unit_options["bottleneck_stride"] = bottleneck_stride
 
         if family == "imagenet":
             self.conv1 = nn.Conv2d(in_channels, width, 7, stride=2, padding=3, bias=False)
@@ -90,15 +94,7 @@ class ResNet(nn.Module):
             stride = 1 if index == 0 else 2
             units = []
             for position in range(depth):
-                units.append(
-                    unit_class(
-                        in_width,
-                        channels,
-                        stride if position == 0 else 1,
-                        shortcut=shortcut,
-                        bottleneck_stride=bottleneck_stride,
-                    )
-                )
+                units.append(unit_class(in_width, channels, stride if position == 0 else 1, **unit_options))
                 in_width = channels * unit_class.expansion
             self.add_module(f"layer{index + 1}", nn.Sequential(*units))
         self.num_features = in_width

@@ -1,7 +1,11 @@
 """Named models: typed keyword-only builders, a registry, `create_model` and `list_models`.
 
-Every registered name maps to a builder and the keyword arguments it fixes (`resnet56` is
-`cifar_resnet(depth=56)`). Metadata from the paper (its reported error and where) sits beside
+This module is the only place a model name means something. Every registered name maps to a
+builder and the keyword arguments it fixes (`resnet56` is `cifar_resnet(depth=56)`), and
+KIND+DEPTH names resolve for any valid depth: `resnetN`, `plainN`, `preact_resnetN` are the
+ImageNet networks of Table 1 for N in 18, 34, 50, 101, 152 and the CIFAR networks of
+section 4.2 for any other N = 6n+2 (`plain74`, `resnet8`). `describe(name)` says what a name
+is (family, kind, depth). Metadata from the paper (its reported error and where) sits beside
 each entry as data; `resnets.model_info` adds the measured parameters and FLOPs.
 """
 
@@ -9,6 +13,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import re
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -26,9 +31,11 @@ IMAGENET_STAGES = {
     152: ("bottleneck", (3, 8, 36, 3)),
 }
 CIFAR_DEPTHS = (20, 32, 44, 56, 110, 1202)  # the depths of the paper's Table 6
+KINDS = ("resnet", "plain", "preact_resnet")  # the prefixes of KIND+DEPTH names
+FAMILIES = ("cifar", "imagenet")
 
 
-def _cifar_units_per_stage(depth: object) -> int:
+def cifar_units_per_stage(depth: object) -> int:
     """n for a CIFAR depth 6n+2, or a UserError naming the two nearest valid depths."""
     if isinstance(depth, bool) or not isinstance(depth, int):
         raise UserError(f"depth must be an integer of the form 6n+2 (20, 32, 44, 56, 110, ...), got {depth!r}")
@@ -56,7 +63,7 @@ def cifar_resnet(
     zero_init_last: bool = False,
 ) -> ResNet:
     """CIFAR ResNet of section 4.2: depth 6n+2, n basic units in each of three stages."""
-    n = _cifar_units_per_stage(depth)
+    n = cifar_units_per_stage(depth)
     return ResNet(
         family="cifar",
         unit="basic",
@@ -156,6 +163,7 @@ class ModelEntry:
     builder: Callable[..., ResNet]
     fixed: dict = field(default_factory=dict)
     family: str = "cifar"
+    kind: str = "resnet"  # one of KINDS
     input_size: tuple[int, int, int] = (3, 32, 32)  # (C, H, W) the paper used
     paper_error: float | None = None  # top-1 error (%) the paper reports for this model
     paper_source: str = ""  # where: table and protocol
@@ -183,69 +191,96 @@ def register(entry: ModelEntry) -> ModelEntry:
     return entry
 
 
+# (family, kind) -> the generic builder and what it fixes; every named model is one of these
+# at a fixed depth.
+_GENERIC = {
+    ("cifar", "resnet"): ("cifar_resnet", cifar_resnet, {}),
+    ("cifar", "plain"): ("cifar_plain", cifar_plain, {}),
+    ("cifar", "preact_resnet"): ("cifar_preact_resnet", cifar_resnet, {"preact": True}),
+    ("imagenet", "resnet"): ("imagenet_resnet", imagenet_resnet, {}),
+    ("imagenet", "plain"): ("imagenet_plain", imagenet_plain, {}),
+    ("imagenet", "preact_resnet"): ("imagenet_preact_resnet", imagenet_resnet, {"preact": True}),
+}
+_INPUT_SIZES = {"cifar": (3, 32, 32), "imagenet": (3, 224, 224)}
+# Table 6, CIFAR-10 test error (%); 110 is the best of 5 runs (mean 6.61 +- 0.16).
+_CIFAR_ERRORS = {20: 8.75, 32: 7.51, 44: 7.17, 56: 6.97, 110: 6.43, 1202: 7.93}
+# ImageNet validation top-1 error (%), 10-crop testing: Table 2 (shortcut A for 18/34, plain
+# nets) and Table 3 (ResNet-34 B, ResNet-50/101/152).
+_IMAGENET_ERRORS = {
+    "resnet18": (27.88, "Table 2, ImageNet val top-1, 10-crop, shortcut A"),
+    "resnet34": (24.52, "Table 3, ImageNet val top-1, 10-crop, shortcut B"),
+    "resnet50": (22.85, "Table 3, ImageNet val top-1, 10-crop"),
+    "resnet101": (21.75, "Table 3, ImageNet val top-1, 10-crop"),
+    "resnet152": (21.43, "Table 3, ImageNet val top-1, 10-crop"),
+    "plain18": (27.94, "Table 2, ImageNet val top-1, 10-crop"),
+    "plain34": (28.54, "Table 2, ImageNet val top-1, 10-crop"),
+}
+
+
+def generic_name(family: str, kind: str) -> str:
+    """The registered name of the builder that takes any depth: ("cifar", "plain") ->
+    "cifar_plain"."""
+    return _GENERIC[(family, kind)][0]
+
+
+def _depth_entry(kind: str, depth: int) -> ModelEntry:
+    """KIND+DEPTH as an entry: ImageNet for the depths of Table 1, CIFAR for any other 6n+2."""
+    family = "imagenet" if depth in IMAGENET_STAGES else "cifar"
+    _, builder, fixed = _GENERIC[(family, kind)]
+    name = f"{kind}{depth}"
+    if family == "imagenet":
+        error, source = _IMAGENET_ERRORS.get(name, (None, ""))
+    else:
+        cifar_units_per_stage(depth)  # a UserError naming the nearest valid depths
+        error = _CIFAR_ERRORS.get(depth) if kind == "resnet" else None
+        source = "Table 6, CIFAR-10 test error" if error is not None else ""
+    return ModelEntry(name, builder, {"depth": depth, **fixed}, family=family, kind=kind,
+                      input_size=_INPUT_SIZES[family], paper_error=error, paper_source=source)
+
+
 def _register_all() -> None:
-    register(ModelEntry("cifar_resnet", cifar_resnet))
-    register(ModelEntry("cifar_plain", cifar_plain))
-    register(ModelEntry("cifar_preact_resnet", cifar_resnet, {"preact": True}))
-    register(ModelEntry("imagenet_resnet", imagenet_resnet, family="imagenet", input_size=(3, 224, 224)))
-    register(ModelEntry("imagenet_plain", imagenet_plain, family="imagenet", input_size=(3, 224, 224)))
-
-    # Table 6, CIFAR-10 test error (%); 110 is the best of 5 runs (mean 6.61 +- 0.16).
-    cifar_errors = {20: 8.75, 32: 7.51, 44: 7.17, 56: 6.97, 110: 6.43, 1202: 7.93}
+    for (family, kind), (name, builder, fixed) in _GENERIC.items():
+        if name != "imagenet_preact_resnet":  # reachable as preact_resnet18 ... 152
+            register(ModelEntry(name, builder, fixed, family=family, kind=kind,
+                                input_size=_INPUT_SIZES[family]))
     for depth in CIFAR_DEPTHS:
-        register(
-            ModelEntry(
-                f"resnet{depth}",
-                cifar_resnet,
-                {"depth": depth},
-                paper_error=cifar_errors[depth],
-                paper_source="Table 6, CIFAR-10 test error",
-            )
-        )
-        register(ModelEntry(f"plain{depth}", cifar_plain, {"depth": depth}))
-        register(ModelEntry(f"preact_resnet{depth}", cifar_resnet, {"depth": depth, "preact": True}))
-
-    # ImageNet validation top-1 error (%), 10-crop testing: Table 2 (shortcut A for 18/34,
-    # plain nets) and Table 3 (ResNet-34 B, ResNet-50/101/152).
-    imagenet_errors = {
-        "resnet18": (27.88, "Table 2, ImageNet val top-1, 10-crop, shortcut A"),
-        "resnet34": (24.52, "Table 3, ImageNet val top-1, 10-crop, shortcut B"),
-        "resnet50": (22.85, "Table 3, ImageNet val top-1, 10-crop"),
-        "resnet101": (21.75, "Table 3, ImageNet val top-1, 10-crop"),
-        "resnet152": (21.43, "Table 3, ImageNet val top-1, 10-crop"),
-        "plain18": (27.94, "Table 2, ImageNet val top-1, 10-crop"),
-        "plain34": (28.54, "Table 2, ImageNet val top-1, 10-crop"),
-    }
+        for kind in ("resnet", "plain", "preact_resnet"):
+            register(_depth_entry(kind, depth))
     for depth in IMAGENET_STAGES:
-        for name, builder, fixed in (
-            (f"resnet{depth}", imagenet_resnet, {"depth": depth}),
-            (f"plain{depth}", imagenet_plain, {"depth": depth}),
-            (f"preact_resnet{depth}", imagenet_resnet, {"depth": depth, "preact": True}),
-        ):
-            error, source = imagenet_errors.get(name, (None, ""))
-            register(
-                ModelEntry(
-                    name,
-                    builder,
-                    fixed,
-                    family="imagenet",
-                    input_size=(3, 224, 224),
-                    paper_error=error,
-                    paper_source=source,
-                )
-            )
+        for kind in ("resnet", "plain", "preact_resnet"):
+            register(_depth_entry(kind, depth))
 
 
 _register_all()
 
 
+_DEPTH_NAME = re.compile(r"(plain|resnet|preact_resnet)(\d+)")
+
+
 def get_entry(name: str) -> ModelEntry:
-    """The registry entry for `name`, or a UserError listing the closest names."""
-    if not isinstance(name, str) or name not in _REGISTRY:
-        close = difflib.get_close_matches(str(name), list(_REGISTRY), n=4, cutoff=0.5)
-        hint = f"; closest: {', '.join(close)}" if close else ""
-        raise UserError(f"unknown model {name!r}{hint} (see `resnets list`)")
-    return _REGISTRY[name]
+    """The entry for `name` (registered, or KIND+DEPTH), or a UserError listing close names."""
+    if isinstance(name, str) and name in _REGISTRY:
+        return _REGISTRY[name]
+    match = _DEPTH_NAME.fullmatch(name) if isinstance(name, str) else None
+    if match is not None:
+        kind, depth = match.group(1), int(match.group(2))
+        try:
+            return _depth_entry(kind, depth)
+        except UserError as error:
+            raise UserError(f"unknown model {name!r}: {kind}N takes an ImageNet depth "
+                            f"({', '.join(map(str, IMAGENET_STAGES))}) or a CIFAR depth; "
+                            f"{error}") from None
+    close = difflib.get_close_matches(str(name), list(_REGISTRY), n=4, cutoff=0.5)
+    hint = f"; closest: {', '.join(close)}" if close else ""
+    raise UserError(f"unknown model {name!r}{hint} (see `resnets list`)")
+
+
+def describe(name: str) -> dict:
+    """What a model name is: {"name", "family", "kind", "depth"} (depth None for the generic
+    builders, whose depth is an argument)."""
+    entry = get_entry(name)
+    return {"name": entry.name, "family": entry.family, "kind": entry.kind,
+            "depth": entry.fixed.get("depth")}
 
 
 def create_model(name: str, **kwargs) -> nn.Module:

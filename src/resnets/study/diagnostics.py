@@ -26,6 +26,8 @@ from torch import nn
 
 from resnets.atomic import write_json
 from resnets.errors import UserError
+from resnets.modes import eval_mode
+from resnets.train.loop import train_step
 
 
 def weighted_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -43,15 +45,13 @@ def gradient_norms(model: nn.Module, images: torch.Tensor, labels: torch.Tensor)
     Leaves the model's gradients zeroed, its BN running statistics as they were.
     """
     saved = {k: v.clone() for k, v in model.state_dict().items() if "running" in k or "num_batches" in k}
-    was_training = model.training
-    model.train()
-    model.zero_grad(set_to_none=True)
-    loss = F.cross_entropy(model(images), labels)
-    loss.backward()
-    norms = {name: module.weight.grad.norm().item() for name, module in weighted_layers(model)}
-    model.zero_grad(set_to_none=True)
-    model.load_state_dict(saved, strict=False)
-    model.train(was_training)
+    with eval_mode(model, training=True):
+        model.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(model(images), labels)
+        loss.backward()
+        norms = {name: module.weight.grad.norm().item() for name, module in weighted_layers(model)}
+        model.zero_grad(set_to_none=True)
+        model.load_state_dict(saved, strict=False)
     return norms
 
 
@@ -77,12 +77,10 @@ def response_stds(model: nn.Module, images: torch.Tensor) -> dict[str, float]:
         module.register_forward_hook(lambda m, args, out, name=name: stds.__setitem__(name, out.float().std().item()))
         for name, module in _response_layers(model)
     ]
-    was_training = model.training
-    model.eval()
     try:
-        model(images)
+        with eval_mode(model):
+            model(images)
     finally:
-        model.train(was_training)
         for hook in hooks:
             hook.remove()
     return {name: stds[name] for name, _ in _response_layers(model) if name in stds}
@@ -97,17 +95,15 @@ def identity_distances(model: nn.Module, images: torch.Tensor) -> list[float]:
         unit.register_forward_pre_hook(lambda m, args, index=index: inputs.__setitem__(index, args[0].detach()))
         for index, unit in enumerate(units)
     ]
-    was_training = model.training
-    model.eval()
     try:
-        model(images)
-        distances = []
-        for index, unit in enumerate(units):
-            x = inputs[index]
-            skip = unit.shortcut(x).float()
-            distances.append((unit.branch(x).float().norm() / skip.norm().clamp_min(1e-12)).item())
+        with eval_mode(model):
+            model(images)
+            distances = []
+            for index, unit in enumerate(units):
+                x = inputs[index]
+                skip = unit.shortcut(x).float()
+                distances.append((unit.branch(x).float().norm() / skip.norm().clamp_min(1e-12)).item())
     finally:
-        model.train(was_training)
         for hook in hooks:
             hook.remove()
     return distances
@@ -134,18 +130,11 @@ def train_steps(
     momentum: float = 0.9,
     weight_decay: float = 1e-4,
 ) -> list[float]:
-    """k plain SGD steps (the paper's optimiser, constant lr); returns the losses."""
+    """k plain SGD steps (the paper's optimiser, constant lr, the training loop's own step);
+    returns the losses."""
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     model.train()
-    losses = []
-    for _ in range(steps):
-        images, labels = next(batches)
-        loss = F.cross_entropy(model(images), labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-    return losses
+    return [train_step(model, optimizer, *next(batches))[0].item() for _ in range(steps)]
 
 
 def diagnose(
@@ -160,26 +149,30 @@ def diagnose(
 ) -> dict:
     """Measure each named model at initialisation and after `steps` SGD steps on `data`.
 
-    Names are registered models or KIND+DEPTH for any CIFAR depth 6n+2 (`plain74`, `resnet8`).
+    Names are anything the registry resolves: registered names, and KIND+DEPTH for any valid
+    depth (`plain74`, `resnet8`).
 
     Every model sees the same probe batch (the first `batch_size` test images, normalized with
     the training set's per-pixel mean) and the same sequence of training batches.
     """
     from resnets.data import Loader, Normalizer, load
     from resnets.models import create_model
-    from resnets.study.degradation import model_spec
 
     names = list(names)
     if not names:
         raise UserError("diagnose needs at least one model name")
-    specs = {name: model_spec(name) for name in names}
-    for registered, kwargs in specs.values():  # a bad name fails now, not after the others ran
+    for name in names:  # a bad name fails now, not after the others ran
         with torch.device("meta"):
-            create_model(registered, **kwargs)
+            create_model(name)
     if steps < 0 or batch_size < 2:
         raise UserError(f"steps must be >= 0 and batch size >= 2, got steps={steps}, batch size={batch_size}")
+    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+        raise UserError(f"lr must be a positive number, got {lr!r}")
     train = load(data, split="train", root=data_dir, seed=seed)
     test = load(data, split="test", root=data_dir, seed=seed)
+    if batch_size > len(train):
+        raise UserError(f"batch size {batch_size} is larger than the training set ({len(train)} "
+                        f"images): no full batch can be drawn")
     normalizer = Normalizer.fit("pixel_mean", train.images)
     probe_images = normalizer(test.images[:batch_size])
     probe_labels = test.labels[:batch_size]
@@ -190,8 +183,7 @@ def diagnose(
     results = {}
     for name in names:
         torch.manual_seed(seed)
-        registered, kwargs = specs[name]
-        model = create_model(registered, num_classes=classes, in_channels=channels, **kwargs)
+        model = create_model(name, num_classes=classes, in_channels=channels)
         initial = measure(model, probe_images, probe_labels)
         losses = train_steps(model, _endless(loader), steps, lr=lr)
         trained = measure(model, probe_images, probe_labels)
@@ -213,6 +205,8 @@ def diagnose(
 
 
 def _endless(loader) -> Iterator:
+    if len(loader) == 0:  # would spin for ever drawing empty epochs
+        raise UserError("the loader yields no batch: the batch is larger than the dataset")
     epoch = 0
     while True:
         yield from loader.batches(epoch)

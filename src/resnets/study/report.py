@@ -18,19 +18,15 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
-import json
 import statistics
 from pathlib import Path
 
 from resnets.atomic import write_json, write_text
 from resnets.errors import UserError
+from resnets.rundir import RunDir
 from resnets.study.plots import plot_figure6
-
-
-def read_records(run_dir: Path) -> list[dict]:
-    from resnets.train.metrics import read_metrics
-
-    return read_metrics(run_dir / "metrics.jsonl")
+from resnets.study.spec import Run, read_study
+from resnets.train.metrics import read_metrics
 
 
 def final_train_error(records: list[dict]) -> float | None:
@@ -64,8 +60,6 @@ def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
 
 def collect(study_dir: str | Path) -> dict:
     """Every run's final figures and curves, and the per-(kind, depth) rows of the table."""
-    from resnets.study.degradation import Run, read_study
-
     study_dir = Path(study_dir)
     study = read_study(study_dir / "study.toml")
     runs, rows = [], []
@@ -73,17 +67,16 @@ def collect(study_dir: str | Path) -> dict:
         for depth in study.depths:
             group = []
             for seed in study.seeds:
-                run_dir = study_dir / "runs" / Run(kind, depth, seed).name
-                if not (run_dir / "metrics.jsonl").is_file():
+                run_dir = RunDir(study_dir / "runs" / Run(kind, depth, seed).name)
+                if not run_dir.has_metrics():
                     continue
-                records = read_records(run_dir)
-                summary_path = run_dir / "summary.json"
-                summary = json.loads(summary_path.read_text()) if summary_path.is_file() else None
+                records = read_metrics(run_dir.metrics)
+                summary = run_dir.read_summary() if run_dir.finished() else None
                 run = {
                     "kind": kind,
                     "depth": depth,
                     "seed": seed,
-                    "run_dir": str(run_dir.relative_to(study_dir)),
+                    "run_dir": str(run_dir.path.relative_to(study_dir)),
                     "finished": summary is not None,
                     "steps": max((r["step"] for r in records), default=0),
                     "params": summary["params"] if summary else None,

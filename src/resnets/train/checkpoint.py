@@ -5,10 +5,8 @@ A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts, so i
 Writes go to a temporary file in the same folder, are fsynced, then renamed over the old file,
 so a crash mid-write leaves the previous checkpoint intact.
 
-Keys: format, version, model (name), model_kwargs, model_state, optimizer_state, step,
-schedule ({"step", "lr"}), rng ({"torch", "cuda"}), config (nested dict), normalizer (its
-state dict), classes, input_size ([C, H, W]), data (dataset name), progress (counters that let
-a resumed run continue its metrics), best ({"step", "err", "split"}).
+What the dict holds is written in one place, `resnets.train.state.TrainState`; this module
+only frames it (a format marker and version) and moves it to and from disk.
 """
 
 from __future__ import annotations
@@ -21,6 +19,7 @@ import torch
 
 from resnets.atomic import atomic_open
 from resnets.errors import UserError
+from resnets.rundir import RunDir
 
 FORMAT = "resnets-checkpoint"
 VERSION = 1
@@ -64,13 +63,13 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 
 def resolve_checkpoint_path(path: str | Path) -> Path:
-    """A checkpoint file, or `RUN_DIR/checkpoints/last.pt` for a run directory."""
+    """A checkpoint file, or the last checkpoint of a run directory."""
     path = Path(path)
     if path.is_dir():
-        candidate = path / "checkpoints" / "last.pt"
+        candidate = RunDir(path).last
         if not candidate.is_file():
-            raise UserError(f"{path}: a folder without checkpoints/last.pt (not a run "
-                            f"directory, or the run has not saved a checkpoint yet)")
+            raise UserError(f"{path}: a folder without {candidate.relative_to(path)} (not a "
+                            f"run directory, or the run has not saved a checkpoint yet)")
         return candidate
     if not path.is_file():
         raise UserError(f"checkpoint not found: {path}")

@@ -1,9 +1,13 @@
-"""Training configuration: one dataclass per concern, presets as TOML data, validation.
+"""Training configuration: one flat dataclass, presets as TOML data, validation.
 
-Every field has a flat name, used identically in TOML files (`lr = 0.1`), CLI flags (`--lr 0.1`)
-and override dicts (`{"lr": 0.1}`). A config is resolved in layers: the dataclass defaults, then
-a preset (`src/resnets/train/presets/NAME.toml`), then a TOML file, then overrides; each layer
-replaces the fields it names. Unknown names and bad values raise `UserError`.
+Every field has one name, used identically in TOML files (`lr = 0.1`), CLI flags (`--lr 0.1`)
+and override dicts (`{"lr": 0.1}`), as in nanoGPT's `GPTConfig`: `config.model` is the model
+name, `config.data` the dataset. TOML files may group fields under `[model]`, `[data]`,
+`[optim]` and `[run]` tables (the groups below); the names stay the same. A config is resolved
+in layers: the dataclass defaults, then a preset (`src/resnets/train/presets/NAME.toml`), then
+a TOML file, then overrides; each layer replaces the fields it names. Unknown names and bad
+values raise `UserError`. Values are coerced to the field's annotated type
+(`typing.get_type_hints`); choice lists come from the module that owns each choice.
 """
 
 from __future__ import annotations
@@ -11,6 +15,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,126 +26,104 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
+from resnets.data.normalize import KINDS as NORMALIZERS
 from resnets.errors import UserError
+from resnets.train.device import DEVICE_PATTERN, PRECISIONS
+from resnets.train.schedule import SCHEDULES, WARMUP_MODES
 
 PRESET_DIR = Path(__file__).with_name("presets")
+GROUPS = ("model", "data", "optim", "run")  # TOML tables that may hold the fields below
 
 
-def _field(default, help: str, choices: tuple | None = None):
-    metadata = {"help": help, "choices": choices}
+def _field(default, help: str, group: str, choices: tuple | None = None):
+    metadata = {"help": help, "choices": choices, "group": group}
     if isinstance(default, (list, dict)):
         return field(default_factory=type(default), metadata=metadata)
     return field(default=default, metadata=metadata)
 
 
 @dataclass
-class ModelConfig:
-    model: str = _field("resnet20", "model name from the registry (`resnets list`)")
-    # Extra keyword arguments for create_model, e.g. {shortcut = "B"}. num_classes and
-    # in_channels always come from the dataset.
-    model_args: dict = _field({}, "extra create_model keyword arguments (TOML inline table; "
-                              "CLI: KEY=VALUE,KEY=VALUE)")
-
-
-@dataclass
-class DataConfig:
-    data: str = _field("bundled", "dataset: bundled | cifar10 | cifar100 | cifar100-coarse | folder:PATH")
-    data_dir: str | None = _field(None, "folder holding the dataset (for cifar10/100: the archive or "
-                                      "its extracted folder, e.g. from `resnets download`)")
-    val_fraction: float | None = _field(
-        None, "fraction of training images held out for validation (None: the dataset's "
-        "default, CIFAR 5k of 50k, others 0.1; 0: no validation split)")
-    split_seed: int = _field(0, "seed of the train/validation split (fixed across runs so that "
-                             "seeds vary the training, not the data)")
-    image_size: int | None = _field(None, "resize images to this size (None: native)")
-    normalize: str = _field("channel", "input normalisation fitted on the training images",
-                            choices=("pixel_mean", "channel", "none"))
-    pad: int = _field(4, "pad-and-random-crop augmentation, pixels (0: off)")
-    flip: bool | None = _field(None, "random horizontal flips (None: the dataset's default, "
-                               "off for digits, on for photos)")
-
-
-@dataclass
-class OptimConfig:
-    epochs: float | None = _field(None, "length of training in epochs (exactly one of "
-                                  "epochs / iters)")
-    iters: int | None = _field(None, "length of training in optimizer steps")
-    batch_size: int = _field(128, "images per step")
-    lr: float = _field(0.1, "peak learning rate")
-    momentum: float = _field(0.9, "SGD momentum")
-    nesterov: bool = _field(False, "Nesterov momentum")
-    wd: float = _field(5e-4, "weight decay (L2, applied to every parameter, as in the paper)")
-    schedule: str = _field("cosine", "learning-rate decay after warm-up",
-                           choices=("cosine", "step", "constant"))
-    milestones: list = _field([], "steps at which `step` multiplies lr by gamma (empty: at "
-                              "50% and 75% of training)")
-    gamma: float = _field(0.1, "lr factor at each milestone")
-    warmup: int = _field(0, "warm-up length in steps (0: none)")
-    warmup_mode: str = _field("linear", "linear: ramp from lr/warmup to lr; constant: hold "
-                              "warmup_lr", choices=("linear", "constant"))
-    warmup_lr: float = _field(0.01, "lr during a constant warm-up")
-    warmup_min_depth: int = _field(0, "apply the warm-up only to models at least this deep "
-                                   "(paper: 110); 0: always")
-
-
-@dataclass
-class RunConfig:
-    seed: int = _field(0, "seed of initialisation, shuffling and augmentation")
-    device: str = _field("auto", "auto (CUDA if present, else CPU) | cpu | cuda | cuda:N")
-    precision: str = _field("auto", "auto: bf16 where faster (CUDA, CPUs with AMX), else fp32; "
-                            "bf16: autocast with fp32 weights; fp32: plain",
-                            choices=("auto", "bf16", "fp32"))
-    channels_last: bool = _field(True, "NHWC memory format (faster convolutions)")
-    compile: bool = _field(False, "torch.compile the model")
-    out: str = _field("runs", "parent folder of run directories")
-    name: str | None = _field(None, "run directory name (None: MODEL-DATA-TIMESTAMP)")
-    log_every: int = _field(0, "steps between training lines in metrics.jsonl "
-                            "(0: about 10 per epoch)")
-    eval_every: int = _field(0, "steps between validation/test evaluations (0: once per epoch)")
-    eval_batch_size: int = _field(500, "images per evaluation batch")
-
-
-@dataclass
 class Config:
     """A resolved training configuration (see the module docstring for the layers)."""
 
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    run: RunConfig = field(default_factory=RunConfig)
+    # --- model
+    model: str = _field("resnet20", "model name from the registry (`resnets list`), or "
+                        "resnetN / plainN / preact_resnetN for any valid depth", "model")
+    # Extra keyword arguments for create_model, e.g. {shortcut = "B"}. num_classes and
+    # in_channels always come from the dataset.
+    model_args: dict = _field({}, "extra create_model keyword arguments (TOML inline table; "
+                              "CLI: KEY=VALUE,KEY=VALUE)", "model")
+    # --- data
+    data: str = _field("bundled", "dataset: bundled | cifar10 | cifar100 | cifar100-coarse | "
+                       "folder:PATH", "data")
+    data_dir: str | None = _field(None, "folder holding the dataset (for cifar10/100: the "
+                                  "archive or its extracted folder, e.g. from `resnets "
+                                  "download`)", "data")
+    val_fraction: float | None = _field(
+        None, "fraction of training images held out for validation (None: the dataset's "
+        "default, 0.1, as CIFAR's 5k of 50k; 0: no validation split)", "data")
+    split_seed: int = _field(0, "seed of the train/validation split (fixed across runs so that "
+                             "seeds vary the training, not the data)", "data")
+    image_size: int | None = _field(None, "resize images to this size (None: native)", "data")
+    normalize: str = _field("channel", "input normalisation fitted on the training images",
+                            "data", choices=NORMALIZERS)
+    pad: int = _field(4, "pad-and-random-crop augmentation, pixels (0: off)", "data")
+    flip: bool | None = _field(None, "random horizontal flips (None: the dataset's default, "
+                               "off for digits, on for photos)", "data")
+    # --- optimisation
+    epochs: float | None = _field(None, "length of training in epochs (exactly one of "
+                                  "epochs / iters)", "optim")
+    iters: int | None = _field(None, "length of training in optimizer steps", "optim")
+    batch_size: int = _field(128, "images per step", "optim")
+    lr: float = _field(0.1, "peak learning rate", "optim")
+    momentum: float = _field(0.9, "SGD momentum", "optim")
+    nesterov: bool = _field(False, "Nesterov momentum", "optim")
+    wd: float = _field(5e-4, "weight decay (L2, applied to every parameter, as in the paper)",
+                       "optim")
+    schedule: str = _field("cosine", "learning-rate decay after warm-up", "optim",
+                           choices=SCHEDULES)
+    milestones: list = _field([], "steps at which `step` multiplies lr by gamma (empty: at "
+                              "50% and 75% of training)", "optim")
+    gamma: float = _field(0.1, "lr factor at each milestone", "optim")
+    warmup: int = _field(0, "warm-up length in steps (0: none)", "optim")
+    warmup_mode: str = _field("linear", "linear: ramp from lr/warmup to lr; constant: hold "
+                              "warmup_lr", "optim", choices=WARMUP_MODES)
+    warmup_lr: float = _field(0.01, "lr during a constant warm-up", "optim")
+    warmup_min_depth: int = _field(0, "apply the warm-up only to models at least this deep "
+                                   "(paper: 110); 0: always", "optim")
+    # --- run
+    seed: int = _field(0, "seed of initialisation, shuffling and augmentation", "run")
+    device: str = _field("auto", "auto (CUDA if present, else CPU) | cpu | cuda | cuda:N", "run")
+    precision: str = _field("auto", "auto: bf16 where faster (CUDA, CPUs with AMX), else fp32; "
+                            "bf16: autocast with fp32 weights; fp32: plain", "run",
+                            choices=PRECISIONS)
+    channels_last: bool = _field(True, "NHWC memory format (faster convolutions)", "run")
+    compile: bool = _field(False, "torch.compile the model", "run")
+    out: str = _field("runs", "parent folder of run directories", "run")
+    name: str | None = _field(None, "run directory name (None: MODEL-DATA-TIMESTAMP)", "run")
+    log_every: int = _field(0, "steps between training lines in metrics.jsonl "
+                            "(0: about 10 per epoch)", "run")
+    eval_every: int = _field(0, "steps between validation/test evaluations (0: once per "
+                             "epoch)", "run")
+    eval_batch_size: int = _field(500, "images per evaluation batch", "run")
 
-    def flat(self) -> dict[str, Any]:
-        """All fields by flat name (the same names as TOML keys and CLI flags)."""
-        out = {}
-        for section in _SECTIONS:
-            out.update(dataclasses.asdict(getattr(self, section)))
-        return out
-
-    def to_dict(self) -> dict[str, dict[str, Any]]:
-        """Nested plain dict by section (what config.json and checkpoints store)."""
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict by field name (what config.json and checkpoints store)."""
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict) -> "Config":
-        """Inverse of `to_dict` (also accepts a flat dict); validated."""
+        """Inverse of `to_dict` (also accepts fields grouped in tables, as older files have
+        them); validated."""
         return _build(_flatten(data, source="saved config"))
 
-    def __getattr__(self, name: str):
-        # Flat access: config.lr == config.optim.lr. Only called for names not found normally,
-        # so `config.model` and `config.data` are the sections; their fields `model` and `data`
-        # are `config.model.model` and `config.data.data`.
-        section = _SECTION_OF.get(name)
-        if section is None:
-            raise AttributeError(name)
-        return getattr(object.__getattribute__(self, section), name)
+    def replace(self, **changes) -> "Config":
+        """A validated copy with some fields changed (values coerced as from a file)."""
+        return _build({**self.to_dict(), **changes})
 
 
-_SECTIONS = {"model": ModelConfig, "data": DataConfig, "optim": OptimConfig, "run": RunConfig}
-FIELDS: dict[str, dataclasses.Field] = {
-    f.name: f for cls in _SECTIONS.values() for f in dataclasses.fields(cls)
-}
-_SECTION_OF = {f.name: section for section, cls in _SECTIONS.items()
-               for f in dataclasses.fields(cls)}
+FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(Config)}
+_TYPES = typing.get_type_hints(Config)
 
 
 def list_presets() -> list[str]:
@@ -191,7 +175,7 @@ def _read_toml(path: Path) -> dict:
 def _flatten(data: dict, source: str) -> dict[str, Any]:
     flat: dict[str, Any] = {}
     for key, value in data.items():
-        if key in _SECTIONS and isinstance(value, dict):
+        if key in GROUPS and isinstance(value, dict):
             flat.update(_flatten(value, source))
         elif key in FIELDS:
             flat[key] = value
@@ -202,38 +186,38 @@ def _flatten(data: dict, source: str) -> dict[str, Any]:
 
 
 def _build(values: dict[str, Any]) -> Config:
-    sections = {}
-    for name, cls in _SECTIONS.items():
-        kwargs = {}
-        for f in dataclasses.fields(cls):
-            if f.name in values:
-                kwargs[f.name] = _coerce(f.name, values[f.name])
-        sections[name] = cls(**kwargs)
-    config = Config(**sections)
+    config = Config(**{name: _coerce(name, value) for name, value in values.items()})
     if config.model_args is None:
-        config.model.model_args = {}
+        config.model_args = {}
     if config.milestones is None:
-        config.optim.milestones = []
+        config.milestones = []
     _validate(config)
     return config
 
 
-# Field types as written in the dataclasses (kept as strings by `from __future__ import
-# annotations`), mapped to what a value must be.
+def field_type(name: str) -> tuple[type, bool]:
+    """(the type a field holds, whether it may be None), from its annotation."""
+    hint = _TYPES[name]
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        args = [arg for arg in typing.get_args(hint) if arg is not type(None)]
+        return args[0], True
+    return hint, False
+
+
 def _coerce(name: str, value: Any) -> Any:
-    kind = FIELDS[name].type.replace(" | None", "")
-    optional = "None" in FIELDS[name].type
+    """`value` as the type of field `name`: strings (from flags) parsed, numbers checked."""
+    kind, optional = field_type(name)
     if value is None:
-        if optional or kind in ("dict", "list"):
+        if optional or kind in (dict, list):
             return None
         raise UserError(f"{name} must not be empty")
-    if kind == "bool":
+    if kind is bool:
         if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
             return value.lower() in ("true", "1", "yes")
         if not isinstance(value, bool):
             raise UserError(f"{name} must be true or false, got {value!r}")
         return value
-    if kind == "int":
+    if kind is int:
         if isinstance(value, str):
             value = _parse_number(name, value, int)
         if isinstance(value, float) and value.is_integer():
@@ -241,7 +225,7 @@ def _coerce(name: str, value: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, int):
             raise UserError(f"{name} must be an integer, got {value!r}")
         return value
-    if kind == "float":
+    if kind is float:
         if isinstance(value, str):
             value = _parse_number(name, value, float)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -249,20 +233,20 @@ def _coerce(name: str, value: Any) -> Any:
         if not math.isfinite(value):
             raise UserError(f"{name} must be finite, got {value!r}")
         return float(value)
-    if kind == "str":
+    if kind is str:
         if not isinstance(value, str):
             raise UserError(f"{name} must be a string, got {value!r}")
         choices = FIELDS[name].metadata.get("choices")
         if choices and value not in choices:
             raise UserError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
         return value
-    if kind == "list":
+    if kind is list:
         if isinstance(value, str):
             value = [part for part in value.replace(" ", "").split(",") if part]
         if not isinstance(value, (list, tuple)):
             raise UserError(f"{name} must be a list of integers, got {value!r}")
         return [_coerce_int_item(name, v) for v in value]
-    if kind == "dict":
+    if kind is dict:
         if isinstance(value, str):
             value = _parse_key_values(name, value)
         if not isinstance(value, dict):
@@ -343,7 +327,7 @@ def _validate(config: Config) -> None:
         raise UserError(f"image_size must be >= 1, got {config.image_size}")
     if any(m < 1 for m in config.milestones) or config.milestones != sorted(config.milestones):
         raise UserError(f"milestones must be increasing positive steps, got {config.milestones}")
-    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", config.device):
+    if not re.fullmatch(DEVICE_PATTERN, config.device):
         raise UserError(f"device must be auto, cpu, cuda, cuda:N or mps, got {config.device!r}")
     if config.name is not None and (not config.name or "/" in config.name or
                                     config.name in (".", "..")):

@@ -16,9 +16,13 @@ import torch
 from torch import nn
 
 from resnets.errors import UserError
-from resnets.train import loop
 from resnets.train.checkpoint import load_checkpoint, resolve_checkpoint_path
 from resnets.train.config import Config
+from resnets.train.device import resolve_device
+from resnets.train.loop import evaluate, image_shape
+from resnets.train import parts as parts_module
+from resnets.train.parts import Parts
+from resnets.train.state import TrainState
 
 
 @dataclass
@@ -35,57 +39,48 @@ class Trained:
     device: torch.device
 
 
-def load_trained(path: str | Path, device: str = "cpu") -> Trained:
-    """Rebuild the model of a checkpoint file (or of a run directory's last.pt)."""
+def load_trained(path: str | Path, device: str = "cpu", parts: Parts | None = None) -> Trained:
+    """Rebuild the model of a checkpoint file (or of a run directory's last checkpoint)."""
     path = resolve_checkpoint_path(path)
-    device_ = loop.resolve_device(device)
-    state = load_checkpoint(path, map_location=device_)
-    try:
-        model = loop.create_model(state["model"], **state["model_kwargs"])
-        model.load_state_dict(state["model_state"])
-    except UserError:
-        raise
-    except (RuntimeError, KeyError, ValueError) as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else ""
-        raise UserError(f"{path}: the checkpoint does not fit model {state.get('model')!r} "
-                        f"({type(error).__name__}: {first[:200]})") from None
-    model.to(device_).eval()
-    return Trained(model=model, normalizer=loop.normalizer_from_state(state["normalizer"]),
-                   classes=list(state["classes"]), input_size=list(state["input_size"]),
-                   config=Config.from_dict(state["config"]), checkpoint=state, path=path,
-                   device=device_)
+    device_ = resolve_device(device)
+    checkpoint = load_checkpoint(path, map_location=device_)
+    state = TrainState.from_checkpoint(checkpoint, parts or parts_module.default_parts(), path)
+    state.model.to(device_).eval()
+    return Trained(model=state.model, normalizer=state.normalizer, classes=state.classes,
+                   input_size=state.input_size, config=state.config, checkpoint=checkpoint,
+                   path=path, device=device_)
 
 
 def evaluate_checkpoint(trained: Trained, *, data: str | None = None,
                         data_dir: str | None = None, split: str = "test",
-                        batch_size: int = 500, precision: str = "fp32") -> dict[str, Any]:
+                        batch_size: int = 500, precision: str = "fp32",
+                        parts: Parts | None = None) -> dict[str, Any]:
     """Top-1/top-5/per-class error of a trained model on a dataset split (by default the
     dataset and split options it was trained with)."""
+    parts = parts or parts_module.default_parts()
     config = trained.config
     if data is not None or data_dir is not None:
-        flat = config.flat()
-        flat.update({k: v for k, v in {"data": data, "data_dir": data_dir}.items()
-                     if v is not None})
-        if data is not None and data.startswith("folder:") and flat.get("image_size") is None:
+        changes = {k: v for k, v in {"data": data, "data_dir": data_dir}.items() if v is not None}
+        if data is not None and data.startswith("folder:") and config.image_size is None:
             # another tree is resized to what the model was trained on (its H; square crops)
-            flat["image_size"] = trained.input_size[1]
-        config = Config.from_dict(flat)
-    dataset = loop.load_dataset(config, split)
+            changes["image_size"] = trained.input_size[1]
+        config = config.replace(**changes)
+    dataset = parts.load_dataset(config, split)
     if len(dataset) == 0:
-        raise UserError(f"split {split!r} of {config.data.data!r} is empty")
-    shape = loop.image_shape(dataset)
+        raise UserError(f"split {split!r} of {config.data!r} is empty")
+    shape = image_shape(dataset)
     if shape != trained.input_size:
-        raise UserError(f"{config.data.data} {split} images are {shape} (C, H, W) but the "
+        raise UserError(f"{config.data} {split} images are {shape} (C, H, W) but the "
                         f"model was trained on {trained.input_size}")
     if list(dataset.classes) != trained.classes:
-        raise UserError(f"{config.data.data} has classes {_short(dataset.classes)}, the "
+        raise UserError(f"{config.data} has classes {_short(dataset.classes)}, the "
                         f"checkpoint {_short(trained.classes)}")
-    loader = loop.make_loader(dataset, batch_size, shuffle=False, pad=0, flip=False,
-                              normalizer=trained.normalizer, device=trained.device,
-                              seed=0, drop_last=False, channels_last=False)
-    result = loop.evaluate(trained.model, loader, precision=precision,
-                           num_classes=len(trained.classes))
-    return {**result, "data": config.data.data, "split": split}
+    loader = parts.make_loader(dataset, batch_size, shuffle=False, pad=0, flip=False,
+                               normalizer=trained.normalizer, device=trained.device,
+                               seed=0, drop_last=False, channels_last=False)
+    result = evaluate(trained.model, loader, precision=precision,
+                      num_classes=len(trained.classes))
+    return {**result, "data": config.data, "split": split}
 
 
 def _short(names: Sequence[str]) -> str:

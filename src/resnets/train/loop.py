@@ -1,21 +1,23 @@
-"""`fit` (train a config into a run directory) and `evaluate`.
+"""`fit` (train a config into a run directory), `train_step` and `evaluate`.
 
 The loop is deliberately plain: one step is forward under autocast, cross-entropy in fp32,
 backward, SGD. The learning rate is set from `lr_at(step)` before every step, and the loader's
 batch `i` of epoch `e` depends only on (seed, e, i), so the step counter is the whole position
 of a run: a resumed run replays exactly what an uninterrupted one would have done.
+
+`fit` is three parts: build (`_Training.__init__`: data, model, optimizer, loaders, state,
+restored from a checkpoint when resuming), loop (`_Training.loop`), finish (summary, plots).
+What a checkpoint holds is `TrainState`'s business; what a run directory holds is `RunDir`'s.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 import platform
 import signal
 import subprocess
 import threading
 import time
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable
@@ -24,111 +26,37 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from resnets.atomic import write_json
 from resnets.errors import UserError
 from resnets.models.summary import count_parameters
-from resnets.train.checkpoint import (load_checkpoint, rng_state, save_checkpoint,
-                                      set_rng_state)
+from resnets.modes import eval_mode
+from resnets.rundir import RunDir
+from resnets.train.checkpoint import load_checkpoint
 from resnets.train.config import Config
-from resnets.train.metrics import (MetricsWriter, Progress, make_progress, read_metrics,
-                                   truncate_metrics, write_json)
+from resnets.train.device import autocast, resolve_device, resolve_precision
+from resnets.train.metrics import MetricsWriter, read_metrics, truncate_metrics
+from resnets.train import parts as parts_module
+from resnets.train.parts import Parts
+from resnets.train.progress import Progress, make_progress
 from resnets.train.schedule import schedule_from_config
+from resnets.train.state import Counters, Meter, TrainState
 
 # Fields that may change when a run is resumed: they do not change what the run computes.
 RESUMABLE_CHANGES = frozenset({"device", "compile", "out", "name", "eval_batch_size"})
+TRAIN_LINES_PER_EPOCH = 10  # training lines in metrics.jsonl when log_every is 0
 
 
 class TrainingInterrupted(KeyboardInterrupt):
-    """Ctrl-C during `fit`: a checkpoint was written; `str(error)` says where and how to resume."""
+    """Ctrl-C or SIGTERM during `fit`: a checkpoint was written; `str(error)` says where and
+    how to resume; `signal_number` is the signal that stopped it."""
+
+    def __init__(self, message: str, signal_number: int = signal.SIGINT):
+        super().__init__(message)
+        self.signal_number = signal_number
 
 
 class TrainingDiverged(UserError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
-
-
-# --------------------------------------------------------------- the other rooms, by name
-# Looked up at call time (and patched in tests), so train depends on models and data only
-# through these five functions.
-
-
-def create_model(name: str, **kwargs) -> nn.Module:
-    from resnets import create_model as create
-
-    return create(name, **kwargs)
-
-
-def load_dataset(config: Config, split: str):
-    from resnets.data import load
-
-    return load(config.data.data, split, root=config.data_dir, seed=config.split_seed,
-                val_fraction=config.val_fraction, image_size=config.image_size)
-
-
-def fit_normalizer(kind: str, dataset):
-    from resnets.data import Normalizer
-
-    return Normalizer.fit(kind, dataset)
-
-
-def normalizer_from_state(state: dict):
-    from resnets.data import Normalizer
-
-    return Normalizer.from_state_dict(state)
-
-
-def make_loader(dataset, batch_size: int, **kwargs):
-    from resnets.data import Loader
-
-    return Loader(dataset, batch_size, **kwargs)
-
-
-# --------------------------------------------------------------------------- helpers
-
-
-def resolve_device(name: str) -> torch.device:
-    """"auto" -> CUDA if present, else CPU; anything else is checked to exist."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"device {name!r} requested but CUDA is not available; use --device cpu")
-    if device.type == "cuda" and device.index is not None \
-            and device.index >= torch.cuda.device_count():
-        raise UserError(f"device {name!r}: only {torch.cuda.device_count()} CUDA device(s)")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise UserError(f"device {name!r} requested but MPS is not available; use --device cpu")
-    return device
-
-
-def cpu_has_amx() -> bool:
-    """True where the CPU reports AMX bf16 tiles (Linux /proc/cpuinfo flag `amx_bf16`)."""
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            return any("amx_bf16" in line.split() for line in cpuinfo if line.startswith("flags"))
-    except OSError:
-        return False
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """"auto" -> bf16 where it is faster than fp32, else fp32.
-
-    bf16 autocast pays on CUDA GPUs that support it and on CPUs with AMX. On a CPU with
-    AVX-512 bf16 but no AMX it was measured ~10% slower than fp32 (benchmarks/RESULTS.md), so
-    "auto" keeps fp32 there.
-    """
-    if precision != "auto":
-        return precision
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    if device.type == "cpu":
-        return "bf16" if cpu_has_amx() else "fp32"
-    return "fp32"
-
-
-def autocast(device: torch.device, precision: str):
-    """bf16 autocast (weights stay fp32) or nothing for fp32."""
-    if precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor,
@@ -151,39 +79,29 @@ def evaluate(model: nn.Module, loader: Iterable, *, precision: str = "fp32",
     """Loss, top-1 and top-5 error (percent) and per-class top-1 error over `loader`.
 
     `loader` yields (images, labels) batches already on the model's device. per_class_err is
-    a list indexed by class (None for a class with no images). The model is put in eval mode
-    and restored to its previous mode afterwards.
+    a list indexed by class (None for a class with no images). The model is evaluated in eval
+    mode and left in the mode it had.
     """
-    was_training = model.training
-    model.eval()
-    loss_sum = 0.0
-    count = 0
-    wrong_top1 = 0
-    wrong_top5 = 0
-    class_total: torch.Tensor | None = None
-    class_wrong: torch.Tensor | None = None
-    try:
+    loss_sum, count, wrong_top1, wrong_top5 = 0.0, 0, 0, 0
+    class_total = class_wrong = None
+    with eval_mode(model):
         for images, labels in loader:
             with autocast(images.device, precision):
                 logits = model(images)
-            logits = logits.float()
-            classes = logits.shape[1]
+            logits = logits.float()  # (B, classes)
             if class_total is None:
-                n = max(classes, num_classes or 0)
+                n = max(logits.shape[1], num_classes or 0)
                 class_total = torch.zeros(n, dtype=torch.long)
                 class_wrong = torch.zeros(n, dtype=torch.long)
             loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
-            top = logits.topk(min(5, classes), dim=1).indices  # (B, k)
+            top = logits.topk(min(5, logits.shape[1]), dim=1).indices  # (B, k)
             hit1 = top[:, 0] == labels
-            hit5 = (top == labels[:, None]).any(dim=1)
             wrong_top1 += int((~hit1).sum())
-            wrong_top5 += int((~hit5).sum())
+            wrong_top5 += int((~(top == labels[:, None]).any(dim=1)).sum())
             labels_cpu = labels.cpu()
             class_total += torch.bincount(labels_cpu, minlength=len(class_total))
             class_wrong += torch.bincount(labels_cpu[~hit1.cpu()], minlength=len(class_total))
             count += len(labels)
-    finally:
-        model.train(was_training)
     if count == 0:
         raise UserError("nothing to evaluate: the split is empty")
     per_class = [None if int(t) == 0 else 100.0 * int(w) / int(t)
@@ -197,6 +115,345 @@ def image_shape(dataset) -> list[int]:
     if hasattr(dataset, "images"):
         return list(dataset.images.shape[1:])
     return list(dataset[0][0].shape)
+
+
+def check_resumable(saved: Config, given: Config, where: str | Path) -> None:
+    """Refuse to continue a run with settings that change what it computes."""
+    saved_values, given_values = saved.to_dict(), given.to_dict()
+    changed = [f"{key}={saved_values[key]!r} (given {given_values[key]!r})"
+               for key in saved_values
+               if key not in RESUMABLE_CHANGES and saved_values[key] != given_values[key]]
+    if changed:
+        raise UserError(f"{where}: cannot resume with a different config: the run has "
+                        f"{'; '.join(changed)}")
+
+
+def resume_config(run_dir: str | Path, overrides: dict | None = None) -> Config:
+    """The saved config of a run directory with `overrides` applied, refused at once if an
+    override changes what the run computes (only RESUMABLE_CHANGES may differ)."""
+    run = RunDir(run_dir)
+    if not run.exists():
+        raise UserError(f"cannot resume: run directory not found: {run}")
+    if not run.config.is_file():
+        raise UserError(f"cannot resume {run}: no config.json (not a resnets run directory)")
+    saved = Config.from_dict({k: v for k, v in run.read_config().items()
+                              if k != "environment"})
+    given = saved.replace(**(overrides or {}))
+    check_resumable(saved, given, run)
+    return given
+
+
+def new_run_dir(config: Config) -> RunDir:
+    """Where a new run of `config` goes: OUT/NAME, or, without a name, a fresh default name
+    (MODEL-DATA-TIMESTAMP, numbered if taken) claimed atomically."""
+    if config.name:
+        return RunDir(Path(config.out) / config.name)
+    return RunDir.claim_new(config.out, RunDir.default_name(config.model, config.data))
+
+
+def fit(config: Config, run_dir: str | Path, *, resume: bool = False,
+        progress: str | Progress = "auto", parts: Parts | None = None) -> dict[str, Any]:
+    """Train `config` into `run_dir` and return the summary (also written to summary.json).
+
+    resume: continue from the run's last checkpoint; the config must match the saved one
+    except for RESUMABLE_CHANGES. A finished run returns its summary.
+    progress: "auto" (a live bar on a terminal, one line per epoch otherwise), "bar",
+    "lines", "none", or a `Progress` object. parts: the model and data functions to use
+    (default: the real ones).
+
+    Raises `TrainingInterrupted` (a KeyboardInterrupt) after Ctrl-C or SIGTERM, once a
+    checkpoint is written, and `TrainingDiverged` (a UserError) when the loss stops being
+    finite. Two processes never train in one run directory: the second is refused.
+    """
+    run = RunDir(run_dir)
+    if resume:
+        if not run.exists():
+            raise UserError(f"cannot resume: run directory not found: {run}")
+    elif run.finished() or run.last.exists() or (run.has_metrics() and not run.ours()):
+        raise UserError(f"run directory {run} already holds a run; resume it with "
+                        f"--resume {run}, or choose another --name/--out")
+    else:
+        run.create()
+    with run.lock():
+        if resume and run.finished():  # nothing to train, but no silent changes either
+            if run.last.is_file():
+                _check_checkpoint_config(config, load_checkpoint(run.last), run.last)
+            return run.read_summary()
+        checkpoint = _resume_checkpoint(run, config) if resume else None
+        if checkpoint is None and run.has_metrics():
+            run.clear_partial()  # died before its first checkpoint: start it afresh
+        training = _Training(config, run, parts or parts_module.default_parts(), checkpoint)
+        display = progress if isinstance(progress, Progress) else make_progress(progress)
+        with MetricsWriter(run.metrics) as metrics:
+            try:
+                display.start(training.total_steps, training.steps_per_epoch, training.state.step)
+                training.loop(metrics, display)
+            finally:
+                display.close()
+        return training.finish(display)
+
+
+def _resume_checkpoint(run: RunDir, config: Config) -> dict:
+    if not run.last.is_file():
+        raise UserError(f"cannot resume {run}: it has no checkpoint (the run stopped "
+                        f"before its first evaluation); start it again without --resume")
+    checkpoint = load_checkpoint(run.last)
+    _check_checkpoint_config(config, checkpoint, run.last)
+    return checkpoint
+
+
+def _check_checkpoint_config(config: Config, checkpoint: dict, path: Path) -> None:
+    if "config" not in checkpoint:
+        raise UserError(f"{path}: checkpoint lacks its config (was it edited?)")
+    check_resumable(Config.from_dict(checkpoint["config"]), config, path)
+
+
+class _StopRequests:
+    """While active, Ctrl-C (SIGINT) and SIGTERM set a flag, checked between steps, instead of
+    raising at an arbitrary point, so the checkpoint written on the way out is a consistent
+    state. A second signal raises at once."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.requested: int | None = None
+        self._previous: dict = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested is not None:
+            raise KeyboardInterrupt
+        self.requested = signum
+
+    def __exit__(self, *exc):
+        for number, handler in self._previous.items():
+            signal.signal(number, handler)
+
+
+class _Training:
+    """One run being trained: built from a config (and a checkpoint when resuming)."""
+
+    def __init__(self, config: Config, run: RunDir, parts: Parts, checkpoint: dict | None):
+        self.config, self.run = config, run
+        self.device = resolve_device(config.device)
+        # A resumed run keeps the arithmetic it started with, whatever "auto" means here.
+        precision = (checkpoint.get("precision") if checkpoint and "precision" in checkpoint
+                     else resolve_precision(config.precision, self.device))
+        torch.manual_seed(config.seed)
+        train_set, eval_sets = self._datasets(parts)
+        self.state = self._state(parts, train_set, checkpoint, precision)
+        self._loaders(parts, train_set, eval_sets)
+        self.lr_at = schedule_from_config(config, self.total_steps,
+                                          depth=getattr(self.state.model, "depth", None))
+        if checkpoint is not None:
+            self.state.load_state_dict(checkpoint, run.last)
+            truncate_metrics(run.metrics, self.state.step)
+        else:
+            self.state.best["split"] = self.best_split
+            write_json(run.config, {**config.to_dict(), "environment": {
+                **_environment(), "device": str(self.device), "precision": precision}})
+        self.forward_model = torch.compile(self.state.model) if config.compile \
+            else self.state.model
+        self.started = time.perf_counter() - self.state.counters.time
+        self.lr = self.lr_at(self.state.step)
+
+    def _datasets(self, parts: Parts):
+        train_set = parts.load_dataset(self.config, "train")
+        if len(train_set) == 0:
+            raise UserError(f"dataset {self.config.data!r} has no training images")
+        if len(train_set) < self.config.batch_size:
+            raise UserError(f"batch_size {self.config.batch_size} is larger than the training "
+                            f"set ({len(train_set)} images)")
+        eval_sets = {split: dataset for split in ("val", "test")
+                     if len(dataset := parts.load_dataset(self.config, split)) > 0}
+        return train_set, eval_sets
+
+    def _state(self, parts: Parts, train_set, checkpoint: dict | None, precision: str
+               ) -> TrainState:
+        config = self.config
+        input_size = image_shape(train_set)  # [C, H, W]
+        model_kwargs = {"num_classes": len(train_set.classes), "in_channels": input_size[0],
+                        **config.model_args}
+        if checkpoint is not None:
+            if checkpoint["model"] != config.model or checkpoint["model_kwargs"] != model_kwargs:
+                raise UserError(f"{self.run.last}: checkpoint is for {checkpoint['model']} "
+                                f"{checkpoint['model_kwargs']}, not {config.model} "
+                                f"{model_kwargs}")
+            normalizer = parts.normalizer_from_state(checkpoint["normalizer"])
+        else:
+            normalizer = parts.fit_normalizer(config.normalize, train_set)
+        model = parts.create_model(config.model, **model_kwargs).to(self.device)
+        if config.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                                    weight_decay=config.wd, nesterov=config.nesterov)
+        return TrainState(config=config, model=model, model_kwargs=model_kwargs,
+                          normalizer=normalizer, classes=list(train_set.classes),
+                          input_size=input_size, precision=precision, optimizer=optimizer,
+                          meter=Meter.zero(self.device), counters=Counters())
+
+    def _loaders(self, parts: Parts, train_set, eval_sets: dict) -> None:
+        config, normalizer = self.config, self.state.normalizer
+        flip = config.flip if config.flip is not None else getattr(train_set, "default_flip",
+                                                                   False)
+        common = {"normalizer": normalizer, "device": self.device, "seed": config.seed,
+                  "channels_last": config.channels_last}
+        self.loader = parts.make_loader(train_set, config.batch_size, shuffle=True,
+                                        pad=config.pad, flip=flip, drop_last=True, **common)
+        self.eval_loaders = {split: parts.make_loader(dataset, config.eval_batch_size,
+                                                      shuffle=False, pad=0, flip=False,
+                                                      drop_last=False, **common)
+                             for split, dataset in eval_sets.items()}
+        self.steps_per_epoch = len(self.loader)
+        self.total_steps = (config.iters if config.iters is not None
+                            else max(1, round(config.epochs * self.steps_per_epoch)))
+        self.log_every = config.log_every or max(1, self.steps_per_epoch
+                                                 // TRAIN_LINES_PER_EPOCH)
+        self.eval_every = config.eval_every or self.steps_per_epoch
+        self.best_split = next((s for s in ("val", "test") if s in eval_sets), None)
+
+    # ---------------------------------------------------------------------- the loop
+    def loop(self, metrics: MetricsWriter, display: Progress) -> None:
+        """Train until total_steps, writing metrics, evaluating and checkpointing as set."""
+        state = self.state
+        with _StopRequests() as stop:
+            while state.step < self.total_steps:
+                epoch, start = divmod(state.step, self.steps_per_epoch)
+                tick = time.perf_counter()
+                for images, labels in self.loader.batches(epoch, start):
+                    self.lr = self.lr_at(state.step)
+                    for group in state.optimizer.param_groups:
+                        group["lr"] = self.lr
+                    loss, correct = train_step(self.forward_model, state.optimizer, images,
+                                               labels, precision=state.precision)
+                    state.step += 1
+                    state.meter.add(loss, correct, len(labels))
+                    state.counters.train_images += len(labels)
+                    step = state.step
+                    evaluate_now = step % self.eval_every == 0 or step == self.total_steps
+                    if step % self.log_every == 0 or step % self.steps_per_epoch == 0 \
+                            or evaluate_now:
+                        self._count_training_time(tick)
+                        self._write_train_line(metrics, display)
+                        tick = time.perf_counter()
+                    if evaluate_now:
+                        self._evaluate(metrics, display)
+                        self._save(self.run.last)
+                        tick = time.perf_counter()
+                    display.step(step)
+                    if stop.requested is not None:
+                        self._count_training_time(tick)
+                        self._stop(stop.requested, metrics, display)
+                    if step >= self.total_steps:
+                        break
+
+    def _count_training_time(self, tick: float) -> None:
+        seconds = time.perf_counter() - tick
+        self.state.meter.seconds += seconds
+        self.state.counters.train_seconds += seconds
+
+    def _elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+    def _write_train_line(self, metrics: MetricsWriter, display: Progress) -> None:
+        state, meter = self.state, self.state.meter
+        if meter.steps == 0:
+            return
+        loss = meter.loss_sum.item() / meter.steps
+        if not math.isfinite(loss):
+            raise TrainingDiverged(
+                f"loss is {loss} near step {state.step} (lr {self.lr:.4g}); training stopped. "
+                f"The last good checkpoint is {_describe_checkpoint(self.run.last)}. Try a "
+                f"lower --lr, a --warmup, or --precision fp32")
+        record = {"split": "train", "step": state.step,
+                  "epoch": state.step / self.steps_per_epoch, "loss": loss,
+                  "err": 100.0 * (1 - meter.correct.item() / meter.images), "lr": self.lr,
+                  "img_s": meter.images / max(meter.seconds, 1e-9), "time": self._elapsed()}
+        metrics.write(record)
+        display.train(record)
+        state.meter = Meter.zero(self.device)
+
+    def _evaluate(self, metrics: MetricsWriter, display: Progress) -> None:
+        state = self.state
+        for split, loader in self.eval_loaders.items():
+            result = evaluate(self.forward_model, loader, precision=state.precision,
+                              num_classes=len(state.classes))
+            record = {"split": split, "step": state.step,
+                      "epoch": state.step / self.steps_per_epoch, "loss": result["loss"],
+                      "err": result["err"], "err_top5": result["err_top5"],
+                      "time": self._elapsed()}
+            metrics.write(record)
+            display.evaluation(record)
+            best = state.best
+            if split == self.best_split and (best["err"] is None or result["err"] < best["err"]):
+                best.update(step=state.step, err=result["err"])
+                self._save(self.run.best)
+
+    def _save(self, path: Path) -> None:
+        self.state.counters.time = self._elapsed()
+        self.state.save(path, self.lr_at(self.state.step))
+
+    def _stop(self, signal_number: int, metrics: MetricsWriter, display: Progress) -> None:
+        """Checkpoint and raise TrainingInterrupted (or TrainingDiverged if the loss since the
+        last line is not finite: that state is not worth keeping)."""
+        meter = self.state.meter
+        if meter.steps and not math.isfinite(meter.loss_sum.item()):
+            self._write_train_line(metrics, display)  # raises TrainingDiverged
+        self._save(self.run.last)
+        what = "interrupted" if signal_number == signal.SIGINT else \
+            f"stopped by {signal.Signals(signal_number).name}"
+        raise TrainingInterrupted(
+            f"{what} at step {self.state.step}/{self.total_steps}; checkpoint written to "
+            f"{self.run.last}; continue with `resnets train --resume {self.run}`",
+            signal_number)
+
+    # -------------------------------------------------------------------- the finish
+    def finish(self, display: Progress) -> dict[str, Any]:
+        """Write summary.json (the run is then finished) and the plots; return the summary."""
+        summary = self._summary(read_metrics(self.run.metrics))
+        try:
+            from resnets.train.plots import plot_runs
+
+            plot_runs([self.run.path], self.run.plots)
+        except Exception as error:  # a plot failure must not lose a finished run
+            display.message(f"warning: plots not drawn ({type(error).__name__}: {error})")
+        write_json(self.run.summary, summary)
+        return summary
+
+    def _summary(self, records: list[dict]) -> dict[str, Any]:
+        train, val, test = (_last(records, s) for s in ("train", "val", "test"))
+        state, counters = self.state, self.state.counters
+        return {
+            "model": self.config.model, "params": count_parameters(state.model),
+            "steps": state.step, "epochs": state.step / self.steps_per_epoch,
+            "time_s": counters.time,
+            "img_s": counters.train_images / max(counters.train_seconds, 1e-9),
+            "final": {"train_loss": train and train["loss"], "train_err": train and train["err"],
+                      "val_err": val and val["err"], "test_loss": test and test["loss"],
+                      "test_err": test and test["err"],
+                      "test_err_top5": test and test["err_top5"]},
+            "best": {"step": state.best["step"], "val_err": state.best["err"],
+                     "split": state.best["split"]},
+        }
+
+
+def _last(records: list[dict], split: str) -> dict | None:
+    matching = [r for r in records if r.get("split") == split]
+    return matching[-1] if matching else None
+
+
+def _describe_checkpoint(path: Path) -> str:
+    if not path.is_file():
+        return "none (no checkpoint was written before the loss diverged)"
+    try:
+        step = load_checkpoint(path)["step"]
+    except (UserError, KeyError):
+        return f"{path}"
+    return f"{path} (step {step})"
 
 
 def _git_commit() -> str | None:
@@ -215,314 +472,3 @@ def _environment() -> dict[str, Any]:
             "python": platform.python_version(), "platform": platform.platform(),
             "git_commit": _git_commit(),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-
-
-class _SigintFlag:
-    """While active, Ctrl-C sets a flag (checked between steps) instead of raising at an
-    arbitrary point, so the checkpoint written on Ctrl-C is a consistent state. A second
-    Ctrl-C raises at once."""
-
-    def __init__(self):
-        self.requested = False
-        self._previous = None
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-
-    def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-
-
-@dataclass
-class _Meter:
-    """Training figures accumulated since the last training line (float64 sums on device)."""
-
-    loss_sum: torch.Tensor
-    correct: torch.Tensor
-    steps: int = 0
-    images: int = 0
-    seconds: float = 0.0
-
-    @classmethod
-    def zero(cls, device) -> "_Meter":
-        return cls(torch.zeros((), dtype=torch.float64, device=device),
-                   torch.zeros((), dtype=torch.long, device=device))
-
-    def state(self) -> dict:
-        return {"loss_sum": self.loss_sum.item(), "correct": int(self.correct.item()),
-                "steps": self.steps, "images": self.images, "seconds": self.seconds}
-
-    @classmethod
-    def from_state(cls, state: dict, device) -> "_Meter":
-        meter = cls.zero(device)
-        meter.loss_sum += state["loss_sum"]
-        meter.correct += state["correct"]
-        meter.steps, meter.images = state["steps"], state["images"]
-        meter.seconds = state["seconds"]
-        return meter
-
-
-# ------------------------------------------------------------------------------ fit
-
-
-def fit(config: Config, run_dir: str | Path, *, resume: bool = False,
-        progress: str | Progress = "auto") -> dict[str, Any]:
-    """Train `config` into `run_dir` and return the summary (also written to summary.json).
-
-    resume: continue from `run_dir/checkpoints/last.pt`; the config must match the saved one
-    except for RESUMABLE_CHANGES. A finished run (summary.json present) returns its summary.
-    progress: "auto" (a live bar on a terminal, one line per epoch otherwise), "bar",
-    "lines", "none", or a `Progress` object.
-
-    Raises `TrainingInterrupted` (a KeyboardInterrupt) after Ctrl-C, once a checkpoint is
-    written, and `TrainingDiverged` (a UserError) when the loss stops being finite.
-    """
-    run_dir = Path(run_dir)
-    checkpoint_dir = run_dir / "checkpoints"
-    last_path, best_path = checkpoint_dir / "last.pt", checkpoint_dir / "best.pt"
-    device = resolve_device(config.device)
-    precision = resolve_precision(config.precision, device)
-    checkpoint = None
-    if resume:
-        if not run_dir.is_dir():
-            raise UserError(f"cannot resume: run directory not found: {run_dir}")
-        if (run_dir / "summary.json").is_file():
-            import json
-
-            if last_path.is_file():  # a finished run: nothing to train, but no silent changes
-                _check_resumable(config, load_checkpoint(last_path, map_location="cpu"), last_path)
-            return json.loads((run_dir / "summary.json").read_text())
-        if not last_path.is_file():
-            raise UserError(f"cannot resume {run_dir}: it has no checkpoint (the run stopped "
-                            f"before its first evaluation); start it again without --resume")
-        checkpoint = load_checkpoint(last_path, map_location=device)
-        _check_resumable(config, checkpoint, last_path)
-        # The arithmetic the run started with, whatever "auto" means on this machine: a
-        # resumed run must compute what the uninterrupted one would have.
-        precision = checkpoint.get("precision", precision)
-    elif last_path.exists() or (run_dir / "summary.json").exists():
-        raise UserError(f"run directory {run_dir} already holds a run; resume it with "
-                        f"--resume {run_dir}, or choose another --name/--out")
-    elif (run_dir / "metrics.jsonl").exists():
-        # A run that died before its first checkpoint: nothing to resume, start it afresh.
-        (run_dir / "metrics.jsonl").unlink()
-
-    torch.manual_seed(config.seed)
-    train_set = load_dataset(config, "train")
-    if len(train_set) == 0:
-        raise UserError(f"dataset {config.data.data!r} has no training images")
-    eval_sets = {split: ds for split in ("val", "test")
-                 if len(ds := load_dataset(config, split)) > 0}
-    classes = list(train_set.classes)
-    input_size = image_shape(train_set)  # [C, H, W]
-    model_kwargs = {"num_classes": len(classes), "in_channels": input_size[0],
-                    **config.model_args}
-    if checkpoint is not None:
-        normalizer = normalizer_from_state(checkpoint["normalizer"])
-    else:
-        normalizer = fit_normalizer(config.normalize, train_set)
-
-    model = create_model(config.model.model, **model_kwargs).to(device)
-    if config.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                                weight_decay=config.wd, nesterov=config.nesterov)
-    if len(train_set) < config.batch_size:
-        raise UserError(f"batch_size {config.batch_size} is larger than the training set "
-                        f"({len(train_set)} images)")
-    flip = config.flip if config.flip is not None else getattr(train_set, "default_flip", False)
-    loader = make_loader(train_set, config.batch_size, shuffle=True, pad=config.pad, flip=flip,
-                         normalizer=normalizer, device=device, seed=config.seed, drop_last=True,
-                         channels_last=config.channels_last)
-    eval_loaders = {split: make_loader(ds, config.eval_batch_size, shuffle=False, pad=0,
-                                       flip=False, normalizer=normalizer, device=device,
-                                       seed=config.seed, drop_last=False,
-                                       channels_last=config.channels_last)
-                    for split, ds in eval_sets.items()}
-    steps_per_epoch = len(loader)
-    total_steps = (config.iters if config.iters is not None
-                   else max(1, round(config.epochs * steps_per_epoch)))
-    lr_at = schedule_from_config(config, total_steps)
-    log_every = config.log_every or max(1, steps_per_epoch // 10)
-    eval_every = config.eval_every or steps_per_epoch
-    best_split = "val" if "val" in eval_sets else "test" if "test" in eval_sets else None
-
-    step = 0
-    counters = {"time": 0.0, "train_seconds": 0.0, "train_images": 0}
-    best = {"step": None, "err": None, "split": best_split}
-    meter = _Meter.zero(device)
-    if checkpoint is not None:
-        if checkpoint["model"] != config.model.model or checkpoint["model_kwargs"] != \
-                model_kwargs:
-            raise UserError(f"{last_path}: checkpoint is for {checkpoint['model']} "
-                            f"{checkpoint['model_kwargs']}, not {config.model.model} "
-                            f"{model_kwargs}")
-        model.load_state_dict(checkpoint["model_state"])
-        optimizer.load_state_dict(checkpoint["optimizer_state"])
-        set_rng_state(checkpoint["rng"])
-        step = checkpoint["step"]
-        counters = dict(checkpoint["progress"]["counters"])
-        meter = _Meter.from_state(checkpoint["progress"]["meter"], device)
-        best = dict(checkpoint["best"])
-        truncate_metrics(run_dir / "metrics.jsonl", step)
-    else:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_json(run_dir / "config.json", {**config.to_dict(), "environment": {
-            **_environment(), "device": str(device), "precision": precision}})
-
-    forward_model = torch.compile(model) if config.compile else model
-    model.train()
-
-    def state(at_step: int) -> dict[str, Any]:
-        return {"model": config.model.model, "model_kwargs": model_kwargs,
-                "model_state": model.state_dict(), "optimizer_state": optimizer.state_dict(),
-                "step": at_step, "schedule": {"step": at_step, "lr": lr_at(at_step)},
-                "rng": rng_state(), "config": config.to_dict(),
-                "normalizer": normalizer.state_dict(), "classes": classes,
-                "input_size": input_size, "data": config.data.data,
-                "progress": {"counters": dict(counters), "meter": meter.state()},
-                "best": dict(best), "precision": precision}
-
-    display = progress if isinstance(progress, Progress) else make_progress(progress)
-    metrics = MetricsWriter(run_dir / "metrics.jsonl")
-    resumed_at = time.perf_counter() - counters["time"]
-    last_lr = lr_at(step)
-
-    def flush_train_line() -> None:
-        nonlocal meter
-        if meter.steps == 0:
-            return
-        loss = meter.loss_sum.item() / meter.steps
-        if not math.isfinite(loss):
-            raise TrainingDiverged(
-                f"loss is {loss} near step {step} (lr {last_lr:.4g}); training stopped. "
-                f"The last good checkpoint is {_describe_checkpoint(last_path)}. Try a lower "
-                f"--lr, a --warmup, or --precision fp32")
-        record = {"split": "train", "step": step, "epoch": step / steps_per_epoch,
-                  "loss": loss, "err": 100.0 * (1 - meter.correct.item() / meter.images),
-                  "lr": last_lr, "img_s": meter.images / max(meter.seconds, 1e-9),
-                  "time": time.perf_counter() - resumed_at}
-        metrics.write(record)
-        display.train(record)
-        meter = _Meter.zero(device)
-
-    def run_evaluation() -> None:
-        for split, split_loader in eval_loaders.items():
-            result = evaluate(forward_model, split_loader, precision=precision,
-                              num_classes=len(classes))
-            record = {"split": split, "step": step, "epoch": step / steps_per_epoch,
-                      "loss": result["loss"], "err": result["err"],
-                      "err_top5": result["err_top5"], "time": time.perf_counter() - resumed_at}
-            metrics.write(record)
-            display.evaluation(record)
-            if split == best_split and (best["err"] is None or result["err"] < best["err"]):
-                best.update(step=step, err=result["err"])
-                counters["time"] = time.perf_counter() - resumed_at
-                save_checkpoint(state(step), best_path)
-
-    def save_last() -> None:
-        counters["time"] = time.perf_counter() - resumed_at
-        save_checkpoint(state(step), last_path)
-
-    try:
-        display.start(total_steps, steps_per_epoch, step)
-        with _SigintFlag() as sigint:
-            while step < total_steps:
-                epoch, start = divmod(step, steps_per_epoch)
-                tick = time.perf_counter()
-                for images, labels in loader.batches(epoch, start):
-                    last_lr = lr_at(step)
-                    for group in optimizer.param_groups:
-                        group["lr"] = last_lr
-                    loss, correct = train_step(forward_model, optimizer, images, labels,
-                                               precision=precision)
-                    step += 1
-                    meter.loss_sum += loss
-                    meter.correct += correct
-                    meter.steps += 1
-                    meter.images += len(labels)
-                    counters["train_images"] += len(labels)
-                    evaluate_now = step % eval_every == 0 or step == total_steps
-                    if step % log_every == 0 or step % steps_per_epoch == 0 or evaluate_now:
-                        now = time.perf_counter()
-                        meter.seconds += now - tick
-                        counters["train_seconds"] += now - tick
-                        flush_train_line()
-                        tick = time.perf_counter()
-                    if evaluate_now:
-                        run_evaluation()
-                        save_last()
-                        tick = time.perf_counter()
-                    display.step(step)
-                    if sigint.requested:
-                        now = time.perf_counter()
-                        meter.seconds += now - tick
-                        counters["train_seconds"] += now - tick
-                        if meter.steps and not math.isfinite(meter.loss_sum.item()):
-                            flush_train_line()  # raises TrainingDiverged
-                        save_last()
-                        raise TrainingInterrupted(
-                            f"interrupted at step {step}/{total_steps}; checkpoint written to "
-                            f"{last_path}; continue with `resnets train --resume {run_dir}`")
-                    if step >= total_steps:
-                        break
-    finally:
-        display.close()
-        metrics.close()
-
-    records = read_metrics(run_dir / "metrics.jsonl")
-    summary = _summary(config, model, records, step, steps_per_epoch, counters, best)
-    try:
-        from resnets.train.plots import plot_runs
-
-        plot_runs([run_dir], run_dir / "plots")
-    except Exception as error:  # a plot failure must not lose a finished run
-        display.message(f"warning: plots not drawn ({type(error).__name__}: {error})")
-    write_json(run_dir / "summary.json", summary)
-    return summary
-
-
-def _describe_checkpoint(path: Path) -> str:
-    if not path.is_file():
-        return "none (no checkpoint was written before the loss diverged)"
-    try:
-        step = load_checkpoint(path)["step"]
-    except UserError:
-        return f"{path}"
-    return f"{path} (step {step})"
-
-
-def _check_resumable(config: Config, checkpoint: dict, path: Path) -> None:
-    saved = Config.from_dict(checkpoint["config"]).flat()
-    given = config.flat()
-    changed = [f"{key}={saved[key]!r} (given {given[key]!r})" for key in saved
-               if key not in RESUMABLE_CHANGES and saved[key] != given[key]]
-    if changed:
-        raise UserError(f"{path}: cannot resume with a different config: the checkpoint has "
-                        f"{'; '.join(changed)}")
-
-
-def _last(records: list[dict], split: str) -> dict | None:
-    matching = [r for r in records if r.get("split") == split]
-    return matching[-1] if matching else None
-
-
-def _summary(config, model, records, step, steps_per_epoch, counters, best) -> dict:
-    train, val, test = (_last(records, s) for s in ("train", "val", "test"))
-    return {
-        "model": config.model.model, "params": count_parameters(model), "steps": step,
-        "epochs": step / steps_per_epoch, "time_s": counters["time"],
-        "img_s": counters["train_images"] / max(counters["train_seconds"], 1e-9),
-        "final": {"train_loss": train and train["loss"], "train_err": train and train["err"],
-                  "val_err": val and val["err"], "test_loss": test and test["loss"],
-                  "test_err": test and test["err"], "test_err_top5": test and test["err_top5"]},
-        "best": {"step": best["step"], "val_err": best["err"], "split": best["split"]},
-    }

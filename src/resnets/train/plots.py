@@ -14,6 +14,7 @@ from matplotlib.figure import Figure
 
 from resnets.atomic import atomic_open
 from resnets.errors import UserError
+from resnets.rundir import RunDir
 from resnets.train.metrics import read_metrics
 
 # split -> matplotlib line style; training dashed, held-out splits solid (test bolder).
@@ -58,8 +59,8 @@ def plot_runs(run_dirs: Sequence[str | Path], out_dir: str | Path, *,
     if labels is not None and len(labels) != len(run_dirs):
         raise UserError(f"{len(labels)} labels for {len(run_dirs)} runs")
     for run_dir in run_dirs:
-        if not (run_dir / "metrics.jsonl").is_file():
-            raise UserError(f"not a run directory (no metrics.jsonl): {run_dir}")
+        if not RunDir(run_dir).has_metrics():
+            raise UserError(f"not a run directory (no {RunDir(run_dir).metrics.name}): {run_dir}")
     runs = [(labels[i] if labels else run_label(d), read_metrics(d))
             for i, d in enumerate(run_dirs)]
     out_dir = Path(out_dir)

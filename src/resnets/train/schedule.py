@@ -8,9 +8,11 @@ and the schedule can be plotted or tested without training anything.
 from __future__ import annotations
 
 import math
-import re
 from functools import partial
 from typing import Callable, Sequence
+
+SCHEDULES = ("cosine", "step", "constant")
+WARMUP_MODES = ("linear", "constant")
 
 
 def lr_at(step: int, *, lr: float, total_steps: int, schedule: str = "cosine",
@@ -48,26 +50,16 @@ def default_milestones(total_steps: int) -> list[int]:
     return [total_steps // 2, total_steps * 3 // 4]
 
 
-def model_depth(model_name: str, model_args: dict | None = None) -> int | None:
-    """Depth of a named model ("resnet110" -> 110; "cifar_resnet" with depth=...); None if
-    the name carries no depth."""
-    if model_args and isinstance(model_args.get("depth"), int):
-        return model_args["depth"]
-    match = re.search(r"(\d+)$", model_name)
-    return int(match.group(1)) if match else None
-
-
-def schedule_from_config(config, total_steps: int) -> Callable[[int], float]:
+def schedule_from_config(config, total_steps: int, depth: int | None = None
+                         ) -> Callable[[int], float]:
     """`lr_at` with the config's settings bound: a function of the step alone.
 
     The warm-up is dropped for models shallower than `warmup_min_depth` (the paper warms up
-    only ResNet-110 and deeper).
+    only ResNet-110 and deeper); `depth` is the built model's (`model.depth`), None if unknown.
     """
     warmup = config.warmup
-    if config.warmup_min_depth:
-        depth = model_depth(config.model.model, config.model_args)
-        if depth is None or depth < config.warmup_min_depth:
-            warmup = 0
+    if config.warmup_min_depth and (depth is None or depth < config.warmup_min_depth):
+        warmup = 0
     return partial(lr_at, lr=config.lr, total_steps=total_steps, schedule=config.schedule,
                    milestones=tuple(config.milestones), gamma=config.gamma, warmup=warmup,
                    warmup_mode=config.warmup_mode, warmup_lr=config.warmup_lr)

@@ -1,0 +1,205 @@
+"""The run directory: the one definition of what a training run writes and where.
+
+    runs/<name>/
+      .resnets-run     marker: this folder was made by resnets (only such a folder is written
+                       into or cleaned)
+      .lock            held (flock) by the one process training the run, released by the OS
+                       when it exits or dies
+      config.json      resolved config, package/torch versions, git commit if any
+      metrics.jsonl    one JSON object per event
+      checkpoints/     last.pt, best.pt
+      summary.json     final figures; its presence means the run is finished
+      plots/           PNGs drawn from metrics.jsonl
+
+Everything else (training, studies, reports, plots, the CLI) asks a `RunDir` for these paths
+and for the answers to "finished?", "resumable?", "empty?", "ours?".
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Iterator
+
+from resnets.errors import UserError
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; a run directory is then not guarded
+    fcntl = None
+
+MARKER = ".resnets-run"
+LOCK = ".lock"
+NAME_DATA_CHARS = 40  # the dataset part of a default run name keeps its last 40 characters
+
+
+class RunDir:
+    """A run directory (which need not exist yet) and the questions asked about it."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    # ------------------------------------------------------------------ the layout
+    @property
+    def config(self) -> Path:
+        return self.path / "config.json"
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    @property
+    def summary(self) -> Path:
+        return self.path / "summary.json"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def last(self) -> Path:
+        return self.checkpoints / "last.pt"
+
+    @property
+    def best(self) -> Path:
+        return self.checkpoints / "best.pt"
+
+    @property
+    def plots(self) -> Path:
+        return self.path / "plots"
+
+    # ---------------------------------------------------------------- the questions
+    def exists(self) -> bool:
+        return self.path.is_dir()
+
+    def ours(self) -> bool:
+        """Made by resnets: it carries the marker (or, from before the marker, a config.json
+        beside a checkpoints/ folder)."""
+        return (self.path / MARKER).is_file() or (self.config.is_file()
+                                                   and self.checkpoints.is_dir())
+
+    def finished(self) -> bool:
+        return self.summary.is_file()
+
+    def resumable(self) -> bool:
+        """Unfinished, with a checkpoint to continue from."""
+        return not self.finished() and self.last.is_file()
+
+    def has_metrics(self) -> bool:
+        return self.metrics.is_file()
+
+    def empty(self) -> bool:
+        """Nothing in it but what `create` puts there (or it does not exist)."""
+        if not self.path.exists():
+            return True
+        return not self.path.is_dir() or all(p.name in (MARKER, LOCK)
+                                             for p in self.path.iterdir())
+
+    def read_summary(self) -> dict[str, Any]:
+        return _read_json(self.summary)
+
+    def read_config(self) -> dict[str, Any]:
+        """config.json as saved: the resolved config's fields and an "environment" entry."""
+        return _read_json(self.config)
+
+    # ---------------------------------------------------------------- making and owning
+    def create(self) -> "RunDir":
+        """Make the folder (and its parents) and mark it as ours. A folder that exists and is
+        not ours, or a file at the path, is refused: its contents are someone else's."""
+        if self.path.exists() and not self.path.is_dir():
+            raise UserError(f"{self.path} is a file, not a run directory; choose another "
+                            f"--name/--out")
+        if self.path.is_dir() and not self.ours() and any(self.path.iterdir()):
+            raise UserError(f"{self.path} is a folder resnets did not make (no {MARKER} "
+                            f"marker); refusing to write into it: choose another --name/--out")
+        _mkdir(self.path)
+        _touch(self.path / MARKER)
+        return self
+
+    @classmethod
+    def claim_new(cls, parent: str | Path, base: str) -> "RunDir":
+        """A new run directory `parent/base` (or `base-2`, `base-3`, ... if taken), created
+        atomically, so that processes started at the same second never share one."""
+        _mkdir(Path(parent))
+        for number in range(1, 10_000):
+            path = Path(parent) / (base if number == 1 else f"{base}-{number}")
+            try:
+                os.mkdir(path)
+            except FileExistsError:
+                continue
+            except OSError as error:
+                raise UserError(f"cannot create run directory {path}: {error.strerror}") \
+                    from None
+            return cls(path).create()
+        raise UserError(f"too many runs named {base}* in {parent}; give --name")
+
+    @contextmanager
+    def lock(self) -> Iterator["RunDir"]:
+        """Hold the run directory for this process until the block ends (or the process dies).
+        A run directory another live process holds is refused in one line."""
+        if fcntl is None:
+            yield self
+            return
+        try:
+            handle = open(self.path / LOCK, "a")
+        except OSError as error:
+            raise UserError(f"cannot write in {self.path}: {error.strerror}") from None
+        try:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise UserError(f"{self.path} is in use by another resnets process (a run is "
+                                f"training there); wait for it, or use another --name") from None
+            yield self
+        finally:
+            handle.close()  # closing releases the lock
+
+    def clear_partial(self) -> None:
+        """Remove what a run that died before its first checkpoint left (its metrics), so the
+        run can start again. Only in a folder that is ours."""
+        if not self.ours():
+            raise UserError(f"{self.path} is not a resnets run directory; not clearing it")
+        self.metrics.unlink(missing_ok=True)
+
+    @staticmethod
+    def default_name(model: str, data: str) -> str:
+        """MODEL-DATA-YYYYmmdd-HHMMSS, with the dataset made safe for a folder name."""
+        safe = re.sub(r"[^A-Za-z0-9_.-]+", "-", data.replace("folder:", "folder-"))
+        safe = safe.strip("-.") or "data"
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        return f"{model}-{safe[-NAME_DATA_CHARS:]}-{stamp}"
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{path} not found") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise UserError(f"{path} cannot be read ({type(error).__name__})") from None
+
+
+def _mkdir(path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise UserError(f"{path} (or a folder above it) is a file, not a folder") from None
+    except OSError as error:
+        raise UserError(f"cannot create {path}: {error.strerror}") from None
+
+
+def _touch(path: Path) -> None:
+    try:
+        path.touch(exist_ok=True)
+    except OSError as error:
+        raise UserError(f"cannot write in {path.parent}: {error.strerror}") from None

@@ -1,0 +1,181 @@
+"""Training state: what a checkpoint holds, written and read in this one place.
+
+A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts (so it loads with
+`weights_only=True`), with these keys:
+
+    format, version        resnets-checkpoint, 1 (added by `checkpoint.save_checkpoint`)
+    model, model_kwargs    the registry name and the keyword arguments it was built with
+    model_state            the model's state dict
+    optimizer_state        the optimizer's state dict
+    step                   optimizer steps taken; with the config, the whole position of a run
+    schedule               {"step", "lr"}: the learning rate at `step`, for readers
+    rng                    torch's global RNG states ({"torch", "cuda"})
+    config                 the resolved config (Config.to_dict())
+    normalizer             the normaliser's state dict
+    classes, input_size    class names and the [C, H, W] of the training images
+    data                   the dataset's name
+    progress               {"counters", "meter"}: the running figures of the metrics file
+    best                   {"step", "err", "split"}: the best evaluation so far
+    precision              the arithmetic the run trains in ("bf16" | "fp32")
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from resnets.errors import UserError
+from resnets.train.checkpoint import rng_state, save_checkpoint, set_rng_state
+from resnets.train.config import Config
+
+# What a checkpoint must hold to rebuild its model, and to continue training.
+MODEL_KEYS = ("model", "model_kwargs", "model_state", "config", "normalizer", "classes",
+              "input_size")
+TRAINING_KEYS = MODEL_KEYS + ("optimizer_state", "step", "rng", "progress", "best")
+
+
+@dataclass
+class Meter:
+    """Training figures accumulated since the last training line (sums kept on the device, so
+    a step never waits for the device)."""
+
+    loss_sum: torch.Tensor
+    correct: torch.Tensor
+    steps: int = 0
+    images: int = 0
+    seconds: float = 0.0
+
+    @classmethod
+    def zero(cls, device: torch.device) -> "Meter":
+        return cls(torch.zeros((), dtype=torch.float64, device=device),
+                   torch.zeros((), dtype=torch.long, device=device))
+
+    def add(self, loss: torch.Tensor, correct: torch.Tensor, images: int) -> None:
+        self.loss_sum += loss
+        self.correct += correct
+        self.steps += 1
+        self.images += images
+
+    def state_dict(self) -> dict:
+        return {"loss_sum": self.loss_sum.item(), "correct": int(self.correct.item()),
+                "steps": self.steps, "images": self.images, "seconds": self.seconds}
+
+    @classmethod
+    def from_state_dict(cls, state: dict, device: torch.device) -> "Meter":
+        meter = cls.zero(device)
+        meter.loss_sum += state["loss_sum"]
+        meter.correct += state["correct"]
+        meter.steps, meter.images, meter.seconds = state["steps"], state["images"], state["seconds"]
+        return meter
+
+
+@dataclass
+class Counters:
+    """Totals over the whole run, across resumes."""
+
+    time: float = 0.0           # seconds since the run started
+    train_seconds: float = 0.0  # of which in training steps (not evaluation)
+    train_images: int = 0
+
+
+@dataclass
+class TrainState:
+    """A model with everything needed to feed it, and (while training) to continue it."""
+
+    config: Config
+    model: nn.Module
+    model_kwargs: dict
+    normalizer: Any           # resnets.data.Normalizer fitted on the training images
+    classes: list[str]
+    input_size: list[int]     # [C, H, W] of the training images
+    precision: str            # "bf16" | "fp32"
+    optimizer: torch.optim.Optimizer | None = None
+    step: int = 0
+    best: dict = field(default_factory=lambda: {"step": None, "err": None, "split": None})
+    counters: Counters = field(default_factory=Counters)
+    meter: Meter | None = None
+
+    def state_dict(self, lr: float) -> dict[str, Any]:
+        """The checkpoint (see the module docstring); `lr` is the rate at `self.step`."""
+        return {"model": self.config.model, "model_kwargs": self.model_kwargs,
+                "model_state": self.model.state_dict(),
+                "optimizer_state": self.optimizer.state_dict(),
+                "step": self.step, "schedule": {"step": self.step, "lr": lr},
+                "rng": rng_state(), "config": self.config.to_dict(),
+                "normalizer": self.normalizer.state_dict(), "classes": list(self.classes),
+                "input_size": list(self.input_size), "data": self.config.data,
+                "progress": {"counters": vars(self.counters).copy(),
+                             "meter": self.meter.state_dict()},
+                "best": dict(self.best), "precision": self.precision}
+
+    def save(self, path: str | Path, lr: float) -> Path:
+        return save_checkpoint(self.state_dict(lr), path)
+
+    def load_state_dict(self, checkpoint: dict, path: str | Path = "checkpoint") -> None:
+        """Continue from `checkpoint`: weights, optimizer, step, figures and global RNG."""
+        require(checkpoint, TRAINING_KEYS, path)
+        load_weights(self.model, checkpoint, path)
+        self.optimizer.load_state_dict(checkpoint["optimizer_state"])
+        set_rng_state(checkpoint["rng"])
+        self.step = checkpoint["step"]
+        self.counters = Counters(**checkpoint["progress"]["counters"])
+        device = self.meter.loss_sum.device if self.meter is not None else torch.device("cpu")
+        self.meter = Meter.from_state_dict(checkpoint["progress"]["meter"], device)
+        self.best = dict(checkpoint["best"])
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: dict, parts, path: str | Path = "checkpoint"
+                        ) -> "TrainState":
+        """The model of a checkpoint, rebuilt and loaded (fp32, CPU), for inference."""
+        require(checkpoint, MODEL_KEYS, path)
+        config = Config.from_dict(checkpoint["config"])
+        try:
+            model = parts.create_model(checkpoint["model"], **checkpoint["model_kwargs"])
+        except UserError as error:
+            raise UserError(f"{path}: cannot rebuild its model: {error}") from None
+        load_weights(model, checkpoint, path)
+        return cls(config=config, model=model, model_kwargs=dict(checkpoint["model_kwargs"]),
+                   normalizer=parts.normalizer_from_state(checkpoint["normalizer"]),
+                   classes=list(checkpoint["classes"]),
+                   input_size=list(checkpoint["input_size"]),
+                   precision=checkpoint.get("precision", "fp32"),
+                   step=checkpoint.get("step", 0))
+
+
+def require(checkpoint: dict, keys: tuple[str, ...], path: str | Path) -> None:
+    """A UserError naming what a (hand-edited or foreign) checkpoint lacks."""
+    missing = [key for key in keys if key not in checkpoint]
+    if missing:
+        raise UserError(f"{path}: checkpoint lacks {', '.join(missing)} (was it edited or "
+                        f"written by another program?)")
+
+
+def load_weights(model: nn.Module, checkpoint: dict, path: str | Path) -> None:
+    """Load `checkpoint["model_state"]` strictly; a mismatch is one line naming the first
+    differing keys and shapes."""
+    state = checkpoint["model_state"]
+    if not isinstance(state, dict):
+        raise UserError(f"{path}: model_state is not a state dict")
+    problem = describe_mismatch(model.state_dict(), state)
+    if problem:
+        raise UserError(f"{path}: the weights do not fit {checkpoint.get('model')!r}: {problem}")
+    model.load_state_dict(state)
+
+
+def describe_mismatch(expected: dict, given: dict, shown: int = 3) -> str | None:
+    """What differs between a model's state dict and a given one (None when they fit)."""
+    missing = [k for k in expected if k not in given]
+    unexpected = [k for k in given if k not in expected]
+    shapes = [f"{k} {tuple(given[k].shape)} vs model {tuple(expected[k].shape)}"
+              for k in expected if k in given and hasattr(given[k], "shape")
+              and tuple(given[k].shape) != tuple(expected[k].shape)]
+    parts = []
+    for label, items in (("missing", missing), ("unexpected", unexpected), ("shape", shapes)):
+        if items:
+            more = f" (+{len(items) - shown} more)" if len(items) > shown else ""
+            parts.append(f"{label}: {', '.join(items[:shown])}{more}")
+    return "; ".join(parts) or None
