@@ -90,3 +90,11 @@ def test_resume_with_the_real_loader_and_model_matches_step_for_step(tmp_path, c
     losses = {run: [r["loss"] for r in read_metrics(tmp_path / run) if r["split"] == "train"]
               for run in ("straight", "resumed")}
     assert len(losses["straight"]) == 5 and losses["resumed"] == losses["straight"]
+
+
+def test_train_takes_any_kind_and_depth_name_the_registry_resolves(tmp_path):
+    # plain8 is not a registered name; the registry resolves it (CIFAR, 6n+2), as study does.
+    argv = ["train", "--model", "plain8", "--iters", "1", "--out", str(tmp_path),
+            "--name", "p", "--progress", "none", "--eval-batch-size", "1000"]
+    assert main(argv) == 0
+    assert load_checkpoint(tmp_path / "p")["model"] == "plain8"
