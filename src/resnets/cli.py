@@ -197,9 +197,7 @@ def _cmd_diagnose(args) -> int:
 
 
 def _add_training_commands(sub) -> None:
-    from resnets.data.dataset import SPLITS
     from resnets.train.config import FIELDS, field_type, list_presets
-    from resnets.train.device import PRECISIONS
     from resnets.train.progress import MODES as PROGRESS_MODES
 
     train = sub.add_parser(
@@ -229,6 +227,13 @@ def _add_training_commands(sub) -> None:
                 kind, "DIR" if name.endswith("_dir") else "NAME")
             train.add_argument(flag, dest=name, default=None, metavar=metavar, help=help_text)
     train.set_defaults(run=_cmd_train)
+    _add_checkpoint_commands(sub)
+
+
+def _add_checkpoint_commands(sub) -> None:
+    """eval, predict, export, plot: the commands that read what training wrote."""
+    from resnets.data.dataset import SPLITS
+    from resnets.train.device import PRECISIONS
 
     evaluate = sub.add_parser("eval", help="top-1/top-5 and per-class error of a checkpoint",
                               description="Evaluate a checkpoint (or a run directory's last "

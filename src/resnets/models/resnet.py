@@ -76,17 +76,7 @@ class ResNet(nn.Module):
         if unit == "bottleneck":
             unit_options["bottleneck_stride"] = bottleneck_stride
 
-        if family == "imagenet":
-            self.conv1 = nn.Conv2d(in_channels, width, 7, stride=2, padding=3, bias=False)
-        else:
-            self.conv1 = nn.Conv2d(in_channels, width, 3, stride=1, padding=1, bias=False)
-        # A pre-activation network leaves the stem un-normalized when its first unit normalizes
-        # its own input (CIFAR, as in He et al. 2016); the ImageNet stem keeps BN-ReLU before
-        # its max pool.
-        stem_bn = not (preact and family == "cifar")
-        self.bn1 = nn.BatchNorm2d(width) if stem_bn else nn.Identity()
-        self.act1 = nn.ReLU(inplace=True) if stem_bn else nn.Identity()
-        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1) if family == "imagenet" else nn.Identity()
+        self._make_stem(in_channels, width)
 
         in_width = width
         for index, depth in enumerate(self.stage_depths):
@@ -107,6 +97,20 @@ class ResNet(nn.Module):
         self._init_weights()
         if zero_init_last:
             self.zero_init_last()
+
+    def _make_stem(self, in_channels: int, width: int) -> None:
+        """conv1 bn1 act1 maxpool: 7x7/2 conv + 3x3/2 max pool (ImageNet) or a 3x3 conv (CIFAR)."""
+        if self.family == "imagenet":
+            self.conv1 = nn.Conv2d(in_channels, width, 7, stride=2, padding=3, bias=False)
+        else:
+            self.conv1 = nn.Conv2d(in_channels, width, 3, stride=1, padding=1, bias=False)
+        # A pre-activation network leaves the stem un-normalized when its first unit normalizes
+        # its own input (CIFAR, as in He et al. 2016); the ImageNet stem keeps BN-ReLU before
+        # its max pool.
+        stem_bn = not (self.preact and self.family == "cifar")
+        self.bn1 = nn.BatchNorm2d(width) if stem_bn else nn.Identity()
+        self.act1 = nn.ReLU(inplace=True) if stem_bn else nn.Identity()
+        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1) if self.family == "imagenet" else nn.Identity()
 
     def _init_weights(self) -> None:
         """He initialisation (fan-out, as for ReLU); BN scale 1, shift 0; fc keeps torch's default."""

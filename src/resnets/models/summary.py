@@ -98,45 +98,7 @@ def model_info(name: str, *, input_size=None, **kwargs) -> dict:
     except RuntimeError as error:
         raise UserError(f"input size {size} is too small for {name}: {error}".splitlines()[0]) from None
 
-    def params_of(*prefixes: str) -> int:
-        return sum(p.numel() for n, p in model.named_parameters() if n.startswith(prefixes))
-
-    stem_macs = by_module.get("conv1", 0)
-    stem_out = shapes["maxpool"] if model.family == "imagenet" else shapes["conv1"]
-    stem_layout = f"{model.conv1.kernel_size[0]}x{model.conv1.kernel_size[0]}, {model.conv1.out_channels}"
-    if model.conv1.stride[0] > 1:
-        stem_layout += f", stride {model.conv1.stride[0]}"
-    if model.family == "imagenet":
-        stem_layout += "; 3x3 max pool, stride 2"
-    rows = [
-        {
-            "stage": "conv1",
-            "output": list(stem_out[1:]),
-            "layout": stem_layout,
-            "params": params_of("conv1.", "bn1."),
-            "macs": stem_macs,
-        }
-    ]
-    for index in range(len(model.stage_depths)):
-        layer = f"layer{index + 1}"
-        rows.append(
-            {
-                "stage": layer,
-                "output": list(shapes[layer][1:]),
-                "layout": _unit_layout(model, index),
-                "params": params_of(layer + "."),
-                "macs": by_module.get(layer, 0),
-            }
-        )
-    rows.append(
-        {
-            "stage": "head",
-            "output": [model.num_classes],
-            "layout": f"average pool, {model.num_classes}-d fc",
-            "params": params_of("fc.", "bn_final."),
-            "macs": by_module.get("fc", 0),
-        }
-    )
+    rows = _stage_rows(model, by_module, shapes)
     return {
         "name": name,
         "family": model.family,
@@ -151,6 +113,31 @@ def model_info(name: str, *, input_size=None, **kwargs) -> dict:
         "paper_source": entry.paper_source,
         "stages": rows,
     }
+
+
+def _stage_rows(model: ResNet, by_module: dict, shapes: dict) -> list[dict]:
+    """Table 1's rows: the stem, each stage, the head, with output size, layout, params, MACs."""
+
+    def params_of(*prefixes: str) -> int:
+        return sum(p.numel() for n, p in model.named_parameters() if n.startswith(prefixes))
+
+    stem_out = shapes["maxpool"] if model.family == "imagenet" else shapes["conv1"]
+    stem_layout = f"{model.conv1.kernel_size[0]}x{model.conv1.kernel_size[0]}, {model.conv1.out_channels}"
+    if model.conv1.stride[0] > 1:
+        stem_layout += f", stride {model.conv1.stride[0]}"
+    if model.family == "imagenet":
+        stem_layout += "; 3x3 max pool, stride 2"
+    rows = [{"stage": "conv1", "output": list(stem_out[1:]), "layout": stem_layout,
+             "params": params_of("conv1.", "bn1."), "macs": by_module.get("conv1", 0)}]
+    for index in range(len(model.stage_depths)):
+        layer = f"layer{index + 1}"
+        rows.append({"stage": layer, "output": list(shapes[layer][1:]),
+                     "layout": _unit_layout(model, index), "params": params_of(layer + "."),
+                     "macs": by_module.get(layer, 0)})
+    rows.append({"stage": "head", "output": [model.num_classes],
+                 "layout": f"average pool, {model.num_classes}-d fc",
+                 "params": params_of("fc.", "bn_final."), "macs": by_module.get("fc", 0)})
+    return rows
 
 
 def human(value: float) -> str:

@@ -159,15 +159,7 @@ def diagnose(
     from resnets.models import create_model
 
     names = list(names)
-    if not names:
-        raise UserError("diagnose needs at least one model name")
-    for name in names:  # a bad name fails now, not after the others ran
-        with torch.device("meta"):
-            create_model(name)
-    if steps < 0 or batch_size < 2:
-        raise UserError(f"steps must be >= 0 and batch size >= 2, got steps={steps}, batch size={batch_size}")
-    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
-        raise UserError(f"lr must be a positive number, got {lr!r}")
+    _check_settings(names, steps, batch_size, lr)
     train = load(data, split="train", root=data_dir, seed=seed)
     test = load(data, split="test", root=data_dir, seed=seed)
     if batch_size > len(train):
@@ -202,6 +194,22 @@ def diagnose(
         "data": data,
         "models": results,
     }
+
+
+def _check_settings(names: list[str], steps: int, batch_size: int, lr: float) -> None:
+    """Refuse bad settings before any model is trained (a bad name fails now, not after the
+    other models ran)."""
+    from resnets.models import create_model
+
+    if not names:
+        raise UserError("diagnose needs at least one model name")
+    for name in names:
+        with torch.device("meta"):
+            create_model(name)
+    if steps < 0 or batch_size < 2:
+        raise UserError(f"steps must be >= 0 and batch size >= 2, got steps={steps}, batch size={batch_size}")
+    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+        raise UserError(f"lr must be a positive number, got {lr!r}")
 
 
 def _endless(loader) -> Iterator:
