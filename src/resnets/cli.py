@@ -423,11 +423,29 @@ def _version() -> str:
     return f"resnets {__version__}"
 
 
+def _one_line_warnings(python_show):
+    """A `warnings.showwarning` that prints our own warnings as one line, `warning: ...`, and
+    anybody else's as `python_show` does."""
+    from pathlib import Path
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if Path(__file__).parent in Path(filename).parents:
+            print(f"warning: {message}", file=file or sys.stderr)
+        else:
+            python_show(message, category, filename, lineno, file, line)
+
+    return show
+
+
 def main(argv: list[str] | None = None) -> int:
+    import warnings
+
     parser = _build_parser()
     try:
-        args = parser.parse_args(argv)
-        return int(args.run(args) or 0)
+        with warnings.catch_warnings():
+            warnings.showwarning = _one_line_warnings(warnings.showwarning)
+            args = parser.parse_args(argv)
+            return int(args.run(args) or 0)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
