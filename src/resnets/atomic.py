@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, Iterator
+
+from resnets.errors import UserError
 
 
 @contextmanager
@@ -33,6 +36,24 @@ def atomic_open(path: str | Path, mode: str = "wb") -> Iterator[IO]:
         temporary.unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
+
+
+def writable_folder(folder: str | Path) -> Path:
+    """`folder`, created if missing, once a file can be written in it; else a `UserError` naming
+    the folder and the cause. Call it before slow work whose result will be written there."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):  # a real write: permissions, read-only mounts, ACLs
+            pass
+    except OSError as error:
+        existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
+        if existing is not None and not existing.is_dir():
+            cause = f"{existing} is a file, not a folder"
+        else:
+            cause = error.strerror or str(error)
+        raise UserError(f"cannot write in {folder} ({cause}): expected a folder you can write to") from None
+    return folder
 
 
 def _fsync_dir(folder: Path) -> None:

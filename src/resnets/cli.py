@@ -291,6 +291,8 @@ def _add_training_commands(sub) -> None:
     export.add_argument("--torchvision", metavar="FILE")
     export.add_argument("--no-check", action="store_true",
                         help="skip the onnxruntime comparison")
+    export.add_argument("--force", action="store_true",
+                        help="replace an existing FILE (never a checkpoint of a run)")
     export.set_defaults(run=_cmd_export)
 
     plot = sub.add_parser("plot", help="draw loss/error against iterations for runs",
@@ -388,16 +390,25 @@ def _cmd_predict(args) -> int:
 
 
 def _cmd_export(args) -> int:
-    from resnets.export import export_onnx, export_torchvision
+    from pathlib import Path
+
+    from resnets.export import check_destination, export_onnx, export_torchvision
+    from resnets.train.checkpoint import resolve_checkpoint_path
 
     if not args.onnx and not args.torchvision:
         raise UserError("export needs --onnx FILE and/or --torchvision FILE")
+    if args.onnx and args.torchvision and Path(args.onnx).absolute() == Path(args.torchvision).absolute():
+        raise UserError(f"--onnx and --torchvision both name {args.onnx}: give two file names")
+    resolve_checkpoint_path(args.checkpoint)  # a missing checkpoint is named before the destinations
+    for out in filter(None, (args.torchvision, args.onnx)):  # both, before either is written
+        check_destination(out, args.checkpoint, overwrite=args.force)
     if args.torchvision:
-        result = export_torchvision(args.checkpoint, args.torchvision)
+        result = export_torchvision(args.checkpoint, args.torchvision, overwrite=args.force)
         print(f"wrote {result['path']} ({result['tensors']} tensors; load with torchvision's "
               f"model of the same name, num_classes={result['num_classes']})")
     if args.onnx:
-        result = export_onnx(args.checkpoint, args.onnx, check=not args.no_check)
+        result = export_onnx(args.checkpoint, args.onnx, check=not args.no_check,
+                             overwrite=args.force)
         checked = ("not checked" if result["max_abs_diff"] is None else
                    f"onnxruntime matches PyTorch to {result['max_abs_diff']:.2g}")
         print(f"wrote {result['path']} (input: float pixels in [0, 255], shape (N, "
