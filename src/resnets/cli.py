@@ -273,10 +273,19 @@ def _add_training_commands(sub) -> None:
                              description="Print the most likely classes of each image. Images "
                              "of any size and mode are converted to the model's channels, "
                              "resized and centre-cropped to its input size, and normalised "
-                             "as in training.")
+                             "as in training. Unreadable images are skipped and reported at "
+                             "the end; the exit status is 2 only when none could be classified.")
     predict.add_argument("checkpoint", help="checkpoint file or run directory")
-    predict.add_argument("images", nargs="+", metavar="IMAGE")
+    predict.add_argument("images", nargs="+", metavar="IMAGE",
+                         help="image files, folders (the images in them) or quoted glob "
+                         "patterns such as 'photos/*.jpg'")
     predict.add_argument("--top", type=_positive_int, default=3, help="classes shown (3)")
+    predict.add_argument("--format", choices=("text", "json", "csv"), default="text",
+                         help="text (default), json (a list of {path, top}) or csv (path, "
+                         "rank, class, probability)")
+    predict.add_argument("--max-pixels", type=_positive_int, metavar="N",
+                         help="refuse larger images, a guard against decompression bombs "
+                         "(default: Pillow's limit, about 89 million)")
     predict.add_argument("--device", default="cpu")
     predict.set_defaults(run=_cmd_predict)
 
@@ -378,14 +387,41 @@ def _cmd_eval(args) -> int:
 
 
 def _cmd_predict(args) -> int:
-    from resnets.train.inference import load_trained, predict_images
+    import csv
+    import json
+
+    from resnets.train.inference import image_paths, load_trained, predict_images
 
     trained = load_trained(args.checkpoint, device=args.device)
-    for path, top in zip(args.images, predict_images(trained, args.images, top=args.top)):
-        print(path)
-        width = max(len(name) for name, _ in top)
-        for name, probability in top:
-            print(f"  {name:<{width}}  {100 * probability:6.2f}%")
+    paths = image_paths(args.images)
+    results = predict_images(trained, paths, top=args.top, return_errors=True,
+                             max_pixels=args.max_pixels)
+    done = [(str(path), top) for path, top in zip(paths, results) if not isinstance(top, UserError)]
+    failed = [error for error in results if isinstance(error, UserError)]
+    if not done:
+        if len(failed) == 1:
+            raise failed[0]
+        raise UserError(f"none of the {len(failed)} images could be classified: {failed[0]} "
+                        f"(and {len(failed) - 1} more)")
+    if args.format == "json":
+        print(json.dumps([{"path": path, "top": [{"class": name, "probability": probability}
+                                                 for name, probability in top]}
+                          for path, top in done], indent=2))
+    elif args.format == "csv":
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(["path", "rank", "class", "probability"])
+        for path, top in done:
+            writer.writerows([path, rank, name, f"{probability:.6f}"]
+                             for rank, (name, probability) in enumerate(top, 1))
+    else:
+        for path, top in done:
+            print(path)
+            width = max(len(name) for name, _ in top)
+            for name, probability in top:
+                print(f"  {name:<{width}}  {100 * probability:6.2f}%")
+    sys.stdout.flush()
+    for error in failed:  # at the end, so a long listing does not hide them
+        print(f"warning: skipped {error}", file=sys.stderr)
     return 0
 
 
