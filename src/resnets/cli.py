@@ -13,10 +13,19 @@ from resnets.errors import UserError
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse, but a usage mistake is one line and exit 2 (argparse prints usage too)."""
+    """argparse, but a usage mistake is one line and exit 2 (argparse prints usage too), and
+    names the subcommand it belongs to."""
 
     def error(self, message: str):  # noqa: D401 - argparse's signature
         raise UserError(f"{self.prog}: {message} (see `{self.prog} --help`)")
+
+    def parse_known_args(self, args=None, namespace=None):
+        # argparse hands a subcommand's unknown arguments up to the top parser, whose error
+        # would point to `resnets --help`; the parser that met them reports them instead.
+        namespace, extras = super().parse_known_args(args, namespace)
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return namespace, extras
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -488,6 +497,9 @@ def main(argv: list[str] | None = None) -> int:
     import warnings
 
     parser = _build_parser()
+    if not (sys.argv[1:] if argv is None else argv):  # a bare `resnets`: what it can do
+        parser.print_help()
+        return 0
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _one_line_warnings(warnings.showwarning)

@@ -236,3 +236,55 @@ def test_predict_scales_16_bit_images_to_8_bits(tmp_path):
     Image.fromarray(ramp).save(tmp_path / "deep.png")  # mode I;16
     pixels = load_image(tmp_path / "deep.png", [1, 8, 8])
     assert pixels[0, 4].tolist() == [round(v * 255 / 65535) for v in ramp[0].tolist()]
+
+
+def test_bare_resnets_prints_the_help(capsys):
+    assert main([]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: resnets ") and "train" in out and "predict" in out
+
+
+@pytest.mark.parametrize("argv, prog", [
+    (["train", "--bogus"], "resnets train"),
+    (["predict", "x.pt", "y.png", "--bogus", "1"], "resnets predict"),
+    (["study", "report", "dir", "--bogus"], "resnets study report"),
+])
+def test_an_unknown_flag_points_to_its_subcommands_help(argv, prog, capsys):
+    assert main(argv) == 2
+    unknown = " ".join(argv[argv.index("--bogus"):])
+    assert _one_error_line(capsys) == (f"error: {prog}: unrecognized arguments: {unknown} "
+                                       f"(see `{prog} --help`)\n")
+
+
+def test_a_checkpoint_carrying_code_is_refused_without_torchs_advice_to_run_it(tmp_path, capsys):
+    import pathlib
+
+    import torch
+
+    class Payload:
+        def __reduce__(self):
+            return (pathlib.Path.touch, (tmp_path / "pwned",))
+
+    torch.save({"format": "resnets-checkpoint", "version": 1, "x": Payload()}, tmp_path / "evil.pt")
+    for command in (["eval"], ["export", "--onnx", str(tmp_path / "m.onnx"), "--force"]):
+        assert main([command[0], str(tmp_path / "evil.pt"), *command[1:]]) == 2
+        err = _one_error_line(capsys)
+        assert "refused to load: it holds code or objects other than plain data" in err
+        assert "weights_only" not in err and "trust" not in err and "\x1b" not in err
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_a_checkpoint_of_another_architecture_names_the_keys_and_shapes(run_dir, tmp_path, capsys):
+    import torch
+
+    from resnets.train.checkpoint import save_checkpoint
+
+    state = load_checkpoint(run_dir)
+    weights = state["model_state"]
+    weights["fc.weight"] = torch.zeros(5, 32)
+    weights["conv.extra"] = weights.pop("bn.running_mean")
+    save_checkpoint(state, tmp_path / "other.pt")
+    assert main(["eval", str(tmp_path / "other.pt")]) == 2
+    err = _one_error_line(capsys)
+    assert "the checkpoint does not fit model 'tiny' (missing keys: bn.running_mean; unexpected keys: " \
+           "conv.extra; shapes differ: fc.weight: checkpoint (5, 32) vs model (4, 32))" in err

@@ -45,15 +45,38 @@ def load_trained(path: str | Path, device: str = "cpu") -> Trained:
         model.load_state_dict(state["model_state"])
     except UserError:
         raise
-    except (RuntimeError, KeyError, ValueError) as error:
+    except (RuntimeError, KeyError, ValueError, TypeError, AttributeError) as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        built = locals().get("model")  # None when create_model itself failed
+        detail = (state_mismatch(built.state_dict(), state["model_state"])
+                  if built is not None and isinstance(state.get("model_state"), dict) else None)
         raise UserError(f"{path}: the checkpoint does not fit model {state.get('model')!r} "
-                        f"({type(error).__name__}: {first[:200]})") from None
+                        f"({detail or f'{type(error).__name__}: {first[:200]}'})") from None
     model.to(device_).eval()
     return Trained(model=model, normalizer=loop.normalizer_from_state(state["normalizer"]),
                    classes=list(state["classes"]), input_size=list(state["input_size"]),
                    config=Config.from_dict(state["config"]), checkpoint=state, path=path,
                    device=device_)
+
+
+def state_mismatch(expected: dict, got: dict, shown: int = 3) -> str | None:
+    """One line naming the first keys where a checkpoint's state dict (`got`) differs from a
+    model's (`expected`): missing keys, unexpected keys, `key: checkpoint (a, b) vs model (c, d)`;
+    None when they match."""
+    def shape(tensor) -> str:
+        return f"({', '.join(map(str, getattr(tensor, 'shape', ())))})"
+
+    missing = [key for key in expected if key not in got]
+    unexpected = [key for key in got if key not in expected]
+    shapes = [f"{key}: checkpoint {shape(got[key])} vs model {shape(expected[key])}"
+              for key in expected if key in got and shape(got[key]) != shape(expected[key])]
+    parts = []
+    for label, items in (("missing keys", missing), ("unexpected keys", unexpected),
+                         ("shapes differ", shapes)):
+        if items:
+            more = f" (and {len(items) - shown} more)" if len(items) > shown else ""
+            parts.append(f"{label}: {', '.join(items[:shown])}{more}")
+    return "; ".join(parts) or None
 
 
 def evaluate_checkpoint(trained: Trained, *, data: str | None = None,
