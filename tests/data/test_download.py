@@ -102,50 +102,35 @@ def test_archive_that_will_not_extract_is_named_and_leaves_no_folder(server, tmp
     assert [p.name for p in to.iterdir()] == ["cifar-100-python.tar.gz"]  # checked archive kept, no folder
 
 
-def _one_error_line(capsys) -> str:
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("error: "), err
-    return err
-
-
-def test_download_below_a_file_is_one_line_naming_the_folder_and_cause(server, tmp_path, capsys):
+def test_download_below_a_file_is_one_line_naming_the_folder_and_cause(server, tmp_path, one_error_line):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
     to = blocker / "data"
     assert main(["download", "cifar10", "--to", str(to), "--url", server["url"] + "/good"]) == 2
-    err = _one_error_line(capsys)
+    err = one_error_line()
     assert f"cannot write in {to} ({blocker} is a file, not a folder)" in err
     assert blocker.read_text() == "not a folder"
 
 
-def test_download_into_a_read_only_folder_fails_before_fetching(server, tmp_path, monkeypatch, capsys):
+def test_download_into_a_read_only_folder_fails_before_fetching(server, tmp_path, monkeypatch, refuse_writes_in,
+                                                                one_error_line):
     import errno
-    import os
     import urllib.request
-
-    import resnets.atomic
 
     to = tmp_path / "locked"
     to.mkdir()
     to.chmod(0o555)  # stops a normal user; tests may run as root, so refuse the write as well
-    real = resnets.atomic.tempfile.TemporaryFile
-
-    def read_only(*args, dir=None, **kwargs):
-        if dir is not None and os.path.samefile(dir, to):
-            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(dir))
-        return real(*args, dir=dir, **kwargs)
-
-    monkeypatch.setattr(resnets.atomic.tempfile, "TemporaryFile", read_only)
+    refuse_writes_in(to, errno.EROFS)
     monkeypatch.setattr(urllib.request, "urlopen", lambda *a, **k: pytest.fail("fetched before the check"))
     try:
         assert main(["download", "cifar10", "--to", str(to), "--url", server["url"] + "/good"]) == 2
-        assert f"cannot write in {to} (Read-only file system)" in _one_error_line(capsys)
+        assert f"cannot write in {to} (Read-only file system)" in one_error_line()
         assert list(to.iterdir()) == []
     finally:
         to.chmod(0o755)
 
 
-def test_a_write_failure_midway_is_one_line_and_leaves_nothing(server, tmp_path, monkeypatch, capsys):
+def test_a_write_failure_midway_is_one_line_and_leaves_nothing(server, tmp_path, monkeypatch, one_error_line):
     import errno
     import os
 
@@ -174,12 +159,12 @@ def test_a_write_failure_midway_is_one_line_and_leaves_nothing(server, tmp_path,
     monkeypatch.setattr(download_module, "atomic_open", full_disk)
     to = tmp_path / "data"
     assert main(["download", "cifar10", "--to", str(to), "--url", server["url"] + "/good"]) == 2
-    err = _one_error_line(capsys)
+    err = one_error_line()
     assert f"cannot write {to / 'cifar-10-python.tar.gz'} (No space left on device)" in err
     assert list(to.iterdir()) == []
 
 
-def test_a_bad_url_is_one_line(tmp_path, capsys):
+def test_a_bad_url_is_one_line(tmp_path, one_error_line):
     assert main(["download", "cifar10", "--to", str(tmp_path), "--url", "nonsense"]) == 2
     assert "cannot download 'nonsense' (unknown url type: 'nonsense'): expected an http:// or https:// URL" \
-        in _one_error_line(capsys)
+        in one_error_line()

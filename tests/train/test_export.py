@@ -88,13 +88,7 @@ def test_torchvision_loads_the_export_strictly_and_computes_the_same(tmp_path):
             assert torch.allclose(theirs(x), ours(x), atol=1e-5)
 
 
-def _one_error_line(capsys) -> str:
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("error: "), err
-    return err
-
-
-def test_export_replaces_an_existing_file_only_with_force(tiny_run, tmp_path, capsys):
+def test_export_replaces_an_existing_file_only_with_force(tiny_run, tmp_path, capsys, one_error_line):
     from resnets.cli import main
 
     pytest.importorskip("onnxruntime")
@@ -103,7 +97,7 @@ def test_export_replaces_an_existing_file_only_with_force(tiny_run, tmp_path, ca
     with pytest.raises(UserError, match=r"model.onnx exists: use --force"):
         export_onnx(tiny_run, out)
     assert main(["export", str(tiny_run), "--onnx", str(out)]) == 2
-    assert f"{out} exists: use --force to replace it" in _one_error_line(capsys)
+    assert f"{out} exists: use --force to replace it" in one_error_line()
     assert out.read_bytes() == b"somebody's precious file"
     assert main(["export", str(tiny_run), "--onnx", str(out), "--force"]) == 0
     assert out.read_bytes() != b"somebody's precious file" and "onnxruntime matches" in capsys.readouterr().out
@@ -126,25 +120,25 @@ def test_torchvision_export_replaces_an_existing_file_only_with_overwrite(tmp_pa
     ("notes.txt", "is in a run's checkpoint folder"),
 ])
 @pytest.mark.parametrize("kind", ["--onnx", "--torchvision"])
-def test_export_never_replaces_a_file_in_a_runs_checkpoint_folder(tiny_run, target, words, kind, capsys):
+def test_export_never_replaces_a_file_in_a_runs_checkpoint_folder(tiny_run, target, words, kind, one_error_line):
     from resnets.cli import main
 
     (tiny_run / "checkpoints" / "notes.txt").write_text("the run's own notes")
     before = {p.name: p.read_bytes() for p in (tiny_run / "checkpoints").iterdir()}
     out = tiny_run / "checkpoints" / target
     assert main(["export", str(tiny_run), kind, str(out), "--force"]) == 2
-    assert words in _one_error_line(capsys)
+    assert words in one_error_line()
     assert {p.name: p.read_bytes() for p in (tiny_run / "checkpoints").iterdir()} == before
 
 
-def test_export_onto_a_folder_is_one_line(tiny_run, tmp_path, capsys):
+def test_export_onto_a_folder_is_one_line(tiny_run, tmp_path, one_error_line):
     from resnets.cli import main
 
     assert main(["export", str(tiny_run), "--onnx", str(tmp_path)]) == 2
-    assert f"{tmp_path} is a folder: expected a file name" in _one_error_line(capsys)
+    assert f"{tmp_path} is a folder: expected a file name" in one_error_line()
     assert main(["export", str(tiny_run), "--onnx", str(tmp_path / "a.onnx"), "--torchvision",
                  str(tmp_path / "a.onnx")]) == 2
-    assert "give two file names" in _one_error_line(capsys)
+    assert "give two file names" in one_error_line()
 
 
 def _slow_work_fails(monkeypatch):
@@ -159,34 +153,27 @@ def _slow_work_fails(monkeypatch):
     monkeypatch.setattr(resnets.export, "_onnx_export", slow)
 
 
-def test_unwritable_destination_is_refused_before_the_slow_work(tiny_run, tmp_path, monkeypatch, capsys):
+def test_unwritable_destination_is_refused_before_the_slow_work(tiny_run, tmp_path, monkeypatch, one_error_line):
     from resnets.cli import main
 
     _slow_work_fails(monkeypatch)
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
     assert main(["export", str(tiny_run), "--onnx", str(blocker / "sub" / "m.onnx")]) == 2
-    err = _one_error_line(capsys)
+    err = one_error_line()
     assert f"cannot write in {blocker / 'sub'} ({blocker} is a file, not a folder)" in err
 
 
-def test_read_only_destination_is_named_with_its_cause(tiny_run, tmp_path, monkeypatch, capsys):
+def test_read_only_destination_is_named_with_its_cause(tiny_run, tmp_path, monkeypatch, refuse_writes_in,
+                                                      one_error_line):
     import errno
-    import os
-    import resnets.atomic
+
     from resnets.cli import main
 
     _slow_work_fails(monkeypatch)
     locked = tmp_path / "locked"
     locked.mkdir()
-    real = resnets.atomic.tempfile.TemporaryFile
-
-    def refuse_in_locked(*args, dir=None, **kwargs):  # chmod 0o555 does not stop root: simulate it
-        if dir is not None and os.path.samefile(dir, locked):
-            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(dir))
-        return real(*args, dir=dir, **kwargs)
-
-    monkeypatch.setattr(resnets.atomic.tempfile, "TemporaryFile", refuse_in_locked)
+    refuse_writes_in(locked, errno.EACCES)
     assert main(["export", str(tiny_run), "--onnx", str(locked / "m.onnx")]) == 2
-    assert f"cannot write in {locked} (Permission denied)" in _one_error_line(capsys)
+    assert f"cannot write in {locked} (Permission denied)" in one_error_line()
     assert list(locked.iterdir()) == []

@@ -49,7 +49,12 @@ def unreadable_reason(path: Path) -> str | None:
         with Image.open(path):
             return None
     except Exception as error:  # PIL raises many types for a truncated or foreign file
-        return str(error).replace(f" {str(path)!r}", "") or type(error).__name__  # the path is said already
+        return pillow_reason(error, path)
+
+
+def pillow_reason(error: Exception, path: str | Path) -> str:
+    """Why Pillow could not read `path`, for a message that names the path already."""
+    return str(error).replace(f" {str(path)!r}", "") or type(error).__name__
 
 
 def to_8bit(image):
@@ -155,7 +160,8 @@ def decode(path: Path, image_size: int | None) -> torch.Tensor:
                 image = image.convert("RGBA")  # palette transparency, then dropped like RGBA's
             image = image.convert("RGB")
     except Exception as error:  # PIL raises many types for a truncated or foreign file
-        raise UserError(f"cannot read image {path} ({error}): expected an image file Pillow reads") from None
+        raise UserError(f"cannot read image {path} ({pillow_reason(error, path)}): expected an image file "
+                        f"Pillow reads") from None
     if image_size is not None:
         width, height = image.size
         scale = image_size / min(width, height)
@@ -175,7 +181,8 @@ def _header_size(path: Path) -> tuple[int, int]:
         with Image.open(path) as image:
             return image.size
     except Exception as error:
-        raise UserError(f"cannot read image {path} ({error}): expected an image file Pillow reads") from None
+        raise UserError(f"cannot read image {path} ({pillow_reason(error, path)}): expected an image file "
+                        f"Pillow reads") from None
 
 
 class StreamingFolder(torch.utils.data.Dataset):

@@ -132,7 +132,7 @@ def image_paths(items: Sequence[str | Path]) -> list[Path]:
             images = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")
                             and p.suffix.lower() in image_extensions())
             paths += images or [path]
-        elif not path.exists() and glob.has_magic(str(item)):
+        elif not path.exists() and any(char in str(item) for char in "*?["):  # a glob pattern
             paths += [Path(p) for p in sorted(glob.glob(str(item), recursive=True))
                       if Path(p).is_file()] or [path]
         else:
@@ -151,7 +151,7 @@ def load_image(path: str | Path, input_size: Sequence[int], max_pixels: int | No
     """
     from PIL import Image, ImageOps
 
-    from resnets.data.folder import to_8bit
+    from resnets.data.folder import pillow_reason, to_8bit
 
     channels, height, width = input_size
     if channels not in (1, 3):
@@ -189,8 +189,8 @@ def load_image(path: str | Path, input_size: Sequence[int], max_pixels: int | No
     except UserError:
         raise
     except Exception as error:  # Pillow raises many types for a truncated or foreign file
-        reason = str(error).replace(f" {str(path)!r}", "") or type(error).__name__
-        raise UserError(f"{path}: not an image this program can read ({reason})") from None
+        raise UserError(f"{path}: not an image this program can read "
+                        f"({pillow_reason(error, path)})") from None
     finally:
         Image.MAX_IMAGE_PIXELS = pillow_limit
     return data.view(height, width, channels).permute(2, 0, 1).contiguous()  # (C, H, W)
