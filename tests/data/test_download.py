@@ -70,6 +70,8 @@ def test_dropped_connection_leaves_nothing_and_a_retry_starts_clean(server, tmp_
     with pytest.raises(UserError, match="/drop"):
         download("cifar10", to, url=server["url"] + "/drop", md5=server["md5"])
     assert list(to.iterdir()) == []
+    dead = 2 ** 22 + 1  # above Linux's default pid_max: no such process
+    (to / f".cifar-10-python.tar.gz.tmp-{dead}").write_bytes(b"stale bytes from a killed run")
     folder = download("cifar10", to, url=server["url"] + "/good", md5=server["md5"])
     assert folder.is_dir()
     assert sorted(p.name for p in to.iterdir()) == ["cifar-10-batches-py", "cifar-10-python.tar.gz"]

@@ -3,7 +3,7 @@
 The destination folder is checked to be writable before anything is fetched. The archive is
 written through `atomic_open` (a temporary file beside its final path) and renamed only after
 its MD5 matches, so a failure (a dropped connection, a wrong checksum, a full disk, Ctrl-C)
-leaves nothing behind. Extraction goes to a temporary folder that is renamed into place once
+leaves nothing behind, and a retry removes what a killed process left. Extraction goes to a temporary folder that is renamed into place once
 complete.
 """
 
@@ -19,7 +19,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from resnets.atomic import atomic_open, writable_folder
+from resnets.atomic import atomic_open, remove_stale_temporaries, writable_folder
 from resnets.errors import UserError
 
 ARCHIVES = {
@@ -51,6 +51,7 @@ def fetch(url: str, path: str | Path, md5: str) -> Path:
     path = Path(path)
     if path.is_file() and md5_of(path) == md5:
         return path
+    remove_stale_temporaries(path)  # a killed run's partial archive
     try:
         response = urllib.request.urlopen(url, timeout=TIMEOUT_S)
     except ValueError as error:
