@@ -25,3 +25,36 @@ def ctrl_c_after_step(monkeypatch):
         monkeypatch.setattr(loop, "train_step", step_then_ctrl_c)
 
     return arm
+
+
+@pytest.fixture
+def one_error_line(capsys):
+    """`one_error_line()`: what a command wrote to stderr, checked to be one `error: ` line."""
+
+    def read() -> str:
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("error: "), err
+        return err
+
+    return read
+
+
+@pytest.fixture
+def refuse_writes_in(monkeypatch):
+    """`refuse_writes_in(folder, errno)`: writing in `folder` fails as on a read-only folder
+    (chmod 0o555 does not stop root, who runs the tests in some places)."""
+    import os
+
+    import resnets.atomic
+
+    real = resnets.atomic.tempfile.TemporaryFile
+
+    def arm(folder, number) -> None:
+        def refuse(*args, dir=None, **kwargs):
+            if dir is not None and os.path.samefile(dir, folder):
+                raise OSError(number, os.strerror(number), str(dir))
+            return real(*args, dir=dir, **kwargs)
+
+        monkeypatch.setattr(resnets.atomic.tempfile, "TemporaryFile", refuse)
+
+    return arm

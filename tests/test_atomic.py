@@ -19,3 +19,14 @@ def test_write_json_replaces_the_file(tmp_path):
     path = write_json(tmp_path / "deep" / "summary.json", {"a": 1})
     write_json(path, {"a": 2})
     assert path.read_text() == '{\n  "a": 2\n}\n'
+
+
+def test_writable_folder_creates_it_or_names_the_cause(tmp_path):
+    from resnets.atomic import writable_folder
+    from resnets.errors import UserError
+
+    assert writable_folder(tmp_path / "new" / "deeper").is_dir()
+    assert [p.name for p in (tmp_path / "new" / "deeper").iterdir()] == []  # the probe leaves nothing
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UserError, match=r"cannot write in .*file/sub \(.*file is a file, not a folder\)"):
+        writable_folder(tmp_path / "file" / "sub")

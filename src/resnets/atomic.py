@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, Iterator
+
+from resnets.errors import UserError
 
 
 @contextmanager
@@ -22,7 +25,7 @@ def atomic_open(path: str | Path, mode: str = "wb") -> Iterator[IO]:
         raise ValueError(f"atomic_open writes only ('w' or 'wb'), got {mode!r}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    temporary = _temporary(path, os.getpid())
     try:
         with open(temporary, mode, **({"encoding": "utf-8"} if mode == "w" else {})) as file:
             yield file
@@ -33,6 +36,52 @@ def atomic_open(path: str | Path, mode: str = "wb") -> Iterator[IO]:
         temporary.unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
+
+
+def _temporary(path: Path, pid: int | str) -> Path:
+    return path.with_name(f".{path.name}.tmp-{pid}")
+
+
+def remove_stale_temporaries(path: str | Path) -> None:
+    """Delete the temporaries of `path` left by processes that no longer run (killed mid-write,
+    where no cleanup could run): a large download's would otherwise stay for good."""
+    path = Path(path)
+    prefix = _temporary(path, "").name
+    for temporary in path.parent.iterdir() if path.parent.is_dir() else ():
+        pid = temporary.name[len(prefix):]
+        if temporary.name.startswith(prefix) and pid.isdigit() and int(pid) != os.getpid() \
+                and not _running(int(pid)):
+            temporary.unlink(missing_ok=True)
+
+
+def _running(pid: int) -> bool:
+    if os.name == "nt":  # os.kill there would end the process: assume it runs, keep its file
+        return True
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except OSError:  # it exists but belongs to someone else
+        return True
+    return True
+
+
+def writable_folder(folder: str | Path) -> Path:
+    """`folder`, created if missing, once a file can be written in it; else a `UserError` naming
+    the folder and the cause. Call it before slow work whose result will be written there."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):  # a real write: permissions, read-only mounts, ACLs
+            pass
+    except OSError as error:
+        existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
+        if existing is not None and not existing.is_dir():
+            cause = f"{existing} is a file, not a folder"
+        else:
+            cause = error.strerror or str(error)
+        raise UserError(f"cannot write in {folder} ({cause}): expected a folder you can write to") from None
+    return folder
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -13,10 +13,19 @@ from resnets.errors import UserError
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse, but a usage mistake is one line and exit 2 (argparse prints usage too)."""
+    """argparse, but a usage mistake is one line and exit 2 (argparse prints usage too), and
+    names the subcommand it belongs to."""
 
     def error(self, message: str):  # noqa: D401 - argparse's signature
         raise UserError(f"{self.prog}: {message} (see `{self.prog} --help`)")
+
+    def parse_known_args(self, args=None, namespace=None):
+        # argparse hands a subcommand's unknown arguments up to the top parser, whose error
+        # would point to `resnets --help`; the parser that met them reports them instead.
+        namespace, extras = super().parse_known_args(args, namespace)
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return namespace, extras
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -252,10 +261,19 @@ def _add_checkpoint_commands(sub) -> None:
                              description="Print the most likely classes of each image. Images "
                              "of any size and mode are converted to the model's channels, "
                              "resized and centre-cropped to its input size, and normalised "
-                             "as in training.")
+                             "as in training. Unreadable images are skipped and reported at "
+                             "the end; the exit status is 2 only when none could be classified.")
     predict.add_argument("checkpoint", help="checkpoint file or run directory")
-    predict.add_argument("images", nargs="+", metavar="IMAGE")
+    predict.add_argument("images", nargs="+", metavar="IMAGE",
+                         help="image files, folders (the images in them) or quoted glob "
+                         "patterns such as 'photos/*.jpg'")
     predict.add_argument("--top", type=_positive_int, default=3, help="classes shown (3)")
+    predict.add_argument("--format", choices=("text", "json", "csv"), default="text",
+                         help="text (default), json (a list of {path, top}) or csv (path, "
+                         "rank, class, probability)")
+    predict.add_argument("--max-pixels", type=_positive_int, metavar="N",
+                         help="refuse larger images, a guard against decompression bombs "
+                         "(default: Pillow's limit, about 89 million)")
     predict.add_argument("--device", default="cpu")
     predict.set_defaults(run=_cmd_predict)
 
@@ -270,6 +288,8 @@ def _add_checkpoint_commands(sub) -> None:
     export.add_argument("--torchvision", metavar="FILE")
     export.add_argument("--no-check", action="store_true",
                         help="skip the onnxruntime comparison")
+    export.add_argument("--force", action="store_true",
+                        help="replace an existing FILE (never a checkpoint of a run)")
     export.set_defaults(run=_cmd_export)
 
     plot = sub.add_parser("plot", help="draw loss/error against iterations for runs",
@@ -338,28 +358,64 @@ def _cmd_eval(args) -> int:
 
 
 def _cmd_predict(args) -> int:
-    from resnets.train.inference import load_trained, predict_images
+    import csv
+    import json
+
+    from resnets.train.inference import image_paths, load_trained, predict_images
 
     trained = load_trained(args.checkpoint, device=args.device)
-    for path, top in zip(args.images, predict_images(trained, args.images, top=args.top)):
-        print(path)
-        width = max(len(name) for name, _ in top)
-        for name, probability in top:
-            print(f"  {name:<{width}}  {100 * probability:6.2f}%")
+    paths = image_paths(args.images)
+    results = predict_images(trained, paths, top=args.top, return_errors=True,
+                             max_pixels=args.max_pixels)
+    done = [(str(path), top) for path, top in zip(paths, results) if not isinstance(top, UserError)]
+    failed = [error for error in results if isinstance(error, UserError)]
+    if not done:
+        if len(failed) == 1:
+            raise failed[0]
+        raise UserError(f"none of the {len(failed)} images could be classified: {failed[0]} "
+                        f"(and {len(failed) - 1} more)")
+    if args.format == "json":
+        print(json.dumps([{"path": path, "top": [{"class": name, "probability": probability}
+                                                 for name, probability in top]}
+                          for path, top in done], indent=2))
+    elif args.format == "csv":
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(["path", "rank", "class", "probability"])
+        for path, top in done:
+            writer.writerows([path, rank, name, f"{probability:.6f}"]
+                             for rank, (name, probability) in enumerate(top, 1))
+    else:
+        for path, top in done:
+            print(path)
+            width = max(len(name) for name, _ in top)
+            for name, probability in top:
+                print(f"  {name:<{width}}  {100 * probability:6.2f}%")
+    sys.stdout.flush()
+    for error in failed:  # at the end, so a long listing does not hide them
+        print(f"warning: skipped {error}", file=sys.stderr)
     return 0
 
 
 def _cmd_export(args) -> int:
-    from resnets.export import export_onnx, export_torchvision
+    from pathlib import Path
+
+    from resnets.export import check_destination, export_onnx, export_torchvision
+    from resnets.train.checkpoint import resolve_checkpoint_path
 
     if not args.onnx and not args.torchvision:
         raise UserError("export needs --onnx FILE and/or --torchvision FILE")
+    if args.onnx and args.torchvision and Path(args.onnx).absolute() == Path(args.torchvision).absolute():
+        raise UserError(f"--onnx and --torchvision both name {args.onnx}: give two file names")
+    resolve_checkpoint_path(args.checkpoint)  # a missing checkpoint is named before the destinations
+    for out in filter(None, (args.torchvision, args.onnx)):  # both, before either is written
+        check_destination(out, args.checkpoint, overwrite=args.force)
     if args.torchvision:
-        result = export_torchvision(args.checkpoint, args.torchvision)
+        result = export_torchvision(args.checkpoint, args.torchvision, overwrite=args.force)
         print(f"wrote {result['path']} ({result['tensors']} tensors; load with torchvision's "
               f"model of the same name, num_classes={result['num_classes']})")
     if args.onnx:
-        result = export_onnx(args.checkpoint, args.onnx, check=not args.no_check)
+        result = export_onnx(args.checkpoint, args.onnx, check=not args.no_check,
+                             overwrite=args.force)
         checked = ("not checked" if result["max_abs_diff"] is None else
                    f"onnxruntime matches PyTorch to {result['max_abs_diff']:.2g}")
         print(f"wrote {result['path']} (input: float pixels in [0, 255], shape (N, "
@@ -387,11 +443,32 @@ def _version() -> str:
     return f"resnets {__version__}"
 
 
+def _one_line_warnings(python_show):
+    """A `warnings.showwarning` that prints our own warnings as one line, `warning: ...`, and
+    anybody else's as `python_show` does."""
+    from pathlib import Path
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if Path(__file__).parent in Path(filename).parents:
+            print(f"warning: {message}", file=file or sys.stderr)
+        else:
+            python_show(message, category, filename, lineno, file, line)
+
+    return show
+
+
 def main(argv: list[str] | None = None) -> int:
+    import warnings
+
     parser = _build_parser()
+    if not (sys.argv[1:] if argv is None else argv):  # a bare `resnets`: what it can do
+        parser.print_help()
+        return 0
     try:
-        args = parser.parse_args(argv)
-        return int(args.run(args) or 0)
+        with warnings.catch_warnings():
+            warnings.showwarning = _one_line_warnings(warnings.showwarning)
+            args = parser.parse_args(argv)
+            return int(args.run(args) or 0)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

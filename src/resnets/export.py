@@ -7,21 +7,25 @@ resizes. The batch dimension is dynamic. Needs the optional extra: `pip install 
 torchvision: for resnet18/34/50/101/152 the parameter names already match torchvision's, so the
 export is the state dict alone, loadable with `torchvision.models.resnet50(num_classes=N)
 .load_state_dict(torch.load(FILE, weights_only=True))` (strict).
+
+Nothing is lost: an existing file is replaced only with `overwrite=True` (`--force`), and never
+the checkpoint being exported nor a file in a run's checkpoint folder. The destination is
+checked before the slow work, and written atomically once the export has passed its check.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import json
-import os
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, Callable
 
 import torch
 from torch import nn
 
-from resnets.atomic import atomic_open
+from resnets.atomic import atomic_open, writable_folder
 from resnets.errors import UserError
+from resnets.rundir import RunDir
 
 TORCHVISION_NAMES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 
@@ -38,17 +42,55 @@ class PixelsToLogits(nn.Module):
         return self.model(self.normalizer(pixels))
 
 
+def check_destination(out: str | Path, checkpoint: str | Path, *, overwrite: bool = False) -> Path:
+    """`out` as a Path once it is a file name the export of `checkpoint` may write; else a
+    `UserError`. Checks that its folder is writable, so call it before the slow work."""
+    from resnets.train.checkpoint import resolve_checkpoint_path
+
+    out = Path(out).expanduser()
+    if out.is_dir():
+        raise UserError(f"{out} is a folder: expected a file name for the export, e.g. {out / 'model.onnx'}")
+    if out.exists() or out.is_symlink():
+        source = resolve_checkpoint_path(checkpoint)
+        if out.exists() and out.resolve() == source.resolve():
+            raise UserError(f"{out} is the checkpoint being exported: choose another file name")
+        if _in_run_checkpoints(out) or _in_run_checkpoints(out.resolve()):
+            raise UserError(f"{out} is in a run's checkpoint folder: export never replaces a file "
+                            f"there, even with --force; choose another file name")
+        if not overwrite:
+            raise UserError(f"{out} exists: use --force to replace it (overwrite=True in Python)")
+    writable_folder(out.parent)
+    return out
+
+
+def _in_run_checkpoints(path: Path) -> bool:
+    """Whether `path` lies in the checkpoint folder of the run directory above it."""
+    run = RunDir(path.parent.parent)
+    return run.checkpoints == path.parent and (run.ours() or run.last.is_file())
+
+
+def _write(out: Path, write: Callable[[IO[bytes]], Any]) -> None:
+    """`write(file)` into a temporary file renamed to `out` on success; OSError -> UserError."""
+    try:
+        with atomic_open(out, "wb") as file:
+            write(file)
+    except OSError as error:
+        raise UserError(f"cannot write {out} ({error.strerror or error})") from None
+
+
 def export_onnx(checkpoint: str | Path, out: str | Path, *, check: bool = True,
-                tolerance: float = 1e-3) -> dict[str, Any]:
-    """Write the checkpoint's model as ONNX to `out`; with `check`, run the file in
-    onnxruntime on random pixels and compare with PyTorch.
+                tolerance: float = 1e-3, overwrite: bool = False) -> dict[str, Any]:
+    """Write the checkpoint's model as ONNX to `out`; with `check`, run it in onnxruntime on
+    random pixels and compare with PyTorch before writing anything.
 
     Returns {"path", "max_abs_diff" (None without check), "input_shape"}. Raises `UserError`
-    when onnx/onnxruntime are missing or the outputs disagree by more than `tolerance`
-    (relative to the largest logit).
+    when `out` may not be written (see `check_destination`; `overwrite` replaces an existing
+    file), when onnx/onnxruntime are missing or when the outputs disagree by more than
+    `tolerance` (relative to the largest logit).
     """
     from resnets.train.inference import load_trained
 
+    out = check_destination(out, checkpoint, overwrite=overwrite)
     if any(importlib.util.find_spec(m) is None for m in ("onnx", "onnxscript")):
         raise UserError("ONNX export needs the optional extra: pip install 'resnets[onnx]' "
                         "(onnx, onnxruntime, onnxscript)")
@@ -57,40 +99,33 @@ def export_onnx(checkpoint: str | Path, out: str | Path, *, check: bool = True,
     channels, height, width = trained.input_size
     example = torch.rand(2, channels, height, width, generator=torch.Generator().manual_seed(0)
                          ) * 255
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.stem}.tmp-{os.getpid()}{out.suffix}")
-    try:
-        _onnx_export(module, example, tmp)
-        _add_metadata(tmp, trained)
-        max_diff = _check_onnx(tmp, module, example, tolerance) if check else None
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
-        Path(f"{tmp}.data").unlink(missing_ok=True)
+    model = _onnx_export(module, example)  # the slow part: seconds to minutes
+    _add_metadata(model, trained)
+    data = model.SerializeToString()
+    max_diff = _check_onnx(data, module, example, tolerance) if check else None
+    _write(check_destination(out, checkpoint, overwrite=overwrite), lambda file: file.write(data))
     return {"path": out, "max_abs_diff": max_diff, "input_shape": [channels, height, width]}
 
 
-def _onnx_export(module: nn.Module, example: torch.Tensor, path: Path) -> None:
+def _onnx_export(module: nn.Module, example: torch.Tensor):
+    """The ONNX ModelProto of `module`, weights inside, batch dimension dynamic."""
     import warnings
 
     batch = torch.export.Dim("batch", min=1, max=65536)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         try:
-            torch.onnx.export(module, (example,), str(path), input_names=["pixels"],
-                              output_names=["logits"], dynamo=True,
-                              dynamic_shapes=({0: batch},), external_data=False,
-                              verbose=False)
+            program = torch.onnx.export(module, (example,), None, input_names=["pixels"],
+                                        output_names=["logits"], dynamo=True,
+                                        dynamic_shapes=({0: batch},), external_data=False,
+                                        verbose=False)
         except ImportError as error:
             raise UserError(f"ONNX export needs the optional extra: pip install "
                             f"'resnets[onnx]' ({error})") from None
+    return program.model_proto
 
 
-def _add_metadata(path: Path, trained) -> None:
-    import onnx
-
-    model = onnx.load(str(path))
+def _add_metadata(model, trained) -> None:
     entries = {"resnets.model": trained.checkpoint["model"],
                "resnets.classes": json.dumps(trained.classes),
                "resnets.input": "float32 pixels in [0, 255], (N, C, H, W) = "
@@ -98,17 +133,16 @@ def _add_metadata(path: Path, trained) -> None:
     for key, value in entries.items():
         prop = model.metadata_props.add()
         prop.key, prop.value = key, value
-    onnx.save(model, str(path))
 
 
-def _check_onnx(path: Path, module: nn.Module, example: torch.Tensor,
+def _check_onnx(data: bytes, module: nn.Module, example: torch.Tensor,
                 tolerance: float) -> float:
     try:
         import onnxruntime
     except ImportError:
         raise UserError("checking the ONNX file needs onnxruntime: pip install "
                         "'resnets[onnx]' (or skip the check)") from None
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    session = onnxruntime.InferenceSession(data, providers=["CPUExecutionProvider"])
     # A batch size other than the export example's, to exercise the dynamic batch dimension.
     pixels = torch.rand(3, *example.shape[1:], generator=torch.Generator().manual_seed(1)) * 255
     (got,) = session.run(["logits"], {"pixels": pixels.numpy()})
@@ -163,13 +197,15 @@ def _torchvision_mismatch(name: str, kwargs: dict) -> str | None:
     return None
 
 
-def export_torchvision(checkpoint: str | Path, out: str | Path) -> dict[str, Any]:
-    """Write `torchvision_state_dict(checkpoint)` to `out` (atomically)."""
+def export_torchvision(checkpoint: str | Path, out: str | Path, *,
+                       overwrite: bool = False) -> dict[str, Any]:
+    """Write `torchvision_state_dict(checkpoint)` to `out` (atomically; an existing file only
+    with `overwrite`, see `check_destination`)."""
     from resnets.train.checkpoint import load_checkpoint
 
+    out = check_destination(out, checkpoint, overwrite=overwrite)
     state_dict = torchvision_state_dict(checkpoint)
     num_classes = load_checkpoint(checkpoint)["model_kwargs"]["num_classes"]
-    out = Path(out)
-    with atomic_open(out, "wb") as file:
-        torch.save(state_dict, file)
+    _write(check_destination(out, checkpoint, overwrite=overwrite),
+           lambda file: torch.save(state_dict, file))
     return {"path": out, "tensors": len(state_dict), "num_classes": num_classes}

@@ -20,14 +20,15 @@ def _dump(value) -> bytes:
 def write_cifar(root: Path, name: str, per_batch: int = 4, n_test: int = 3, seed: int = 0) -> dict:
     """Write `name`'s extracted folder and .tar.gz under root; return what they hold.
 
-    Returned: {"folder", "archive", "train": (data (N, 3072) uint8, labels...), "test": ...}.
+    Returned: {"folder", "archive", "classes" (cifar10's names), "train": (data (N, 3072) uint8,
+    labels...), "test": ...}.
     """
     rng = np.random.default_rng(seed)
     folder_name = "cifar-10-batches-py" if name == "cifar10" else "cifar-100-python"
     folder = root / folder_name
     folder.mkdir(parents=True)
     files: dict[str, bytes] = {}
-    out = {"folder": folder}
+    out = {"folder": folder, "classes": CIFAR10_NAMES if name == "cifar10" else None}
     if name == "cifar10":
         files["batches.meta"] = _dump({b"label_names": [n.encode() for n in CIFAR10_NAMES], b"num_vis": 3072})
         datas, labels = [], []

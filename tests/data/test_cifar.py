@@ -9,8 +9,6 @@ from resnets.data import load
 from resnets.data.cifar import unpickle
 from resnets.errors import UserError
 
-from conftest import CIFAR10_NAMES
-
 
 def _planes(data: np.ndarray) -> torch.Tensor:
     """The documented layout, spelled out: row = 1024 red, 1024 green, 1024 blue, row-major."""
@@ -32,7 +30,7 @@ def test_cifar10_gives_the_archives_pixels_in_rgb_planes(cifar10, source):
     assert trainval.labels.dtype == torch.int64 and trainval.labels.tolist() == cifar10["train"][1]
     assert torch.equal(test.images, _planes(cifar10["test"][0]))
     assert test.labels.tolist() == cifar10["test"][1]
-    assert trainval.classes == CIFAR10_NAMES
+    assert trainval.classes == cifar10["classes"]
     assert trainval.default_flip is True
     # one pixel by hand: image 7, green, row 5, column 9
     assert trainval.images[7, 1, 5, 9] == cifar10["train"][0][7, 1024 + 5 * 32 + 9]

@@ -70,9 +70,11 @@ def test_dropped_connection_leaves_nothing_and_a_retry_starts_clean(server, tmp_
     with pytest.raises(UserError, match="/drop"):
         download("cifar10", to, url=server["url"] + "/drop", md5=server["md5"])
     assert list(to.iterdir()) == []
-    (to / "cifar-10-python.tar.gz.part").write_bytes(b"stale bytes from a killed run")
+    dead = 2 ** 22 + 1  # above Linux's default pid_max: no such process
+    (to / f".cifar-10-python.tar.gz.tmp-{dead}").write_bytes(b"stale bytes from a killed run")
     folder = download("cifar10", to, url=server["url"] + "/good", md5=server["md5"])
-    assert folder.is_dir() and not (to / "cifar-10-python.tar.gz.part").exists()
+    assert folder.is_dir()
+    assert sorted(p.name for p in to.iterdir()) == ["cifar-10-batches-py", "cifar-10-python.tar.gz"]
     archive = (to / "cifar-10-python.tar.gz").read_bytes()
     assert hashlib.md5(archive).hexdigest() == server["md5"]
 
@@ -100,3 +102,71 @@ def test_archive_that_will_not_extract_is_named_and_leaves_no_folder(server, tmp
     with pytest.raises(UserError, match=r"cannot extract .*cifar-100-python.tar.gz"):
         download("cifar100", to, url=server["url"] + "/garbage", md5=md5)
     assert [p.name for p in to.iterdir()] == ["cifar-100-python.tar.gz"]  # checked archive kept, no folder
+
+
+def test_download_below_a_file_is_one_line_naming_the_folder_and_cause(server, tmp_path, one_error_line):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    to = blocker / "data"
+    assert main(["download", "cifar10", "--to", str(to), "--url", server["url"] + "/good"]) == 2
+    err = one_error_line()
+    assert f"cannot write in {to} ({blocker} is a file, not a folder)" in err
+    assert blocker.read_text() == "not a folder"
+
+
+def test_download_into_a_read_only_folder_fails_before_fetching(server, tmp_path, monkeypatch, refuse_writes_in,
+                                                                one_error_line):
+    import errno
+    import urllib.request
+
+    to = tmp_path / "locked"
+    to.mkdir()
+    to.chmod(0o555)  # stops a normal user; tests may run as root, so refuse the write as well
+    refuse_writes_in(to, errno.EROFS)
+    monkeypatch.setattr(urllib.request, "urlopen", lambda *a, **k: pytest.fail("fetched before the check"))
+    try:
+        assert main(["download", "cifar10", "--to", str(to), "--url", server["url"] + "/good"]) == 2
+        assert f"cannot write in {to} (Read-only file system)" in one_error_line()
+        assert list(to.iterdir()) == []
+    finally:
+        to.chmod(0o755)
+
+
+def test_a_write_failure_midway_is_one_line_and_leaves_nothing(server, tmp_path, monkeypatch, one_error_line):
+    import errno
+    import os
+
+    import importlib
+
+    download_module = importlib.import_module("resnets.data.download")  # the name `download` is the function
+    real = download_module.atomic_open
+
+    class FullDisk:
+        def __init__(self, file):
+            self.file = file
+
+        def write(self, data):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def full_disk(path, mode="wb"):
+        from contextlib import contextmanager
+
+        @contextmanager
+        def opened():
+            with real(path, mode) as file:
+                yield FullDisk(file)
+
+        return opened()
+
+    monkeypatch.setattr(download_module, "atomic_open", full_disk)
+    to = tmp_path / "data"
+    assert main(["download", "cifar10", "--to", str(to), "--url", server["url"] + "/good"]) == 2
+    err = one_error_line()
+    assert f"cannot write {to / 'cifar-10-python.tar.gz'} (No space left on device)" in err
+    assert list(to.iterdir()) == []
+
+
+def test_a_bad_url_is_one_line(tmp_path, one_error_line):
+    assert main(["download", "cifar10", "--to", str(tmp_path), "--url", "nonsense"]) == 2
+    assert "cannot download 'nonsense' (unknown url type: 'nonsense'): expected an http:// or https:// URL" \
+        in one_error_line()

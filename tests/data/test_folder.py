@@ -10,8 +10,20 @@ from resnets.data import Loader, Normalizer, StreamingFolder, load
 from resnets.errors import UserError
 
 
+# The `tree` fixture holds a notes.txt: its "skipped" warning is checked once, below.
+pytestmark = pytest.mark.filterwarnings("ignore:.*skipped .* in class folders")
+
+
 def _solid(mode: str, size, value):
     return Image.new(mode, size, value)
+
+
+def _truncate(path, size):
+    """A noise PNG of `size` at `path`, cut short: its header reads, its pixels do not."""
+    noise = np.random.default_rng(0).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    Image.fromarray(noise).save(path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) * 2 // 3])
 
 
 @pytest.fixture
@@ -99,7 +111,12 @@ def test_bad_trees_name_the_path(tree, tmp_path):
     with pytest.raises(UserError, match=r"class folder .*train/bird has no images"):
         load(f"folder:{tree}", image_size=8)
     (tree / "train/bird/z.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
-    with pytest.raises(UserError, match=r"cannot read image .*train/bird/z.png"):
+    with pytest.raises(UserError, match=r"class folder .*train/bird has no images.*1 unreadable \(e.g. bird/z.png"):
+        load(f"folder:{tree}", image_size=8)
+    _truncate(tree / "train/cat/a.png", (12, 10))
+    (tree / "train/bird/z.png").unlink()
+    _solid("RGB", (10, 10), 0).save(tree / "train/bird/y.png")
+    with pytest.raises(UserError, match=r"cannot read image .*train/cat/a.png"):
         load(f"folder:{tree}", image_size=8)
     empty = tmp_path / "empty"
     (empty / "train").mkdir(parents=True)
@@ -134,7 +151,7 @@ def test_large_tree_streams_through_workers_with_the_same_batches(tree):
 def test_streamed_tree_reports_mixed_sizes_and_bad_images(tree):
     with pytest.raises(UserError, match="mixed sizes"):
         load(f"folder:{tree}", "trainval", max_memory_bytes=100)
-    (tree / "train/dog/f.png").write_bytes(b"not a png")
+    _truncate(tree / "train/dog/f.png", (10, 10))
     streamed = load(f"folder:{tree}", "trainval", image_size=8, max_memory_bytes=100)
     loader = Loader(streamed, 6, shuffle=False, normalizer=None, workers=1)
     with pytest.raises(UserError, match=r"^cannot read image .*train/dog/f.png"):
@@ -144,6 +161,87 @@ def test_streamed_tree_reports_mixed_sizes_and_bad_images(tree):
 def test_parallel_decoding_reports_a_bad_image_in_one_line(tree, monkeypatch):
     monkeypatch.setattr(folder_module, "DECODE_WORKERS_ABOVE", 1)  # decode through workers
     assert load(f"folder:{tree}", "trainval", image_size=8).images.shape == (6, 3, 8, 8)
-    (tree / "train/cat/b.png").write_bytes(b"not a png")
+    _truncate(tree / "train/cat/b.png", (10, 10))
     with pytest.raises(UserError, match=r"^cannot read image .*train/cat/b.png[^\n]*$"):
         load(f"folder:{tree}", "trainval", image_size=8)
+
+
+def _two_classes(root, part="train"):
+    for name in ("a", "b"):
+        (root / part / name).mkdir(parents=True, exist_ok=True)
+    return root / part
+
+
+def test_16_bit_images_are_scaled_to_8_bits_not_clipped(tmp_path):
+    train = _two_classes(tmp_path / "deep")
+    gradient = (np.arange(64, dtype=np.uint32) * 65535 // 63).astype(np.uint16)[None].repeat(4, 0)
+    image = Image.fromarray(gradient)  # (4, 64): 0 .. 65535 left to right
+    assert image.mode == "I;16"
+    image.save(train / "a" / "gradient.png")
+    image.save(train / "b" / "gradient.tif")
+    assert Image.open(train / "a" / "gradient.png").mode == "I;16"  # Pillow reads it back 16-bit
+    ds = load(f"folder:{tmp_path / 'deep'}", "trainval", val_fraction=0)
+    expected = torch.from_numpy((gradient[0].astype(np.uint32) * 255 + 32767) // 65535)
+    for i in range(2):
+        assert torch.equal(ds.images[i, 0, 2].long(), expected.long())  # every step of the ramp
+        assert torch.equal(ds.images[i, 1], ds.images[i, 0])  # gray
+    assert (ds.images == 255).float().mean() < 0.05  # clipping made 99.6% of it white
+
+
+@pytest.mark.parametrize("mode, values, expected", [
+    ("I;16B", [0, 257, 32768, 65535], [0, 1, 128, 255]),
+    ("I", [0, 257, 32768, 65535], [0, 1, 128, 255]),  # 16-bit data in Pillow's 32-bit mode
+    ("I", [-100, 0, 100, 0], [0, 128, 255, 128]),  # not 16-bit: stretched over its range
+    ("F", [0.0, 0.5, 1.0, 0.25], [0, 128, 255, 64]),
+])
+def test_to_8bit_follows_each_mode(mode, values, expected):
+    dtype = {"I;16B": ">u2", "I": "<i4", "F": "<f4"}[mode]
+    image = Image.frombytes(mode, (4, 1), np.array([values], dtype=dtype).tobytes())
+    converted = folder_module.to_8bit(image)
+    assert converted.mode == "L" and np.asarray(converted)[0].tolist() == expected
+
+
+def test_every_format_pillow_reads_is_used_and_the_rest_reported_in_one_warning(tmp_path):
+    from PIL import features
+
+    train = _two_classes(tmp_path / "formats")
+    colours = {"png": (10, 20, 30), "gif": (40, 50, 60), "bmp": (70, 80, 90), "tif": (100, 110, 120),
+               "tiff": (130, 140, 150), "webp": (160, 170, 180)}
+    if not features.check("webp"):
+        del colours["webp"]
+    for ext, colour in colours.items():
+        _solid("RGB", (6, 6), colour).save(train / "a" / f"x.{ext}", **({"lossless": True} if ext == "webp" else {}))
+    _solid("RGB", (6, 6), 0).save(train / "b" / "y.BMP")
+    (train / "b" / "notes.txt").write_text("not an image")
+    (train / "b" / "labels.csv").write_text("y,1\n")
+    (train / "b" / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    (train / "b" / "more").mkdir()
+    (train / "b" / ".DS_Store").write_bytes(b"\0")  # hidden: ignored silently
+    with pytest.warns(UserWarning) as caught:
+        ds = load(f"folder:{tmp_path / 'formats'}", "trainval", val_fraction=0)
+    assert ds.labels.tolist() == [0] * len(colours) + [1]
+    got = {tuple(ds.images[i, :, 3, 3].tolist()) for i in range(len(colours))}
+    assert got == set(colours.values())  # GIF's palette holds these three colours exactly
+    (message,) = [str(w.message) for w in caught]
+    assert "\n" not in message and message.startswith(f"{train}: skipped 4 entries in class folders: ")
+    assert "2 not in a format Pillow reads (e.g. b/labels.csv)" in message
+    assert "1 unreadable (e.g. b/broken.jpg: cannot identify image file)" in message
+    assert "1 subfolder (not searched) (e.g. b/more)" in message
+
+
+def test_one_class_folder_is_refused(tmp_path):
+    (tmp_path / "one" / "train" / "cats").mkdir(parents=True)
+    _solid("RGB", (6, 6), 0).save(tmp_path / "one" / "train" / "cats" / "a.png")
+    with pytest.raises(UserError, match=r"train has one class folder \(cats/\): a classifier needs at least two"):
+        load(f"folder:{tmp_path / 'one'}", "train")
+
+
+def test_one_class_folder_is_one_line_from_the_cli(tmp_path, capsys):
+    from resnets.cli import main
+
+    (tmp_path / "one" / "train" / "cats").mkdir(parents=True)
+    _solid("RGB", (6, 6), 0).save(tmp_path / "one" / "train" / "cats" / "a.png")
+    assert main(["train", "--data", f"folder:{tmp_path / 'one'}", "--iters", "1", "--out", str(tmp_path),
+                 "--progress", "none"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "a classifier needs at least two classes" in err

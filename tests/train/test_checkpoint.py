@@ -61,9 +61,12 @@ def test_checkpoint_crafted_to_run_code_is_refused_and_code_does_not_run(tmp_pat
     marker = tmp_path / "pwned"
     path = tmp_path / "evil.pt"
     torch.save({"format": "resnets-checkpoint", "version": 1, "x": _Payload(marker)}, path)
-    with pytest.raises(UserError, match="refused to load"):
+    with pytest.raises(UserError, match="refused to load") as refused:
         load_checkpoint(path)
     assert not marker.exists()
+    message = str(refused.value)  # names what it held; never torch's advice to load it anyway
+    assert "other than plain data" in message and "e.g. " in message, message  # e.g. getattr
+    assert "weights_only" not in message and "\n" not in message
     # A bare pickle (not a torch zip) is refused the same way.
     path.write_bytes(pickle.dumps(_Payload(marker), protocol=2))
     with pytest.raises(UserError):

@@ -157,3 +157,149 @@ def test_ctrl_c_writes_a_checkpoint_and_exits_130_with_one_line(tmp_path, fake_r
     assert load_checkpoint(tmp_path / "r")["step"] == 3
     assert main(["train", "--resume", str(tmp_path / "r"), "--progress", "none"]) == 0
     assert load_checkpoint(tmp_path / "r")["step"] == 8
+
+
+def _digit(tmp_path, name, seed=5, index=1):
+    digit = make_dataset(4, seed=seed).images[index, 0].numpy()  # an 8x8 "class<index>" image
+    Image.fromarray(digit).save(tmp_path / name)
+    return tmp_path / name
+
+
+def _huge_png_header(path, width, height):
+    """A PNG whose header claims width x height (its pixels would not decode): what Pillow's
+    decompression-bomb guard sees first."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 16))
+                     + chunk(b"IEND", b""))
+    return path
+
+
+def test_predict_takes_folders_and_globs_and_reports_unreadable_files_at_the_end(run_dir, tmp_path, capsys):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("b.png", "a.gif", "c.bmp"):
+        _digit(photos, name)
+    (photos / "notes.txt").write_text("not an image, not in a folder's images")
+    (photos / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    assert main(["predict", str(run_dir), str(photos), str(photos / "*.png"), "--top", "1"]) == 0
+    captured = capsys.readouterr()
+    names = [line for line in captured.out.splitlines() if not line.startswith("  ")]
+    assert names == [str(photos / n) for n in ("a.gif", "b.png", "c.bmp", "b.png")]
+    assert captured.err.splitlines() == [
+        f"warning: skipped {photos / 'broken.png'}: not an image this program can read (cannot identify image file)"] * 2
+
+
+def test_predict_exits_2_in_one_line_when_no_image_can_be_classified(run_dir, tmp_path, capsys):
+    (tmp_path / "x.png").write_bytes(b"junk")
+    assert main(["predict", str(run_dir), str(tmp_path / "x.png"), str(tmp_path / "missing.png"),
+                 str(tmp_path / "none-*.jpg")]) == 2
+    err = _one_error_line(capsys)
+    assert f"none of the 3 images could be classified: {tmp_path / 'x.png'}: not an image" in err
+    assert "(and 2 more)" in err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["predict", str(run_dir), str(empty)]) == 2
+    assert f"{empty}: a folder without images" in _one_error_line(capsys)
+
+
+def test_predict_prints_json_and_csv(run_dir, tmp_path, capsys):
+    import csv
+
+    images = [str(_digit(tmp_path, "one.png")), str(_digit(tmp_path, "two.png", index=2))]
+    assert main(["predict", str(run_dir), *images, "--top", "2", "--format", "json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [row["path"] for row in rows] == images and len(rows[0]["top"]) == 2
+    first = rows[0]["top"]
+    assert first[0]["class"].startswith("class") and first[0]["probability"] >= first[1]["probability"]
+    assert main(["predict", str(run_dir), *images, "--top", "2", "--format", "csv"]) == 0
+    table = list(csv.reader(capsys.readouterr().out.splitlines()))
+    assert table[0] == ["path", "rank", "class", "probability"] and len(table) == 1 + 2 * 2
+    assert table[1][:3] == [images[0], "1", first[0]["class"]]
+    assert abs(float(table[1][3]) - first[0]["probability"]) < 1e-6
+
+
+def test_predict_refuses_a_decompression_bomb_in_one_line_and_says_how_to_allow_it(run_dir, tmp_path, capsys,
+                                                                                    monkeypatch):
+    bomb = _huge_png_header(tmp_path / "bomb.png", 15000, 15000)
+    assert main(["predict", str(run_dir), str(bomb)]) == 2
+    err = _one_error_line(capsys)
+    assert f"{bomb}: 15000x15000 is 225,000,000 pixels, more than the limit of 89,478,485" in err
+    assert "--max-pixels 225000000" in err
+    # Pillow's own warning zone (between its limit and twice it) is one line too, and --max-pixels allows it.
+    from PIL import Image
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 50)
+    big = _digit(tmp_path, "big.png")  # 64 pixels
+    assert main(["predict", str(run_dir), str(big)]) == 2
+    assert "64 pixels, more than the limit of 50" in _one_error_line(capsys)
+    assert main(["predict", str(run_dir), str(big), "--max-pixels", "64"]) == 0
+    assert capsys.readouterr().err == "" and Image.MAX_IMAGE_PIXELS == 50  # Pillow's setting restored
+
+
+def test_predict_scales_16_bit_images_to_8_bits(tmp_path):
+    import numpy as np
+
+    from resnets.train.inference import load_image
+
+    ramp = (np.arange(8, dtype=np.uint32) * 65535 // 7).astype(np.uint16)[None].repeat(8, 0)
+    Image.fromarray(ramp).save(tmp_path / "deep.png")  # mode I;16
+    pixels = load_image(tmp_path / "deep.png", [1, 8, 8])
+    assert pixels[0, 4].tolist() == [round(v * 255 / 65535) for v in ramp[0].tolist()]
+
+
+def test_bare_resnets_prints_the_help(capsys):
+    assert main([]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: resnets ") and "train" in out and "predict" in out
+
+
+@pytest.mark.parametrize("argv, prog", [
+    (["train", "--bogus"], "resnets train"),
+    (["predict", "x.pt", "y.png", "--bogus", "1"], "resnets predict"),
+    (["study", "report", "dir", "--bogus"], "resnets study report"),
+])
+def test_an_unknown_flag_points_to_its_subcommands_help(argv, prog, capsys):
+    assert main(argv) == 2
+    unknown = " ".join(argv[argv.index("--bogus"):])
+    assert _one_error_line(capsys) == (f"error: {prog}: unrecognized arguments: {unknown} "
+                                       f"(see `{prog} --help`)\n")
+
+
+def test_a_checkpoint_carrying_code_is_refused_without_torchs_advice_to_run_it(tmp_path, capsys):
+    import pathlib
+
+    import torch
+
+    class Payload:
+        def __reduce__(self):
+            return (pathlib.Path.touch, (tmp_path / "pwned",))
+
+    torch.save({"format": "resnets-checkpoint", "version": 1, "x": Payload()}, tmp_path / "evil.pt")
+    for command in (["eval"], ["export", "--onnx", str(tmp_path / "m.onnx"), "--force"]):
+        assert main([command[0], str(tmp_path / "evil.pt"), *command[1:]]) == 2
+        err = _one_error_line(capsys)
+        assert "refused to load: it holds code or objects other than plain data" in err
+        assert "weights_only" not in err and "trust" not in err and "\x1b" not in err
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_a_checkpoint_of_another_architecture_names_the_keys_and_shapes(run_dir, tmp_path, capsys):
+    import torch
+
+    from resnets.train.checkpoint import save_checkpoint
+
+    state = load_checkpoint(run_dir)
+    weights = state["model_state"]
+    weights["fc.weight"] = torch.zeros(5, 32)
+    weights["conv.extra"] = weights.pop("bn.running_mean")
+    save_checkpoint(state, tmp_path / "other.pt")
+    assert main(["eval", str(tmp_path / "other.pt")]) == 2
+    err = _one_error_line(capsys)
+    assert "the checkpoint does not fit model 'tiny' (missing keys: bn.running_mean; unexpected keys: " \
+           "conv.extra; shapes differ: fc.weight: checkpoint (5, 32) vs model (4, 32))" in err

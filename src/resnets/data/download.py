@@ -1,14 +1,16 @@
 """Fetch the CIFAR archives: official URL, MD5 check, atomic write, then extraction.
 
-The archive is written to `<name>.part` beside its final path and renamed only after its MD5
-matches, so a failure (a dropped connection, a wrong checksum, Ctrl-C) leaves nothing behind,
-and a retry starts from a clean slate (a stale `.part` from a killed process is removed first).
-Extraction goes to a temporary folder that is renamed into place once complete.
+The destination folder is checked to be writable before anything is fetched. The archive is
+written through `atomic_open` (a temporary file beside its final path) and renamed only after
+its MD5 matches, so a failure (a dropped connection, a wrong checksum, a full disk, Ctrl-C)
+leaves nothing behind, and a retry removes what a killed process left. Extraction goes to a temporary folder that is renamed into place once
+complete.
 """
 
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import shutil
 import tarfile
@@ -17,6 +19,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from resnets.atomic import atomic_open, remove_stale_temporaries, writable_folder
 from resnets.errors import UserError
 
 ARCHIVES = {
@@ -48,36 +51,47 @@ def fetch(url: str, path: str | Path, md5: str) -> Path:
     path = Path(path)
     if path.is_file() and md5_of(path) == md5:
         return path
-    part = path.with_name(path.name + ".part")
-    part.unlink(missing_ok=True)  # a retry starts clean
-    digest, received, expected = hashlib.md5(), 0, None
+    remove_stale_temporaries(path)  # a killed run's partial archive
     try:
-        with urllib.request.urlopen(url, timeout=TIMEOUT_S) as response, open(part, "wb") as out:
+        response = urllib.request.urlopen(url, timeout=TIMEOUT_S)
+    except ValueError as error:
+        raise UserError(f"cannot download {url!r} ({error}): expected an http:// or https:// URL") from None
+    except (OSError, http.client.HTTPException) as error:  # no server, refused, HTTP error
+        raise _failed(url, 0, error) from None
+    digest, received = hashlib.md5(), 0
+    try:
+        with response, atomic_open(path, "wb") as out:  # network errors are UserErrors by now (_read)
             length = response.headers.get("Content-Length")
             expected = int(length) if length and length.isdigit() else None
-            while chunk := response.read(CHUNK):
+            while chunk := _read(response, url, received):
                 out.write(chunk)
                 digest.update(chunk)
                 received += len(chunk)
-        if expected is not None and received != expected:
-            raise UserError(f"download of {url} stopped after {received:,} of {expected:,} bytes: try again")
-        if digest.hexdigest() != md5:
-            raise UserError(f"{url} has MD5 {digest.hexdigest()}, expected {md5}: the file is corrupt or not the official archive")
-        os.replace(part, path)
-    except UserError:
-        part.unlink(missing_ok=True)
-        raise
-    except (urllib.error.URLError, OSError, ValueError) as error:  # includes http.client.IncompleteRead
-        part.unlink(missing_ok=True)
-        if isinstance(error, urllib.error.HTTPError):
-            reason = f"HTTP {error.code} {error.reason}"
-        else:
-            reason = getattr(error, "reason", None) or error
-        raise UserError(f"download of {url} failed after {received:,} bytes ({reason}): try again") from None
-    except BaseException:  # Ctrl-C: still leave nothing half-written
-        part.unlink(missing_ok=True)
-        raise
+            if expected is not None and received != expected:
+                raise UserError(f"download of {url} stopped after {received:,} of {expected:,} bytes: try again")
+            if digest.hexdigest() != md5:
+                raise UserError(f"{url} has MD5 {digest.hexdigest()}, expected {md5}: the file is corrupt or not "
+                                f"the official archive")
+    except OSError as error:  # writing the archive here: a full disk, a read-only folder
+        raise UserError(f"cannot write {path} ({error.strerror or error}): expected a writable folder "
+                        f"with room for the archive") from None
     return path
+
+
+def _read(response, url: str, received: int) -> bytes:
+    """The next chunk of the response; a network failure becomes a UserError."""
+    try:
+        return response.read(CHUNK)
+    except (OSError, ValueError, http.client.HTTPException) as error:  # a reset, a timeout, IncompleteRead
+        raise _failed(url, received, error) from None
+
+
+def _failed(url: str, received: int, error: Exception) -> UserError:
+    if isinstance(error, urllib.error.HTTPError):
+        reason = f"HTTP {error.code} {error.reason}"
+    else:
+        reason = getattr(error, "reason", None) or error
+    return UserError(f"download of {url} failed after {received:,} bytes ({reason}): try again")
 
 
 def extract(archive: Path, folder_name: str) -> Path:
@@ -85,7 +99,10 @@ def extract(archive: Path, folder_name: str) -> Path:
     target = archive.parent / folder_name
     if target.is_dir():
         return target
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder_name}.", dir=archive.parent))
+    try:
+        staging = Path(tempfile.mkdtemp(prefix=f".{folder_name}.", dir=archive.parent))
+    except OSError as error:
+        raise UserError(f"cannot extract {archive} into {archive.parent} ({error.strerror or error})") from None
     try:
         with tarfile.open(archive, "r:*") as tar:
             for member in tar.getmembers():
@@ -98,6 +115,8 @@ def extract(archive: Path, folder_name: str) -> Path:
             raise UserError(f"{archive} has no {folder_name}/ folder: expected the official archive")
         os.replace(extracted, target)
     except (tarfile.TarError, EOFError, OSError) as error:
+        if isinstance(error, OSError) and error.errno is not None:  # writing: a full disk, permissions
+            raise UserError(f"cannot extract {archive} into {archive.parent} ({error.strerror or error})") from None
         raise UserError(f"cannot extract {archive} ({error}): delete it and download it again") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -114,11 +133,7 @@ def download(name: str, to: str | Path, url: str | None = None, md5: str | None 
     if name not in ARCHIVES:
         raise UserError(f"cannot download {name!r}: expected one of {', '.join(ARCHIVES)}")
     info = ARCHIVES[name]
-    folder = Path(to).expanduser()
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise UserError(f"cannot create {folder} ({error.strerror}): expected a writable folder") from None
+    folder = writable_folder(Path(to).expanduser())  # before any byte is fetched
     url = url or info["url"]
     archive = fetch(url, folder / info["url"].rsplit("/", 1)[-1], md5 or info["md5"])
     return extract(archive, info["folder"])

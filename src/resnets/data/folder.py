@@ -1,9 +1,11 @@
-"""Image folders: `folder:PATH` with PATH/train/<class>/*.png|jpg and PATH/val/<class>/...
+"""Image folders: `folder:PATH` with PATH/train/<class>/<image> and PATH/val/<class>/...
 
 As with ImageNet, `val/` serves as the test split; "train" and "val" are drawn from `train/`.
-Every image becomes RGB (grayscale, RGBA and palette images are converted), optionally resized
-so its shorter side is `image_size` and centre-cropped to image_size x image_size. Without
-`image_size` all images must share one size.
+An image is any file in a format Pillow reads (PNG, JPEG, GIF, BMP, WEBP, TIFF, ...: by
+extension, then by header); anything else in a class folder is skipped and reported in one
+warning. Every image becomes 8-bit RGB (grayscale, 16-bit, RGBA and palette images are
+converted), optionally resized so its shorter side is `image_size` and centre-cropped to
+image_size x image_size. Without `image_size` all images must share one size.
 
 A split that fits in memory is decoded once and cached as a uint8 tensor file in
 PATH/.resnets-cache/, named by a hash of the folder's contents (relative paths, sizes,
@@ -14,6 +16,7 @@ becomes a `StreamingFolder` that DataLoader workers decode batch by batch.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import warnings
@@ -25,34 +28,123 @@ from resnets.data.dataset import Dataset, resolve_val_fraction, select, val_size
 from resnets.atomic import atomic_open
 from resnets.errors import UserError
 
-EXTENSIONS = {".png", ".jpg", ".jpeg"}
 CACHE_DIR = ".resnets-cache"
 CACHE_VERSION = 1
 DECODE_WORKERS_ABOVE = 2_000  # decode in parallel workers only when it pays for their start-up
 
 
+@functools.cache
+def image_extensions() -> frozenset[str]:
+    """Lower-case suffixes (".png", ".tif", ...) of every format the installed Pillow can read."""
+    from PIL import Image
+
+    return frozenset(ext for ext, kind in Image.registered_extensions().items() if kind in Image.OPEN)
+
+
+def unreadable_reason(path: Path) -> str | None:
+    """None when Pillow recognises the file's header, else why not (the pixels are not read)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path):
+            return None
+    except Exception as error:  # PIL raises many types for a truncated or foreign file
+        return pillow_reason(error, path)
+
+
+def pillow_reason(error: Exception, path: str | Path) -> str:
+    """Why Pillow could not read `path`, for a message that names the path already."""
+    return str(error).replace(f" {str(path)!r}", "") or type(error).__name__
+
+
+def to_8bit(image):
+    """A PIL image with 8 bits per channel: 16-bit, 32-bit and float grayscale are scaled, not clipped.
+
+    Pillow's own `convert("L")` clips these modes at 255, so a 16-bit gradient turns almost all
+    white. Unsigned 16-bit modes (I;16, I;16B, ...) map 0..65535 to 0..255; mode I the same when
+    its values fit 16 bits; float values in [0, 1] map to 0..255; anything else (negative
+    values, 32-bit ranges) is stretched from its own minimum and maximum. Other modes pass.
+    """
+    import numpy as np
+    from PIL import Image
+
+    if not (image.mode.startswith("I") or image.mode == "F"):
+        return image
+    values = np.asarray(image)
+    low, high = (values.min(), values.max()) if values.size else (0, 0)
+    if (image.mode.startswith("I;16") and not image.mode.endswith("S")) or (
+            image.mode == "I" and low >= 0 and high <= 65535):
+        eight = (values.astype(np.uint32) * 255 + 32767) // 65535  # round(v * 255 / 65535)
+    elif image.mode == "F" and low >= 0 and high <= 1:
+        eight = np.rint(values.astype(np.float32) * 255)
+    elif high > low:
+        eight = np.rint((values.astype(np.float32) - np.float32(low)) * np.float32(255 / (high - low)))
+    else:
+        eight = np.zeros(values.shape)
+    return Image.fromarray(eight.astype(np.uint8), "L")
+
+
+SKIPPED_KINDS = ("not in a format Pillow reads", "unreadable", "subfolder (not searched)")
+
+
+def _skipped_line(folder: Path, skipped: list[tuple[Path, str, str]]) -> str:
+    """One line: how many entries were skipped, of each kind (SKIPPED_KINDS), with an example."""
+    parts = []
+    for kind in SKIPPED_KINDS:
+        items = [(path, why) for path, what, why in skipped if what == kind]
+        if items:
+            path, why = items[0]
+            example = path.relative_to(folder).as_posix() + (f": {why}" if why else "")
+            name = kind.replace("subfolder", "subfolders") if len(items) > 1 else kind
+            parts.append(f"{len(items)} {name} (e.g. {example})")
+    return (f"{folder}: skipped {len(skipped)} entr{'ies' if len(skipped) > 1 else 'y'} in class folders: "
+            f"{', '.join(parts)}")
+
+
 def _scan(folder: Path, classes: list[str] | None) -> tuple[list[Path], list[int], list[str]]:
-    """(files, labels, classes) of one split folder; `classes` fixes the label order (from train/)."""
+    """(files, labels, classes) of one split folder; `classes` fixes the label order (from train/).
+
+    Files Pillow cannot read (other formats, unreadable headers) and subfolders of class folders
+    are skipped and reported in one warning; hidden files (.DS_Store, ._x.jpg) are ignored.
+    """
     if not folder.is_dir():
         raise UserError(f"{folder} is not a folder: expected {folder.name}/ with one subfolder per class")
     found = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not found:
-        raise UserError(f"{folder} has no class subfolders: expected {folder.name}/<class>/<image>.png|jpg")
+        raise UserError(f"{folder} has no class subfolders: expected {folder.name}/<class>/<image>.png|jpg|...")
     if classes is None:
+        if len(found) < 2:
+            raise UserError(f"{folder} has one class folder ({found[0]}/): a classifier needs at least two "
+                            f"classes, one subfolder of images per class")
         classes = found
     unknown = sorted(set(found) - set(classes))
     if unknown:
         raise UserError(f"{folder} has classes {', '.join(unknown)} that train/ lacks: expected a subset of train/'s classes")
-    files, labels = [], []
+    extensions = image_extensions()
+    files, labels, skipped = [], [], []  # skipped: (path, kind, why)
     for label, name in enumerate(classes):
         class_dir = folder / name
         if not class_dir.is_dir():
             continue  # a test folder may lack a class
-        images = sorted(p for p in class_dir.iterdir() if p.suffix.lower() in EXTENSIONS and p.is_file())
+        images, skipped_here = [], []
+        for path in sorted(p for p in class_dir.iterdir() if not p.name.startswith(".")):
+            if path.is_dir():
+                skipped_here.append((path, SKIPPED_KINDS[2], ""))
+            elif path.suffix.lower() not in extensions:
+                skipped_here.append((path, SKIPPED_KINDS[0], ""))
+            elif (why := unreadable_reason(path)) is not None:
+                skipped_here.append((path, SKIPPED_KINDS[1], why))
+            else:
+                images.append(path)
         if not images:
-            raise UserError(f"class folder {class_dir} has no images: expected .png, .jpg or .jpeg files")
+            held = f"; {_skipped_line(folder, skipped_here)}" if skipped_here else ""
+            raise UserError(f"class folder {class_dir} has no images: expected files Pillow reads "
+                            f"(.png, .jpg, .gif, .bmp, .webp, .tif, ...){held}")
         files += images
         labels += [label] * len(images)
+        skipped += skipped_here
+    if skipped:
+        warnings.warn(_skipped_line(folder, skipped), stacklevel=2)
     return files, labels, classes
 
 
@@ -63,11 +155,13 @@ def decode(path: Path, image_size: int | None) -> torch.Tensor:
     try:
         with Image.open(path) as image:
             image.load()
+            image = to_8bit(image)
             if image.mode == "P":
                 image = image.convert("RGBA")  # palette transparency, then dropped like RGBA's
             image = image.convert("RGB")
     except Exception as error:  # PIL raises many types for a truncated or foreign file
-        raise UserError(f"cannot read image {path} ({error}): expected a PNG or JPEG file") from None
+        raise UserError(f"cannot read image {path} ({pillow_reason(error, path)}): expected an image file "
+                        f"Pillow reads") from None
     if image_size is not None:
         width, height = image.size
         scale = image_size / min(width, height)
@@ -87,7 +181,8 @@ def _header_size(path: Path) -> tuple[int, int]:
         with Image.open(path) as image:
             return image.size
     except Exception as error:
-        raise UserError(f"cannot read image {path} ({error}): expected a PNG or JPEG file") from None
+        raise UserError(f"cannot read image {path} ({pillow_reason(error, path)}): expected an image file "
+                        f"Pillow reads") from None
 
 
 class StreamingFolder(torch.utils.data.Dataset):

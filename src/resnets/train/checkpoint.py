@@ -47,9 +47,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else "unsafe content"
-        raise UserError(f"{path}: refused to load: it holds more than plain data ({first})") \
-            from None
+        raise UserError(f"{path}: refused to load: it holds code or objects other than plain data "
+                        f"(tensors, numbers, strings, lists, dicts){_refused_name(error)}, and "
+                        f"loading those could run code; resnets checkpoints never hold them") from None
     except Exception as error:  # any other failure: the file is not a torch file at all
         raise UserError(f"{path}: not a resnets checkpoint (cannot be read as a torch file: "
                         f"{type(error).__name__})") from None
@@ -60,6 +60,15 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise UserError(f"{path}: checkpoint version {state['version']} is newer than this "
                         f"resnets understands ({VERSION}); upgrade resnets")
     return state
+
+
+def _refused_name(error: Exception) -> str:
+    """What the pickle asked for (", e.g. posix.system"), from torch's message; never the rest
+    of that message, whose advice (load with weights_only=False) would run the code."""
+    import re
+
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(error))
+    return f", e.g. {found.group(1)}" if found else ""
 
 
 def resolve_checkpoint_path(path: str | Path) -> Path:

@@ -88,23 +88,61 @@ def _short(names: Sequence[str]) -> str:
     return str(names) if len(names) <= 5 else f"[{', '.join(names[:5])}, ...] ({len(names)})"
 
 
-def load_image(path: str | Path, input_size: Sequence[int]) -> torch.Tensor:
+def image_paths(items: Sequence[str | Path]) -> list[Path]:
+    """Files named by `items`: a file as it is; a folder as the images in it (files Pillow reads,
+    sorted, hidden ones left out); a glob pattern (`photos/*.jpg`, `**/*.png`) as its sorted
+    matches. A name that matches nothing stays, so reading it reports it; so does a folder
+    without images."""
+    import glob
+
+    from resnets.data.folder import image_extensions
+
+    paths: list[Path] = []
+    for item in items:
+        path = Path(item)
+        if path.is_dir():
+            images = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")
+                            and p.suffix.lower() in image_extensions())
+            paths += images or [path]
+        elif not path.exists() and any(char in str(item) for char in "*?["):  # a glob pattern
+            paths += [Path(p) for p in sorted(glob.glob(str(item), recursive=True))
+                      if Path(p).is_file()] or [path]
+        else:
+            paths.append(path)
+    return paths
+
+
+def load_image(path: str | Path, input_size: Sequence[int], max_pixels: int | None = None
+               ) -> torch.Tensor:
     """An image file as a uint8 (C, H, W) tensor in the model's input format.
 
-    Any mode is converted to L (1 channel) or RGB (3 channels); the shorter side is resized to
-    the training size and the centre cropped, so any size and aspect ratio works.
+    Any mode is converted to L (1 channel) or RGB (3 channels), 16-bit images scaled to 8 bits;
+    the shorter side is resized to the training size and the centre cropped, so any size and
+    aspect ratio works. An image of more than `max_pixels` pixels (default: Pillow's limit
+    against decompression bombs, `PIL.Image.MAX_IMAGE_PIXELS`) is refused before it is decoded.
     """
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    from PIL import Image, ImageOps
+
+    from resnets.data.folder import pillow_reason, to_8bit
 
     channels, height, width = input_size
     if channels not in (1, 3):
         raise UserError(f"predict supports 1- or 3-channel models, this one has {channels}")
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path}: a folder without images (files Pillow reads: .png, .jpg, ...)")
     if not path.is_file():
-        raise UserError(f"image not found: {path}")
+        raise UserError(f"{path}: no such file")
+    limit = Image.MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
+    pillow_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # checked here, in one line
     try:
         with Image.open(path) as image:
-            image = ImageOps.exif_transpose(image)
+            if limit is not None and image.width * image.height > limit:
+                raise UserError(f"{path}: {image.width}x{image.height} is {image.width * image.height:,} "
+                                f"pixels, more than the limit of {limit:,} against decompression bombs; "
+                                f"if you trust the file, allow it with --max-pixels "
+                                f"{image.width * image.height}")
+            image = to_8bit(ImageOps.exif_transpose(image))
             if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P"
                                                        and "transparency" in image.info):
                 # Composite transparency onto black, the background of the training digits
@@ -120,20 +158,43 @@ def load_image(path: str | Path, input_size: Sequence[int]) -> torch.Tensor:
             left, top = (size[0] - width) // 2, (size[1] - height) // 2
             image = image.crop((left, top, left + width, top + height))
             data = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8)
-    except (UnidentifiedImageError, OSError) as error:
+    except UserError:
+        raise
+    except Exception as error:  # Pillow raises many types for a truncated or foreign file
         raise UserError(f"{path}: not an image this program can read "
-                        f"({type(error).__name__})") from None
+                        f"({pillow_reason(error, path)})") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = pillow_limit
     return data.view(height, width, channels).permute(2, 0, 1).contiguous()  # (C, H, W)
 
 
 @torch.no_grad()
-def predict_images(trained: Trained, paths: Sequence[str | Path], top: int = 5
-                   ) -> list[list[tuple[str, float]]]:
-    """For each image, the `top` classes as (name, probability), most likely first."""
-    images = torch.stack([load_image(p, trained.input_size) for p in paths])  # (N, C, H, W)
-    inputs = trained.normalizer(images.float()).to(trained.device)
-    probabilities = torch.softmax(trained.model(inputs).float(), dim=1)
+def predict_images(trained: Trained, paths: Sequence[str | Path], top: int = 5, *,
+                   return_errors: bool = False, max_pixels: int | None = None,
+                   batch_size: int = 64) -> list[list[tuple[str, float]] | UserError]:
+    """For each image, the `top` classes as (name, probability), most likely first.
+
+    An unreadable image raises its `UserError`, or with `return_errors` takes its place in the
+    list, so the others are still classified. `max_pixels`: see `load_image`.
+    """
     k = min(top, len(trained.classes))
-    values, indices = probabilities.topk(k, dim=1)
-    return [[(trained.classes[i], float(p)) for p, i in zip(row_p.tolist(), row_i.tolist())]
-            for row_p, row_i in zip(values, indices)]
+    results: list[list[tuple[str, float]] | UserError] = []
+    for start in range(0, len(paths), batch_size):
+        loaded: list[torch.Tensor | UserError] = []
+        for path in paths[start:start + batch_size]:
+            try:
+                loaded.append(load_image(path, trained.input_size, max_pixels))
+            except UserError as error:
+                if not return_errors:
+                    raise
+                loaded.append(error)
+        images = [x for x in loaded if isinstance(x, torch.Tensor)]
+        rows = iter([])
+        if images:
+            inputs = trained.normalizer(torch.stack(images).float()).to(trained.device)  # (N, C, H, W)
+            probabilities = torch.softmax(trained.model(inputs).float(), dim=1)
+            values, indices = probabilities.topk(k, dim=1)
+            rows = iter([[(trained.classes[i], float(p)) for p, i in zip(row_p, row_i)]
+                         for row_p, row_i in zip(values.tolist(), indices.tolist())])
+        results += [next(rows) if isinstance(x, torch.Tensor) else x for x in loaded]
+    return results

@@ -135,8 +135,9 @@ class TrainState:
         config = Config.from_dict(checkpoint["config"])
         try:
             model = parts.create_model(checkpoint["model"], **checkpoint["model_kwargs"])
-        except UserError as error:
-            raise UserError(f"{path}: cannot rebuild its model: {error}") from None
+        except (UserError, TypeError, ValueError) as error:  # a name or option it never had
+            raise UserError(f"{path}: the checkpoint does not fit model "
+                            f"{checkpoint['model']!r}: {error}") from None
         load_weights(model, checkpoint, path)
         return cls(config=config, model=model, model_kwargs=dict(checkpoint["model_kwargs"]),
                    normalizer=parts.normalizer_from_state(checkpoint["normalizer"]),
@@ -162,20 +163,26 @@ def load_weights(model: nn.Module, checkpoint: dict, path: str | Path) -> None:
         raise UserError(f"{path}: model_state is not a state dict")
     problem = describe_mismatch(model.state_dict(), state)
     if problem:
-        raise UserError(f"{path}: the weights do not fit {checkpoint.get('model')!r}: {problem}")
+        raise UserError(f"{path}: the checkpoint does not fit model {checkpoint.get('model')!r} "
+                        f"({problem})")
     model.load_state_dict(state)
 
 
 def describe_mismatch(expected: dict, given: dict, shown: int = 3) -> str | None:
-    """What differs between a model's state dict and a given one (None when they fit)."""
-    missing = [k for k in expected if k not in given]
-    unexpected = [k for k in given if k not in expected]
-    shapes = [f"{k} {tuple(given[k].shape)} vs model {tuple(expected[k].shape)}"
-              for k in expected if k in given and hasattr(given[k], "shape")
-              and tuple(given[k].shape) != tuple(expected[k].shape)]
-    parts = []
-    for label, items in (("missing", missing), ("unexpected", unexpected), ("shape", shapes)):
+    """One line naming the first keys where a checkpoint's state dict (`given`) differs from a
+    model's (`expected`): missing keys, unexpected keys, `key: checkpoint (a, b) vs model
+    (c, d)`; None when they fit."""
+    def shape(tensor) -> str:
+        return f"({', '.join(map(str, getattr(tensor, 'shape', ())))})"
+
+    missing = [key for key in expected if key not in given]
+    unexpected = [key for key in given if key not in expected]
+    shapes = [f"{key}: checkpoint {shape(given[key])} vs model {shape(expected[key])}"
+              for key in expected if key in given and shape(given[key]) != shape(expected[key])]
+    found = []
+    for label, items in (("missing keys", missing), ("unexpected keys", unexpected),
+                         ("shapes differ", shapes)):
         if items:
-            more = f" (+{len(items) - shown} more)" if len(items) > shown else ""
-            parts.append(f"{label}: {', '.join(items[:shown])}{more}")
-    return "; ".join(parts) or None
+            more = f" (and {len(items) - shown} more)" if len(items) > shown else ""
+            found.append(f"{label}: {', '.join(items[:shown])}{more}")
+    return "; ".join(found) or None
