@@ -171,6 +171,14 @@ class RunDir:
             raise UserError(f"{self.path} is not a resnets run directory; not clearing it")
         self.metrics.unlink(missing_ok=True)
 
+    def remove_empty(self) -> None:
+        """Remove a run directory that holds nothing but its marker and lock (a run refused
+        before it wrote anything)."""
+        if self.ours() and self.empty():
+            for name in (MARKER, LOCK):
+                (self.path / name).unlink(missing_ok=True)
+            self.path.rmdir()
+
     @staticmethod
     def default_name(model: str, data: str) -> str:
         """MODEL-DATA-YYYYmmdd-HHMMSS, with the dataset made safe for a folder name."""

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from resnets.cli import main
-from resnets.data import load
+from resnets.data import Dataset, load
 from resnets.train import load_checkpoint
 
 
@@ -36,7 +36,8 @@ def test_train_writes_a_complete_run_directory(run_dir):
 
     environment = json.loads((run_dir / "config.json").read_text())["environment"]
     assert environment["precision"] == ("bf16" if cpu_has_amx() else "fp32")  # bf16 only where faster
-    assert state["config"]["pad"] == 2 and state["config"]["flip"] is False
+    # pad and flip are left to the dataset: the digits' own 2-pixel shift and no flips
+    assert state["config"]["pad"] is None and state["config"]["flip"] is None
     records = [json.loads(line) for line in open(run_dir / "metrics.jsonl")]
     # quick logs every 7 steps; a run shorter than that logs once, at its end, then evaluates.
     assert [(r["split"], r["step"]) for r in records] == [("train", 3), ("val", 3), ("test", 3)]
@@ -98,3 +99,19 @@ def test_train_takes_any_kind_and_depth_name_the_registry_resolves(tmp_path):
             "--name", "p", "--progress", "none", "--eval-batch-size", "1000"]
     assert main(argv) == 0
     assert load_checkpoint(tmp_path / "p")["model"] == "plain8"
+
+
+def test_each_dataset_brings_its_own_augmentation_unless_the_user_sets_it():
+    from resnets.train import resolve_config
+    from resnets.train.loop import augmentation
+
+    digits = load("bundled", "train")
+    photos = Dataset(digits.images[:4].expand(-1, 3, -1, -1), digits.labels[:4], digits.classes,
+                     "cifar10")  # a Dataset with the defaults CIFAR and image folders use
+    quick = resolve_config("quick")
+    assert augmentation(quick, digits) == (2, False)
+    # `--data cifar10` under the default preset: CIFAR's pad 4 and flips, not the digits'
+    assert augmentation(quick.replace(data="cifar10"), photos) == (4, True)
+    assert augmentation(quick.replace(pad=1, flip=False), photos) == (1, False)
+    paper = resolve_config("paper-cifar")
+    assert augmentation(paper, photos) == (4, True)

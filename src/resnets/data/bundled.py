@@ -59,12 +59,16 @@ def _read(path: Path, sha256: str) -> tuple[torch.Tensor, torch.Tensor, int]:
         raise UserError(f"bundled dataset {path} has sha256 {digest}, expected {sha256}: reinstall resnets")
     return parse(data, str(path))
 
+DIGIT_PAD = 2  # digits are centred in 28x28: a 2-pixel shift is enough
+
 
 def load_bundled(split: str, seed: int = 0, val_fraction: float | None = None) -> Dataset:
     """One split of the bundled digits; "val" is `val_fraction` of the 4,000 training images."""
     images, labels, n_train = _read(FILE, SHA256)
     if split == "test":
-        part = Dataset(images[n_train:].clone(), labels[n_train:].clone(), list(CLASSES), "bundled", False, "test")
+        part = Dataset(images[n_train:].clone(), labels[n_train:].clone(), list(CLASSES), "bundled",
+                       default_flip=False, default_pad=DIGIT_PAD, split="test")
         return part
-    trainval = Dataset(images[:n_train].clone(), labels[:n_train].clone(), list(CLASSES), "bundled", False)
+    trainval = Dataset(images[:n_train].clone(), labels[:n_train].clone(), list(CLASSES), "bundled",
+                       default_flip=False, default_pad=DIGIT_PAD)
     return select(trainval, split, seed, val_size(n_train, resolve_val_fraction(val_fraction)))

@@ -30,7 +30,8 @@ class Dataset:
 
     images: uint8 tensor (N, C, H, W); labels: int64 tensor (N,); classes: class names, label i
     is classes[i]; name: the dataset's name as given to `load`; default_flip: whether random
-    horizontal flips suit the images (False for digits, where a flip changes meaning).
+    horizontal flips suit the images (False for digits, where a flip changes meaning);
+    default_pad: the pad-and-crop shift that suits them (the paper's 4 for 32x32 photos).
     """
 
     images: torch.Tensor
@@ -38,6 +39,7 @@ class Dataset:
     classes: list[str]
     name: str
     default_flip: bool = True
+    default_pad: int = 4
     split: str = "trainval"
     meta: dict = field(default_factory=dict)  # e.g. CIFAR-100's coarse labels, never needed to train
 

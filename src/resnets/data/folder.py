@@ -201,6 +201,7 @@ class StreamingFolder(torch.utils.data.Dataset):
         self.image_size = image_size
         self.split = split
         self.default_flip = True
+        self.default_pad = Dataset.default_pad
 
     def __len__(self) -> int:
         return len(self.files)

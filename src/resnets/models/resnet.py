@@ -11,6 +11,7 @@ Parameter names are torchvision's: `conv1 bn1 layer1..layerN fc`. Pre-activation
 
 from __future__ import annotations
 
+import os
 from typing import Sequence
 
 import torch
@@ -21,6 +22,8 @@ from resnets.models.blocks import BOTTLENECK_STRIDES, SHORTCUTS, UNITS, check_ch
 
 FAMILIES = ("cifar", "imagenet")
 UNIT_KINDS = ("basic", "bottleneck")
+MAX_UNITS = 10_000  # resnet1202 has 600; each unit is a dozen Python modules, built one by one
+TRAINING_BYTES_PER_PARAMETER = 16  # fp32 weight, gradient, momentum, and room for a copy
 
 
 class ResNet(nn.Module):
@@ -67,6 +70,7 @@ class ResNet(nn.Module):
                 raise UserError(f"{name} must be a positive integer, got {value!r}")
         if not stage_depths or any(int(d) < 1 for d in stage_depths):
             raise UserError(f"every stage needs at least one unit, got {list(stage_depths)}")
+        check_size(unit, stage_depths, width, in_channels, num_classes)
         self.family, self.unit_kind, self.shortcut, self.preact = family, unit, shortcut, preact
         self.stage_depths = tuple(int(d) for d in stage_depths)
         self.num_classes, self.in_channels = num_classes, in_channels
@@ -167,3 +171,46 @@ class ResNet(nn.Module):
         """Weighted layers: the stem conv, every conv of every branch, and fc (the paper's count)."""
         convs_per_unit = 2 if self.unit_kind == "basic" else 3
         return 1 + convs_per_unit * sum(self.stage_depths) + 1
+
+
+def estimate_parameters(unit: str, stage_depths: Sequence[int], width: int, in_channels: int,
+                        num_classes: int) -> int:
+    """About how many parameters a network of this layout has, without building it: the
+    3x3 (and 1x1) convolutions of every unit, the stem and the fc layer (BN and projection
+    shortcuts are a few percent on top)."""
+    expansion = 4 if unit == "bottleneck" else 1
+    total = in_channels * width * 49  # the larger (7x7) stem
+    in_width = width
+    for index, depth in enumerate(stage_depths):
+        channels = width * 2**index
+        out = channels * expansion
+        per_unit = (9 * channels * channels * 2 if unit == "basic"
+                    else out * channels * 2 + 9 * channels * channels)
+        total += int(depth) * per_unit + (in_width * channels if unit == "bottleneck" else 0)
+        in_width = out
+    return total + in_width * num_classes
+
+
+def memory_bytes() -> int | None:
+    """This machine's physical memory, where the platform says (None elsewhere)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def check_size(unit: str, stage_depths: Sequence[int], width: int, in_channels: int,
+               num_classes: int) -> None:
+    """Refuse, before anything is allocated, a network that cannot be built or trained here:
+    more than MAX_UNITS units, or parameters whose training state alone exceeds memory."""
+    units = sum(int(d) for d in stage_depths)
+    if units > MAX_UNITS:
+        raise UserError(f"{units:,} residual units is more than this toolkit builds "
+                        f"({MAX_UNITS:,}, a CIFAR depth of {6 * MAX_UNITS // 3 + 2:,}); "
+                        f"choose a smaller depth")
+    parameters = estimate_parameters(unit, stage_depths, width, in_channels, num_classes)
+    need, have = parameters * TRAINING_BYTES_PER_PARAMETER, memory_bytes()
+    if have is not None and need > have:
+        raise UserError(f"this network has about {parameters:,} parameters: training them needs "
+                        f"about {need / 2**30:,.0f} GiB, more than this machine's "
+                        f"{have / 2**30:,.0f} GiB; choose a smaller depth or width")

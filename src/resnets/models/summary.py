@@ -56,6 +56,30 @@ def _profile(model: nn.Module, input_shape: Sequence[int]):
     return counter.get_total_flops() // 2, by_module, shapes
 
 
+
+def activation_bytes(model: nn.Module, input_shape: Sequence[int]) -> int:
+    """Bytes of the layer outputs one (C, H, W) input leaves for the backward pass (every leaf
+    module's output in fp32; an upper bound, since in-place ReLUs share theirs), measured by a
+    forward pass on the meta device: no memory is used and nothing is computed. The model is
+    moved to the meta device: pass one built for counting (`with torch.device("meta")`)."""
+    total = 0
+
+    def count(module, args, out):
+        nonlocal total
+        if isinstance(out, torch.Tensor):
+            total += out.numel() * 4
+
+    leaves = [m for m in model.modules() if next(m.children(), None) is None]
+    hooks = [m.register_forward_hook(count) for m in leaves]
+    try:
+        with eval_mode(model), torch.no_grad():
+            model.to("meta")(torch.zeros(1, *input_shape, device="meta"))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return total
+
+
 def _parse_input_size(input_size, default: tuple[int, int, int], in_channels: int) -> tuple[int, int, int]:
     if input_size is None:
         return (in_channels, *default[1:])

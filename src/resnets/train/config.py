@@ -67,7 +67,8 @@ class Config:
     image_size: int | None = _field(None, "resize images to this size (None: native)", "data")
     normalize: str = _field("channel", "input normalisation fitted on the training images",
                             "data", choices=NORMALIZERS)
-    pad: int = _field(4, "pad-and-random-crop augmentation, pixels (0: off)", "data")
+    pad: int | None = _field(None, "pad-and-random-crop augmentation, pixels (0: off; None: "
+                             "the dataset's default, 4 for photos, 2 for digits)", "data")
     flip: bool | None = _field(None, "random horizontal flips (None: the dataset's default, "
                                "off for digits, on for photos)", "data")
     # --- optimisation
@@ -315,7 +316,7 @@ def _validate(config: Config) -> None:
             raise UserError(f"{name} must be > 0, got {getattr(config, name)}")
     for name in ("momentum", "wd", "warmup", "warmup_min_depth", "pad", "log_every",
                  "eval_every", "gamma"):
-        if getattr(config, name) < 0:
+        if getattr(config, name) is not None and getattr(config, name) < 0:
             raise UserError(f"{name} must be >= 0, got {getattr(config, name)}")
     if not 0 <= config.momentum < 1:
         raise UserError(f"momentum must be in [0, 1), got {config.momentum}")

@@ -57,3 +57,15 @@ def autocast(device: torch.device, precision: str):
     if precision == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def memory_limit(device: torch.device) -> int | None:
+    """Bytes a training run on `device` can use at most: the GPU's memory, or the machine's
+    physical memory for the CPU (None where the platform does not say)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    if device.type == "cpu":
+        from resnets.models.resnet import memory_bytes
+
+        return memory_bytes()
+    return None

@@ -28,12 +28,13 @@ from torch import nn
 
 from resnets.atomic import write_json
 from resnets.errors import UserError
-from resnets.models.summary import count_parameters
+from resnets.models.resnet import TRAINING_BYTES_PER_PARAMETER
+from resnets.models.summary import activation_bytes, count_parameters
 from resnets.modes import eval_mode
 from resnets.rundir import RunDir
 from resnets.train.checkpoint import load_checkpoint
 from resnets.train.config import Config
-from resnets.train.device import autocast, resolve_device, resolve_precision
+from resnets.train.device import autocast, memory_limit, resolve_device, resolve_precision
 from resnets.train.metrics import MetricsWriter, read_metrics, truncate_metrics
 from resnets.train import parts as parts_module
 from resnets.train.parts import Parts
@@ -117,6 +118,14 @@ def image_shape(dataset) -> list[int]:
     return list(dataset[0][0].shape)
 
 
+def augmentation(config: Config, dataset) -> tuple[int, bool]:
+    """(pad, flip) for training on `dataset`: the config's where it sets them, else the
+    dataset's own defaults (photos: pad 4 and flips; digits: pad 2, no flips), else none."""
+    pad = config.pad if config.pad is not None else getattr(dataset, "default_pad", 0)
+    flip = config.flip if config.flip is not None else getattr(dataset, "default_flip", False)
+    return pad, flip
+
+
 def check_resumable(saved: Config, given: Config, where: str | Path) -> None:
     """Refuse to continue a run with settings that change what it computes."""
     saved_values, given_values = saved.to_dict(), given.to_dict()
@@ -182,7 +191,12 @@ def fit(config: Config, run_dir: str | Path, *, resume: bool = False,
         checkpoint = _resume_checkpoint(run, config) if resume else None
         if checkpoint is None and run.has_metrics():
             run.clear_partial()  # died before its first checkpoint: start it afresh
-        training = _Training(config, run, parts or parts_module.default_parts(), checkpoint)
+        try:
+            training = _Training(config, run, parts or parts_module.default_parts(), checkpoint)
+        except BaseException:
+            if not resume and run.empty():  # refused before it wrote anything: leave no litter
+                run.remove_empty()
+            raise
         display = progress if isinstance(progress, Progress) else make_progress(progress)
         with MetricsWriter(run.metrics) as metrics:
             try:
@@ -286,6 +300,7 @@ class _Training:
             normalizer = parts.normalizer_from_state(checkpoint["normalizer"])
         else:
             normalizer = parts.fit_normalizer(config.normalize, train_set)
+        self._check_memory(parts, model_kwargs, input_size)
         model = parts.create_model(config.model, **model_kwargs).to(self.device)
         if config.channels_last:
             model = model.to(memory_format=torch.channels_last)
@@ -296,14 +311,30 @@ class _Training:
                           input_size=input_size, precision=precision, optimizer=optimizer,
                           meter=Meter.zero(self.device), counters=Counters())
 
+    def _check_memory(self, parts: Parts, model_kwargs: dict, input_size: list[int]) -> None:
+        """Refuse, before anything is allocated, a model and batch whose training state cannot
+        fit on the device: parameters and optimizer state plus the batch's activations,
+        estimated from a model built on the meta device."""
+        with torch.device("meta"):
+            probe = parts.create_model(self.config.model, **model_kwargs)
+        parameters = count_parameters(probe)
+        need = (parameters * TRAINING_BYTES_PER_PARAMETER
+                + activation_bytes(probe, input_size) * self.config.batch_size)
+        have = memory_limit(self.device)
+        if have is not None and need > have:
+            raise UserError(f"{self.config.model} ({parameters:,} parameters) at batch size "
+                            f"{self.config.batch_size} on {list(input_size)} images needs about "
+                            f"{need / 2**30:,.1f} GiB to train, more than the "
+                            f"{have / 2**30:,.1f} GiB of {self.device}; use a smaller "
+                            f"--batch-size or model")
+
     def _loaders(self, parts: Parts, train_set, eval_sets: dict) -> None:
         config, normalizer = self.config, self.state.normalizer
-        flip = config.flip if config.flip is not None else getattr(train_set, "default_flip",
-                                                                   False)
+        pad, flip = augmentation(config, train_set)
         common = {"normalizer": normalizer, "device": self.device, "seed": config.seed,
                   "channels_last": config.channels_last}
         self.loader = parts.make_loader(train_set, config.batch_size, shuffle=True,
-                                        pad=config.pad, flip=flip, drop_last=True, **common)
+                                        pad=pad, flip=flip, drop_last=True, **common)
         self.eval_loaders = {split: parts.make_loader(dataset, config.eval_batch_size,
                                                       shuffle=False, pad=0, flip=False,
                                                       drop_last=False, **common)
