@@ -178,11 +178,11 @@ def fit(config: Config, run_dir: str | Path, *, resume: bool = False,
     if resume:
         if not run.exists():
             raise UserError(f"cannot resume: run directory not found: {run}")
-    elif run.finished() or run.last.exists() or (run.has_metrics() and not run.ours()):
+    elif run.ours() and (run.finished() or run.last.exists()):
         raise UserError(f"run directory {run} already holds a run; resume it with "
                         f"--resume {run}, or choose another --name/--out")
     else:
-        run.create()
+        run.create()  # refuses a folder resnets did not make
     with run.lock():
         if resume and run.finished():  # nothing to train, but no silent changes either
             if run.last.is_file():
@@ -211,7 +211,13 @@ def _resume_checkpoint(run: RunDir, config: Config) -> dict:
     if not run.last.is_file():
         raise UserError(f"cannot resume {run}: it has no checkpoint (the run stopped "
                         f"before its first evaluation); start it again without --resume")
-    checkpoint = load_checkpoint(run.last)
+    try:
+        checkpoint = load_checkpoint(run.last)
+    except UserError as error:
+        if not run.best.is_file():
+            raise
+        raise UserError(f"{error}; {run.best} may still be good: copy it over {run.last} to "
+                        f"resume from the best evaluation") from None
     _check_checkpoint_config(config, checkpoint, run.last)
     return checkpoint
 
