@@ -206,7 +206,7 @@ def _cmd_diagnose(args) -> int:
 
 
 def _add_training_commands(sub) -> None:
-    from resnets.train.config import FIELDS, field_type, list_presets
+    from resnets.train.config import FIELDS, field_type, list_presets, resolve_config
     from resnets.train.progress import MODES as PROGRESS_MODES
 
     train = sub.add_parser(
@@ -222,17 +222,22 @@ def _add_training_commands(sub) -> None:
                        help="continue an interrupted run exactly where it stopped")
     train.add_argument("--progress", choices=PROGRESS_MODES, default="auto",
                        help="live bar on a terminal, one line per epoch otherwise (auto)")
+    train.add_argument("--print-config", action="store_true",
+                       help="print the resolved settings as TOML (a file --config reads) and exit")
+    defaults = resolve_config("quick").to_dict()  # what a flag left out means
     for name, field in FIELDS.items():
         flag = "--" + name.replace("_", "-")
         help_text = field.metadata["help"].replace("%", "%%")
         if field.metadata.get("choices"):
             help_text += f" ({' | '.join(field.metadata['choices'])})"
+        help_text += f" [quick: {defaults[name]}]".replace("%", "%%")
         kind, _ = field_type(name)
         if kind is bool:
             train.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction,
                                default=None, help=help_text)
         else:
-            metavar = {int: "N", float: "X", list: "N,N", dict: "KEY=VALUE,..."}.get(
+            metavar = field.metadata["metavar"] or {
+                int: "N", float: "X", list: "N,N", dict: "KEY=VALUE,..."}.get(
                 kind, "DIR" if name.endswith("_dir") else "NAME")
             train.add_argument(flag, dest=name, default=None, metavar=metavar, help=help_text)
     train.set_defaults(run=_cmd_train)
@@ -326,9 +331,15 @@ def _cmd_train(args) -> int:
             raise UserError("--resume continues a run with its saved settings; it cannot be "
                             "combined with --preset or --config")
         config, run_dir = resume_config(args.resume, overrides), args.resume
+        if args.print_config:
+            print(config.to_toml(), end="")
+            return 0
     else:
         preset = args.preset or ("quick" if args.config is None else None)
         config = resolve_config(preset, args.config, overrides)
+        if args.print_config:
+            print(config.to_toml(), end="")
+            return 0
         run_dir = new_run_dir(config).path
     try:
         summary = fit(config, run_dir, resume=bool(args.resume), progress=args.progress)

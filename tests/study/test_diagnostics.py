@@ -106,3 +106,13 @@ def test_diagnose_bad_input_is_one_line(capsys):
     assert "unknown model 'resnut56'; closest: resnet56" in capsys.readouterr().err
     assert main(["diagnose", "resnet8", "--steps", "-1"]) == 2
     assert "steps must be >= 0" in capsys.readouterr().err
+
+
+def test_a_batch_larger_than_the_training_set_is_refused_not_a_hang(capsys):
+    from resnets.cli import main
+
+    # Used to spin at 100% CPU for ever: every epoch drew zero full batches.
+    assert main(["diagnose", "plain8", "--steps", "1", "--batch-size", "3601"]) == 2
+    assert "larger than the training set (3600 images)" in capsys.readouterr().err
+    assert main(["diagnose", "plain8", "--lr", "-1"]) == 2
+    assert "lr must be a positive number" in capsys.readouterr().err

@@ -168,3 +168,24 @@ def test_ctrl_c_during_a_study_exits_130_saying_how_to_continue(tmp_path, capsys
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("study interrupted during plain8-seed0 (run 1/2)")
     assert (tmp_path / "s" / "runs" / "plain8-seed0" / "checkpoints" / "last.pt").is_file()
+
+
+def test_repeated_seeds_or_depths_are_refused_not_counted_twice(tmp_path, capsys):
+    assert main(["study", "--seeds", "0", "0", "--out", str(tmp_path)]) == 2
+    assert "seeds lists 0 more than once" in capsys.readouterr().err
+    assert main(["study", "--depths", "8", "8", "--out", str(tmp_path)]) == 2
+    assert "depths lists 8 more than once" in capsys.readouterr().err
+    assert not (tmp_path / "degradation").exists()
+
+
+def test_a_study_with_no_finished_run_can_be_redefined(tmp_path, capsys):
+    # The first attempt fails on a mistake: CIFAR without its folder.
+    argv = ["study", "--name", "s", "--depths", "8", "--seeds", "0", "--iters", "2",
+            "--out", str(tmp_path), "--progress", "none"]
+    assert main([*argv, "--data", "cifar10"]) == 2
+    assert "cifar" in capsys.readouterr().err.lower()
+    assert (tmp_path / "s" / "study.toml").is_file()
+    # The same study with the mistake fixed runs, instead of "holds a different study".
+    assert main([*argv, "--data", "bundled", "--set", "eval_batch_size=1000"]) == 0
+    assert "data = \"bundled\"" in (tmp_path / "s" / "study.toml").read_text()
+    assert (tmp_path / "s" / "runs" / "resnet8-seed0" / "summary.json").is_file()

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 from PIL import Image
 
 from resnets.cli import main
@@ -303,3 +304,41 @@ def test_a_checkpoint_of_another_architecture_names_the_keys_and_shapes(run_dir,
     err = _one_error_line(capsys)
     assert "the checkpoint does not fit model 'tiny' (missing keys: bn.running_mean; unexpected keys: " \
            "conv.extra; shapes differ: fc.weight: checkpoint (5, 32) vs model (4, 32))" in err
+
+
+def test_print_config_prints_toml_that_config_reads_back(tmp_path, capsys):
+    assert main(["train", "--print-config", "--lr", "0.3", "--data", "cifar10"]) == 0
+    text = capsys.readouterr().out
+    assert "[optim]" in text and "lr = 0.3" in text and 'data = "cifar10"' in text
+    (tmp_path / "printed.toml").write_text(text)
+    assert main(["train", "--config", str(tmp_path / "printed.toml"), "--print-config"]) == 0
+    assert capsys.readouterr().out == text
+    assert not (tmp_path / "runs").exists()
+
+
+def test_help_shows_what_each_flag_defaults_to_under_the_default_preset(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "peak learning rate [quick: 0.2]" in out and "[quick: resnet20]" in out
+
+
+def test_init_from_starts_a_new_run_from_trained_weights(run_dir, tmp_path, fake_rooms):
+    # lr ~ 0, no momentum or decay: two steps leave the weights where the first run ended.
+    assert main(["train", *TINY, "--iters", "2", "--init-from", str(run_dir), "--lr", "1e-12",
+                 "--momentum", "0", "--no-nesterov", "--wd", "0", "--warmup", "0", "--out", str(tmp_path),
+                 "--name", "tuned"]) == 0
+    before = load_checkpoint(run_dir)["model_state"]
+    after = load_checkpoint(tmp_path / "tuned")
+    assert after["step"] == 2 and after["config"]["init_from"] == str(run_dir)
+    for key in ("conv.weight", "fc.weight", "fc.bias"):
+        assert torch.allclose(after["model_state"][key], before[key], atol=1e-9)
+    assert not torch.equal(load_checkpoint(tmp_path / "tuned")["model_state"]["fc.weight"],
+                           fake_rooms.create_model("tiny").fc.weight)  # not a fresh init
+
+
+def test_init_from_a_different_architecture_is_one_line(run_dir, tmp_path, fake_rooms,
+                                                        one_error_line):
+    assert main(["train", *TINY, "--iters", "2", "--init-from", str(run_dir), "--model-args",
+                 "width=4", "--out", str(tmp_path), "--name", "other"]) == 2
+    assert "does not fit model 'tiny'" in one_error_line()

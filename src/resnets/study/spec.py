@@ -21,6 +21,7 @@ except ModuleNotFoundError:  # Python 3.10
 
 from resnets.errors import UserError
 from resnets.models.zoo import KINDS, cifar_units_per_stage, generic_name
+from resnets.train.config import toml_value
 
 DEFAULT_STUDY = Path(__file__).with_name("degradation.toml")
 
@@ -79,8 +80,8 @@ class Study:
         return resolve_config(preset=self.preset, overrides=overrides)
 
     def to_toml(self) -> str:
-        lines = [f"{key} = {_toml_value(getattr(self, key))}" for key in ("name", "kinds", "depths", "seeds", "preset")]
-        lines += ["", "[train]"] + [f"{key} = {_toml_value(value)}" for key, value in sorted(self.train.items())]
+        lines = [f"{key} = {toml_value(getattr(self, key))}" for key in ("name", "kinds", "depths", "seeds", "preset")]
+        lines += ["", "[train]"] + [f"{key} = {toml_value(value)}" for key, value in sorted(self.train.items())]
         return "\n".join(lines) + "\n"
 
 
@@ -97,20 +98,6 @@ class Run:
     @property
     def label(self) -> str:
         return f"{self.kind}{self.depth}"
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + "}"
-    raise UserError(f"cannot write {value!r} to a study file")
 
 
 def bundled_studies() -> list[str]:

@@ -35,8 +35,9 @@ PRESET_DIR = Path(__file__).with_name("presets")
 GROUPS = ("model", "data", "optim", "run")  # TOML tables that may hold the fields below
 
 
-def _field(default, help: str, group: str, choices: tuple | None = None):
-    metadata = {"help": help, "choices": choices, "group": group}
+def _field(default, help: str, group: str, choices: tuple | None = None,
+           metavar: str | None = None):
+    metadata = {"help": help, "choices": choices, "group": group, "metavar": metavar}
     if isinstance(default, (list, dict)):
         return field(default_factory=type(default), metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -53,6 +54,9 @@ class Config:
     # in_channels always come from the dataset.
     model_args: dict = _field({}, "extra create_model keyword arguments (TOML inline table; "
                               "CLI: KEY=VALUE,KEY=VALUE)", "model")
+    init_from: str | None = _field(None, "start from the weights of this checkpoint or run "
+                                   "directory (a new run; --resume continues one)", "model",
+                                   metavar="CHECKPOINT")
     # --- data
     data: str = _field("bundled", "dataset: bundled | cifar10 | cifar100 | cifar100-coarse | "
                        "folder:PATH", "data")
@@ -118,6 +122,16 @@ class Config:
         them); validated."""
         return _build(_flatten(data, source="saved config"))
 
+    def to_toml(self) -> str:
+        """The config as a TOML file `--config` reads back, fields in their group tables
+        (None values, which TOML cannot write, are left out: they are the defaults)."""
+        lines = []
+        for group in GROUPS:
+            lines += ["", f"[{group}]"] + [
+                f"{name} = {toml_value(value)}" for name, value in self.to_dict().items()
+                if FIELDS[name].metadata["group"] == group and value is not None]
+        return "\n".join(lines).lstrip() + "\n"
+
     def replace(self, **changes) -> "Config":
         """A validated copy with some fields changed (values coerced as from a file)."""
         return _build({**self.to_dict(), **changes})
@@ -125,6 +139,21 @@ class Config:
 
 FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(Config)}
 _TYPES = typing.get_type_hints(Config)
+
+
+def toml_value(value: Any) -> str:
+    """A TOML literal for a bool, number, string, list or table."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + "}"
+    raise UserError(f"cannot write {value!r} as TOML")
 
 
 def list_presets() -> list[str]:

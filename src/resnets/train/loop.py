@@ -40,7 +40,7 @@ from resnets.train import parts as parts_module
 from resnets.train.parts import Parts
 from resnets.train.progress import Progress, make_progress
 from resnets.train.schedule import schedule_from_config
-from resnets.train.state import Counters, Meter, TrainState
+from resnets.train.state import MODEL_KEYS, Counters, Meter, TrainState, load_weights, require
 
 # Fields that may change when a run is resumed: they do not change what the run computes.
 RESUMABLE_CHANGES = frozenset({"device", "compile", "out", "name", "eval_batch_size"})
@@ -222,6 +222,15 @@ def _resume_checkpoint(run: RunDir, config: Config) -> dict:
     return checkpoint
 
 
+def _initial_weights(init_from: str | None) -> dict | None:
+    """The checkpoint a new run starts from (`init_from`), checked to hold a model."""
+    if init_from is None:
+        return None
+    start = load_checkpoint(init_from)
+    require(start, MODEL_KEYS, init_from)
+    return start
+
+
 def _check_checkpoint_config(config: Config, checkpoint: dict, path: Path) -> None:
     if "config" not in checkpoint:
         raise UserError(f"{path}: checkpoint lacks its config (was it edited?)")
@@ -304,10 +313,16 @@ class _Training:
                                 f"{checkpoint['model_kwargs']}, not {config.model} "
                                 f"{model_kwargs}")
             normalizer = parts.normalizer_from_state(checkpoint["normalizer"])
-        else:
+        start = _initial_weights(config.init_from) if checkpoint is None else None
+        if start is not None:  # the inputs the weights were trained on
+            normalizer = parts.normalizer_from_state(start["normalizer"])
+        elif checkpoint is None:
             normalizer = parts.fit_normalizer(config.normalize, train_set)
         self._check_memory(parts, model_kwargs, input_size)
-        model = parts.create_model(config.model, **model_kwargs).to(self.device)
+        model = parts.create_model(config.model, **model_kwargs)
+        if start is not None:
+            load_weights(model, start, config.init_from)
+        model = model.to(self.device)
         if config.channels_last:
             model = model.to(memory_format=torch.channels_last)
         optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
