@@ -63,7 +63,7 @@ def _add_model_commands(sub) -> None:
 
 
 def _cmd_list(args) -> int:
-    from resnets.models.summary import format_model_table, model_table
+    from resnets.models.figures import format_model_table, model_table
 
     print(format_model_table(model_table(args.pattern), markdown=args.markdown))
     return 0

@@ -192,37 +192,3 @@ def format_info(info: dict) -> str:
         lines.append(f"paper: {info['paper_error']}% error ({info['paper_source']})")
     return "\n".join(lines)
 
-
-TABLE_HEADER = ("name", "family", "input", "params", "mult-adds", "paper error %")
-
-
-def model_table(pattern: str = "*") -> list[tuple[str, ...]]:
-    """One row of TABLE_HEADER per registered model matching `pattern`, from the stored
-    figures (`figures.json`), so no model is built."""
-    from resnets.models.figures import stored_figures
-    from resnets.models.zoo import list_models
-
-    names = list_models(pattern)
-    if not names:
-        raise UserError(f"no model matches {pattern!r} (try `resnets list`)")
-    figures = stored_figures()
-    rows = []
-    for name in names:
-        entry, row = get_entry(name), figures[name]
-        error = "" if entry.paper_error is None else f"{entry.paper_error:.2f}"
-        size = "x".join(map(str, row["input_size"]))
-        rows.append((name, entry.family, size, f"{row['params']:,}", human(row["macs"]), error))
-    return rows
-
-
-def format_model_table(rows: list[tuple[str, ...]], *, markdown: bool = False) -> str:
-    """The rows of `model_table` as aligned text, or as a Markdown table."""
-    if markdown:
-        lines = ["| " + " | ".join(TABLE_HEADER) + " |",
-                 "|" + "|".join(["---"] * 3 + ["---:"] * 3) + "|"]
-        lines += ["| " + " | ".join(row) + " |" for row in rows]
-        return "\n".join(lines)
-    widths = (-22, -9, -10, 12, 10, 14)  # negative: left-aligned
-    return "\n".join(" ".join(f"{cell:<{-w}}" if w < 0 else f"{cell:>{w}}"
-                               for cell, w in zip(row, widths))
-                      for row in [TABLE_HEADER, *rows])
