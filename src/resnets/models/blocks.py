@@ -103,6 +103,7 @@ class BasicUnit(nn.Module):
         self.act2 = nn.ReLU(inplace=True)
         self.downsample = make_shortcut(shortcut, in_channels, out_channels, stride)
         self.stride = stride
+        self.changes_shape = stride != 1 or in_channels != out_channels
 
     @property
     def residual(self) -> bool:
@@ -125,6 +126,11 @@ class BasicUnit(nn.Module):
         """Zero the scale of the branch's last BN, so the branch outputs 0 and a residual unit
         starts as the identity (on non-negative inputs, since g = ReLU follows the addition)."""
         nn.init.zeros_(self.bn2.weight)
+
+    def forward_without_branch(self, x: torch.Tensor) -> torch.Tensor:
+        """The unit with its branch deleted (a lesion, Veit et al. 2016): `forward` with F(x) = 0,
+        act2(shortcut(x)). A plain unit becomes the identity (see `without_branch`)."""
+        return without_branch(self, x, self.act2)
 
 
 class BottleneckUnit(nn.Module):
@@ -160,6 +166,7 @@ class BottleneckUnit(nn.Module):
         self.act3 = nn.ReLU(inplace=True)
         self.downsample = make_shortcut(shortcut, in_channels, out_channels, stride)
         self.stride = stride
+        self.changes_shape = stride != 1 or in_channels != out_channels
 
     @property
     def residual(self) -> bool:
@@ -180,6 +187,10 @@ class BottleneckUnit(nn.Module):
 
     def zero_init_last(self) -> None:
         nn.init.zeros_(self.bn3.weight)
+
+    def forward_without_branch(self, x: torch.Tensor) -> torch.Tensor:
+        """`forward` with F(x) = 0: act3(shortcut(x)); see `without_branch`."""
+        return without_branch(self, x, self.act3)
 
 
 class PreActBasicUnit(nn.Module):
@@ -210,6 +221,7 @@ class PreActBasicUnit(nn.Module):
         self.conv2 = conv3x3(channels, out_channels)
         self.downsample = make_shortcut(shortcut, in_channels, out_channels, stride, normalize=False)
         self.stride = stride
+        self.changes_shape = stride != 1 or in_channels != out_channels
 
     @property
     def residual(self) -> bool:
@@ -232,6 +244,10 @@ class PreActBasicUnit(nn.Module):
 
     def zero_init_last(self) -> None:
         nn.init.zeros_(self.conv2.weight)
+
+    def forward_without_branch(self, x: torch.Tensor) -> torch.Tensor:
+        """`forward` with F(x) = 0: the shortcut alone (nothing follows the addition)."""
+        return without_branch(self, x, None)
 
 
 class PreActBottleneckUnit(nn.Module):
@@ -263,6 +279,7 @@ class PreActBottleneckUnit(nn.Module):
         self.conv3 = conv1x1(channels, out_channels)
         self.downsample = make_shortcut(shortcut, in_channels, out_channels, stride, normalize=False)
         self.stride = stride
+        self.changes_shape = stride != 1 or in_channels != out_channels
 
     @property
     def residual(self) -> bool:
@@ -287,6 +304,10 @@ class PreActBottleneckUnit(nn.Module):
     def zero_init_last(self) -> None:
         nn.init.zeros_(self.conv3.weight)
 
+    def forward_without_branch(self, x: torch.Tensor) -> torch.Tensor:
+        """`forward` with F(x) = 0: the shortcut alone (nothing follows the addition)."""
+        return without_branch(self, x, None)
+
 
 def _preact_shortcut(unit: nn.Module, x: torch.Tensor, pre: torch.Tensor | None) -> torch.Tensor:
     """A pre-activation unit's skip path: x itself, or a projection of the pre-activated x."""
@@ -295,6 +316,25 @@ def _preact_shortcut(unit: nn.Module, x: torch.Tensor, pre: torch.Tensor | None)
     if pre is None:
         pre = unit.act1(unit.bn1(x))
     return unit.downsample(pre)
+
+
+def without_branch(unit: nn.Module, x: torch.Tensor, after_addition: nn.Module | None) -> torch.Tensor:
+    """What a unit computes with its branch deleted, as in Veit et al.'s lesion study (2016).
+
+    A residual unit keeps its shortcut and whatever follows the addition: exactly `forward`
+    with F(x) = 0. A plain unit has no shortcut; deleting it means passing x on unchanged,
+    which is only possible where the unit keeps the shape (`changes_shape` False).
+    """
+    if unit.downsample is None:
+        if unit.changes_shape:
+            raise ValueError("a plain unit that changes shape cannot be removed: nothing carries "
+                             "its input to the next unit's shape")
+        return x
+    skip = unit.shortcut(x)
+    if after_addition is None:
+        return skip
+    # The activation may work in place; an identity shortcut hands back x itself.
+    return after_addition(skip.clone() if skip is x else skip)
 
 
 UNITS = {
