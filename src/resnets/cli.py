@@ -178,7 +178,7 @@ def _add_study_commands(sub) -> None:
                         help="images the error is measured on (default: test)")
     lesion.add_argument("--images", type=int, help="use this many images of the split, drawn with "
                         "--seed (default: all)")
-    lesion.add_argument("--subsets", type=int, default=10, metavar="K",
+    lesion.add_argument("--subsets", type=int, default=5, metavar="K",
                         help="random subsets of units per number removed (default: %(default)s)")
     lesion.add_argument("--max-removed", type=int, metavar="M",
                         help="largest number of random units removed (default: every removable unit)")
@@ -203,10 +203,10 @@ def _add_study_commands(sub) -> None:
     landscape.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories (or checkpoint files)")
     landscape.add_argument("--dims", type=int, default=1, choices=[1, 2], help="directions (default: 1)")
     landscape.add_argument("--points", type=int, help="grid points per direction, odd (default: 41 for "
-                           "1-D, 21 for 2-D)")
+                           "1-D, 15 for 2-D)")
     landscape.add_argument("--span", type=float, default=1.0,
                            help="the grid covers [-span, span] per direction (default: %(default)s)")
-    landscape.add_argument("--images", type=int, default=1000, help="images of the split (default: %(default)s)")
+    landscape.add_argument("--images", type=int, default=500, help="images of the split (default: %(default)s)")
     landscape.add_argument("--split", default="train", choices=["train", "val", "trainval", "test"],
                            help="images the loss is measured on (default: train)")
     _add_measurement_options(landscape)

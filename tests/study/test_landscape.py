@@ -175,3 +175,15 @@ def test_landscape_ctrl_c_and_bad_input_from_the_command_line(trained_runs, tmp_
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "points must be odd" in err
     assert main(["landscape", str(tmp_path / "nowhere")]) == 2
+
+
+def test_the_command_states_the_library_defaults(capsys):
+    from resnets.cli import main
+    from resnets.study.loss_landscape import DEFAULT_IMAGES, DEFAULT_POINTS, DEFAULT_SPAN
+
+    with pytest.raises(SystemExit):
+        main(["landscape", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert f"(default: {DEFAULT_POINTS[1]} for 1-D, {DEFAULT_POINTS[2]} for 2-D)" in help_text
+    assert f"images of the split (default: {DEFAULT_IMAGES})" in help_text
+    assert f"[-span, span] per direction (default: {DEFAULT_SPAN})" in help_text

@@ -225,3 +225,13 @@ def test_lesion_bad_input_is_one_line(trained_runs, tmp_path, capsys):
     assert main(["lesion", str(trained_runs["plain"]), "--max-removed", "2", "--device", "cpu",
                  "--out", str(tmp_path / "x")]) == 2
     assert "max removed must be between 0 and 1" in capsys.readouterr().err
+
+
+def test_the_command_states_the_library_defaults(capsys):
+    from resnets.cli import main
+    from resnets.study.lesioning import DEFAULT_SUBSETS
+
+    with pytest.raises(SystemExit):
+        main(["lesion", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert f"per number removed (default: {DEFAULT_SUBSETS})" in help_text

@@ -33,11 +33,11 @@ from resnets.study.progress import counter
 from resnets.study.trained import Batches, check_precision, evaluate, fixed_batches, load_run
 
 DIMS = (1, 2)
-# Grid points per axis when not given. 2-D: 21 x 21 = 441 evaluations of 1,000 images, the most
-# that stays under 10 minutes for a 56-layer model on a 2-core CPU (docs/landscape.md).
-DEFAULT_POINTS = {1: 41, 2: 21}
+# Defaults sized for a laptop: a 56-layer model's 2-D scan (15 x 15 = 225 evaluations of 500
+# images) took about 6 minutes on a shared 2-core CPU with one thread (docs/landscape.md).
+DEFAULT_POINTS = {1: 41, 2: 15}  # grid points per direction
 DEFAULT_SPAN = 1.0  # the grid covers [-span, span] on each axis, Li et al.'s range
-DEFAULT_IMAGES = 1000
+DEFAULT_IMAGES = 500  # training images the loss is averaged over
 
 
 class LandscapeInterrupted(KeyboardInterrupt):
@@ -183,14 +183,15 @@ def _as_grid(values: list[float], dims: int, points: int) -> list:
 
 
 def landscape(run_dirs: Sequence[str | Path], *, dims: int = 1, points: int | None = None,
-              span: float = DEFAULT_SPAN, images: int = DEFAULT_IMAGES, split: str = "train",
+              span: float = DEFAULT_SPAN, images: int | None = DEFAULT_IMAGES, split: str = "train",
               seed: int = 0, precision: str = "fp32", device: str = "cpu",
               batch_size: int = 500, out_dir: str | Path | None = None,
               progress: str = "none") -> dict:
     """Loss and error of each trained run along `dims` random filter-normalised directions.
 
-    Every run is measured on the same `images` images of `split` (drawn with `seed`) at the
-    same grid of `points` per axis on [-span, span]; its directions come from `seed` too.
+    Every run is measured on the same `images` images of `split` (drawn with `seed`; None: all
+    of it) at the same grid of `points` per axis (default DEFAULT_POINTS[dims]) on [-span,
+    span]; its directions come from `seed` too.
     With `out_dir`, finished points are saved in OUT/points/NAME.json as they are done and a
     rerun with the same settings resumes (a rerun with other settings is refused).
 

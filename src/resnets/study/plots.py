@@ -141,6 +141,9 @@ def plot_lesion_units(result: dict, path: str | Path) -> Path:
     _lesion_reference_lines(axis, result)
     for boundary in sorted({u["index"] for u in units if u["position"] == 0 and u["index"] > 0}):
         axis.axvline(boundary + 0.5, color="grey", linewidth=0.5, alpha=0.5)
+    from matplotlib.ticker import MaxNLocator
+
+    axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     axis.set_xlim(0.5, len(units) + 0.5)
     axis.set_ylim(0, 100)
     axis.set_xlabel("unit removed (forward order; thin lines: stage boundaries)")
@@ -164,6 +167,9 @@ def plot_lesion_random(result: dict, path: str | Path) -> Path:
     axis.errorbar(ks, means, yerr=stds, fmt="o-", markersize=4, capsize=3, color=_colours()[0],
                   label=f"mean and std over up to {result['subsets']} random subsets")
     _lesion_reference_lines(axis, result)
+    from matplotlib.ticker import MaxNLocator
+
+    axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     axis.set_ylim(0, 100)
     axis.set_xlabel("units removed (k)")
     axis.set_ylabel(f"{result['split']} error (%)")
@@ -220,7 +226,11 @@ def plot_landscape_2d(result: dict, path: str | Path) -> Path:
         axis.set_xlabel("direction 1")
         axis.set_aspect("equal")
     axes[0].set_ylabel("direction 2")
-    figure.colorbar(filled, ax=list(axes), label="cross-entropy loss (log scale)")
+    from matplotlib.ticker import LogFormatterSciNotation
+
+    bar = figure.colorbar(filled, ax=list(axes), label="cross-entropy loss (log scale)",
+                          format=LogFormatterSciNotation(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
+    bar.minorticks_off()
     figure.suptitle(f"Loss around the trained weights, filter-normalised directions (seed "
                     f"{result['seed']}, {result['images']} {result['split']} images)", fontsize=10)
     return save_figure(figure, Path(path))
