@@ -226,10 +226,10 @@ def plot_landscape_2d(result: dict, path: str | Path) -> Path:
         axis.set_xlabel("direction 1")
         axis.set_aspect("equal")
     axes[0].set_ylabel("direction 2")
-    from matplotlib.ticker import LogFormatterSciNotation
-
-    bar = figure.colorbar(filled, ax=list(axes), label="cross-entropy loss (log scale)",
-                          format=LogFormatterSciNotation(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
+    bar = figure.colorbar(filled, ax=list(axes), label="cross-entropy loss (log scale)")
+    decades = range(int(np.ceil(np.log10(low))), int(np.floor(np.log10(high))) + 1)
+    ticks = [low, *[10.0**d for d in decades if low * 1.5 < 10.0**d < high / 1.5], high]
+    bar.set_ticks(ticks, labels=[f"{t:.3g}" for t in ticks])
     bar.minorticks_off()
     figure.suptitle(f"Loss around the trained weights, filter-normalised directions (seed "
                     f"{result['seed']}, {result['images']} {result['split']} images)", fontsize=10)
