@@ -34,7 +34,7 @@ from resnets.study.trained import Batches, check_precision, evaluate, fixed_batc
 
 DIMS = (1, 2)
 # Defaults sized for a laptop: a 56-layer model's 2-D scan (15 x 15 = 225 evaluations of 500
-# images) took about 6 minutes on a shared 2-core CPU with one thread (docs/landscape.md).
+# images) took 7 minutes on a shared 2-core CPU with one thread (docs/landscape.md).
 DEFAULT_POINTS = {1: 41, 2: 15}  # grid points per direction
 DEFAULT_SPAN = 1.0  # the grid covers [-span, span] on each axis, Li et al.'s range
 DEFAULT_IMAGES = 500  # training images the loss is averaged over
