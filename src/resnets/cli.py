@@ -292,8 +292,7 @@ def _cmd_lesion(args) -> int:
                     calibration_images=args.calibration_images, seed=args.seed,
                     precision=args.precision, device=args.device, batch_size=args.batch_size,
                     progress=args.progress)
-    run_dir = Path(args.run_dir)
-    paths = write_lesion(result, args.out or (run_dir if run_dir.is_dir() else run_dir.parent) / "lesion")
+    paths = write_lesion(result, args.out or Path(result["run_dir"]) / "lesion")
     base = result["baseline"]["err"]
     print(f"{result['run']} ({result['model']}) on {result['images']} {result['split']} images: "
           f"{base:.2f}% error with no unit removed")

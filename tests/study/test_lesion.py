@@ -235,3 +235,12 @@ def test_the_command_states_the_library_defaults(capsys):
         main(["lesion", "--help"])
     help_text = " ".join(capsys.readouterr().out.split())
     assert f"per number removed (default: {DEFAULT_SUBSETS})" in help_text
+
+
+def test_lesion_of_a_checkpoint_file_writes_beside_its_run(trained_runs, capsys):
+    from resnets.cli import main
+
+    run = trained_runs["plain"]
+    assert main(["lesion", str(run / "checkpoints" / "last.pt"), "--subsets", "1", "--images", "20",
+                 "--device", "cpu", "--progress", "none"]) == 0
+    assert json.loads((run / "lesion" / "lesion.json").read_text())["run"] == "plain8"

@@ -25,8 +25,8 @@ class TrainedRun:
     """A trained model with what describes it."""
 
     model: nn.Module      # eval mode, fp32, on `device`
-    name: str             # the run directory's name
-    run_dir: Path
+    name: str             # the run directory's name (a lone checkpoint file's stem)
+    run_dir: Path         # the run directory (the folder of a lone checkpoint file)
     model_name: str       # registry name, e.g. "resnet56"
     step: int             # training steps behind the weights
     device: torch.device
@@ -39,8 +39,14 @@ def load_run(run_dir: str | Path, device: str = "cpu") -> TrainedRun:
 
     trained = load_trained(run_dir, device=device)
     path = Path(run_dir)
-    run_path = path if path.is_dir() else trained.path.parent.parent
-    return TrainedRun(model=trained.model, name=run_path.resolve().name, run_dir=run_path,
+    if path.is_dir():
+        run_path, name = path, path.resolve().name
+    elif trained.path.parent.name == "checkpoints":  # RUN_DIR/checkpoints/best.pt
+        run_path = trained.path.parent.parent
+        name = run_path.resolve().name
+    else:  # a checkpoint file elsewhere: named after itself, outputs beside it
+        run_path, name = trained.path.parent, trained.path.stem
+    return TrainedRun(model=trained.model, name=name, run_dir=run_path,
                       model_name=str(trained.checkpoint.get("model", "?")),
                       step=int(trained.checkpoint.get("step", 0)), device=trained.device,
                       trained=trained)
