@@ -229,7 +229,7 @@ def lesion(run_dir: str | Path, *, split: str = "test", images: int | None = Non
     measured = lesion_model(run.model, batches, subsets=subsets, max_removed=max_removed,
                             seed=seed, precision=precision, calibration=calibration,
                             progress=progress, title=f"lesion {run.name}")
-    classes = len(run.trained.classes)
+    classes = len(run.classes)
     return {"run": run.name, "run_dir": str(run.run_dir), "model": run.model_name,
             "step": run.step, "split": split, "images": sum(len(y) for _, y in batches),
             "subsets": subsets, "max_removed": max_removed, "seed": seed,

@@ -29,8 +29,9 @@ class TrainedRun:
     run_dir: Path         # the run directory (the folder of a lone checkpoint file)
     model_name: str       # registry name, e.g. "resnet56"
     step: int             # training steps behind the weights
+    classes: list[str]
     device: torch.device
-    trained: object       # resnets.train.inference.Trained: normalizer, config, checkpoint
+    trained: object       # resnets.train.inference.Trained: read in this module only
 
 
 def load_run(run_dir: str | Path, device: str = "cpu") -> TrainedRun:
@@ -48,7 +49,8 @@ def load_run(run_dir: str | Path, device: str = "cpu") -> TrainedRun:
         run_path, name = trained.path.parent, trained.path.stem
     return TrainedRun(model=trained.model, name=name, run_dir=run_path,
                       model_name=str(trained.checkpoint.get("model", "?")),
-                      step=int(trained.checkpoint.get("step", 0)), device=trained.device,
+                      step=int(trained.checkpoint.get("step", 0)),
+                      classes=list(trained.classes), device=trained.device,
                       trained=trained)
 
 
