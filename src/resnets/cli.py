@@ -154,6 +154,65 @@ def _add_study_commands(sub) -> None:
     diagnose.add_argument("--out", default="diagnostics", help="output folder (default: diagnostics)")
     diagnose.set_defaults(run=_cmd_diagnose)
 
+    lesion = sub.add_parser(
+        "lesion",
+        help="test error with units removed from a trained run (Veit et al. 2016)",
+        description="The test error of a trained network with each unit removed in turn (a "
+        "residual unit keeps only its shortcut, a plain unit that keeps its shape becomes the "
+        "identity, one that changes shape cannot be removed) and with k random units removed "
+        "for k = 1, 2, ... (mean and spread over random subsets), against the intact network. "
+        "Writes lesion.json, units.csv, random.csv and Veit et al.'s Figures 3 and 5.",
+    )
+    lesion.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (or a checkpoint file)")
+    lesion.add_argument("--split", default="test", choices=["test", "val", "train", "trainval"],
+                        help="images the error is measured on (default: test)")
+    lesion.add_argument("--images", type=int, help="use this many images of the split, drawn with "
+                        "--seed (default: all)")
+    lesion.add_argument("--subsets", type=int, default=5, metavar="K",
+                        help="random subsets of units per number removed (default: %(default)s)")
+    lesion.add_argument("--max-removed", type=int, metavar="M",
+                        help="largest number of random units removed (default: every removable unit)")
+    lesion.add_argument("--recalibrate-bn", action="store_true",
+                        help="re-estimate BatchNorm statistics on training images for every lesioned "
+                        "network (changes the answer; default: the trained statistics)")
+    lesion.add_argument("--calibration-images", type=int, default=1000,
+                        help="training images for --recalibrate-bn (default: %(default)s)")
+    _add_measurement_options(lesion)
+    lesion.add_argument("--out", help="output folder (default: RUN_DIR/lesion)")
+    lesion.set_defaults(run=_cmd_lesion)
+
+    landscape = sub.add_parser(
+        "landscape",
+        help="loss along random filter-normalised directions (Li et al. 2018)",
+        description="The loss and error of trained networks at theta + a*d1 (+ b*d2) for random "
+        "directions normalised filter by filter (BN parameters and biases fixed, directions "
+        "seeded), on a fixed subset of training images: 1-D curves overlaid, or 2-D contour "
+        "plots side by side on one colour scale, and landscape.json. Each grid point is saved "
+        "as it is done: run the same command again to resume an interrupted scan.",
+    )
+    landscape.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories (or checkpoint files)")
+    landscape.add_argument("--dims", type=int, default=1, choices=[1, 2], help="directions (default: 1)")
+    landscape.add_argument("--points", type=int, help="grid points per direction, odd (default: 41 for "
+                           "1-D, 15 for 2-D)")
+    landscape.add_argument("--span", type=float, default=1.0,
+                           help="the grid covers [-span, span] per direction (default: %(default)s)")
+    landscape.add_argument("--images", type=int, default=500, help="images of the split (default: %(default)s)")
+    landscape.add_argument("--split", default="train", choices=["train", "val", "trainval", "test"],
+                           help="images the loss is measured on (default: train)")
+    _add_measurement_options(landscape)
+    landscape.add_argument("--out", default="landscape", help="output folder (default: landscape)")
+    landscape.set_defaults(run=_cmd_landscape)
+
+
+def _add_measurement_options(parser) -> None:
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random draws (default: %(default)s)")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
+                        help="fp32, or bf16 autocast (default: fp32)")
+    parser.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:N")
+    parser.add_argument("--batch-size", type=int, default=500, help="images per forward pass (default: %(default)s)")
+    parser.add_argument("--progress", default="auto", choices=["auto", "bar", "lines", "none"],
+                        help="progress display on stderr (default: auto)")
+
 
 def _cmd_study(args) -> int:
     from resnets.study.degradation import resolve_study, run_study
@@ -197,6 +256,51 @@ def _cmd_diagnose(args) -> int:
         mean = f"{sum(distances) / len(distances):.3f}" if distances else "plain"
         print(f"{name:<14} {row['init']['first_last_ratio']:>24.3g} {row['trained']['first_last_ratio']:>20.3g} "
               f"{mean:>30}")
+    for path in paths:
+        print(path)
+    return 0
+
+
+def _cmd_lesion(args) -> int:
+    from pathlib import Path
+
+    from resnets.study.lesioning import lesion, write_lesion
+
+    result = lesion(args.run_dir, split=args.split, images=args.images, subsets=args.subsets,
+                    max_removed=args.max_removed, recalibrate_bn=args.recalibrate_bn,
+                    calibration_images=args.calibration_images, seed=args.seed,
+                    precision=args.precision, device=args.device, batch_size=args.batch_size,
+                    progress=args.progress)
+    paths = write_lesion(result, args.out or Path(result["run_dir"]) / "lesion")
+    base = result["baseline"]["err"]
+    print(f"{result['run']} ({result['model']}) on {result['images']} {result['split']} images: "
+          f"{base:.2f}% error with no unit removed")
+    print(f"{'unit':<10} {'error':>8} {'change':>8}")
+    for row in result["units"]:
+        change = "cannot be removed" if row["err"] is None else f"{row['err']:7.2f}% {row['delta_err']:+7.2f}"
+        print(f"{row['name']:<10} {change}")
+    print(f"{'removed':<10} {'mean':>8} {'std':>7}")
+    for row in result["random"]:
+        print(f"{row['k']:<10} {row['err_mean']:7.2f}% {row['err_std']:6.2f}")
+    for path in paths:
+        print(path)
+    return 0
+
+
+def _cmd_landscape(args) -> int:
+    from resnets.study.loss_landscape import landscape, write_landscape
+
+    result = landscape(args.run_dirs, dims=args.dims, points=args.points, span=args.span,
+                       images=args.images, split=args.split, seed=args.seed,
+                       precision=args.precision, device=args.device, batch_size=args.batch_size,
+                       out_dir=args.out, progress=args.progress)
+    paths = write_landscape(result, args.out)
+    print(f"{'run':<20} {'loss at 0':>10} {'err at 0':>9} {'max loss':>10} {'max err':>8}")
+    for run in result["runs"]:
+        flat = [v for row in run["loss"] for v in (row if isinstance(row, list) else [row])]
+        errs = [v for row in run["err"] for v in (row if isinstance(row, list) else [row])]
+        print(f"{run['name']:<20} {run['origin']['loss']:>10.4f} {run['origin']['err']:>8.2f}% "
+              f"{max(flat):>10.4g} {max(errs):>7.2f}%")
     for path in paths:
         print(path)
     return 0

@@ -127,6 +127,7 @@ class BasicUnit(PostActUnit):
         self.act2 = nn.ReLU(inplace=True)
         self.downsample = make_shortcut(shortcut, in_channels, out_channels, stride)
         self.stride = stride
+        self.changes_shape = stride != 1 or in_channels != out_channels
 
     @property
     def act_out(self) -> nn.Module:
@@ -140,6 +141,11 @@ class BasicUnit(PostActUnit):
         """Zero the scale of the branch's last BN, so the branch outputs 0 and a residual unit
         starts as the identity (on non-negative inputs, since g = ReLU follows the addition)."""
         nn.init.zeros_(self.bn2.weight)
+
+    def forward_without_branch(self, x: torch.Tensor) -> torch.Tensor:
+        """The unit with its branch deleted (a lesion, Veit et al. 2016): `forward` with F(x) = 0,
+        act2(shortcut(x)). A plain unit becomes the identity (see `without_branch`)."""
+        return without_branch(self, x, self.act2)
 
 
 class BottleneckUnit(PostActUnit):
@@ -167,6 +173,7 @@ class BottleneckUnit(PostActUnit):
         self.act3 = nn.ReLU(inplace=True)
         self.downsample = make_shortcut(shortcut, in_channels, out_channels, stride)
         self.stride = stride
+        self.changes_shape = stride != 1 or in_channels != out_channels
 
     @property
     def act_out(self) -> nn.Module:
@@ -179,6 +186,10 @@ class BottleneckUnit(PostActUnit):
 
     def zero_init_last(self) -> None:
         nn.init.zeros_(self.bn3.weight)
+
+    def forward_without_branch(self, x: torch.Tensor) -> torch.Tensor:
+        """`forward` with F(x) = 0: act3(shortcut(x)); see `without_branch`."""
+        return without_branch(self, x, self.act3)
 
 
 class PreActUnit(nn.Module):
@@ -231,12 +242,17 @@ class PreActBasicUnit(PreActUnit):
         self.conv2 = conv3x3(channels, out_channels)
         self.downsample = make_shortcut(shortcut, in_channels, out_channels, stride, normalize=False)
         self.stride = stride
+        self.changes_shape = stride != 1 or in_channels != out_channels
 
     def branch_from_pre(self, pre: torch.Tensor) -> torch.Tensor:
         return self.conv2(self.act2(self.bn2(self.conv1(pre))))
 
     def zero_init_last(self) -> None:
         nn.init.zeros_(self.conv2.weight)
+
+    def forward_without_branch(self, x: torch.Tensor) -> torch.Tensor:
+        """`forward` with F(x) = 0: the shortcut alone (nothing follows the addition)."""
+        return without_branch(self, x, None)
 
 
 class PreActBottleneckUnit(PreActUnit):
@@ -260,6 +276,7 @@ class PreActBottleneckUnit(PreActUnit):
         self.conv3 = conv1x1(channels, out_channels)
         self.downsample = make_shortcut(shortcut, in_channels, out_channels, stride, normalize=False)
         self.stride = stride
+        self.changes_shape = stride != 1 or in_channels != out_channels
 
     def branch_from_pre(self, pre: torch.Tensor) -> torch.Tensor:
         out = self.conv2(self.act2(self.bn2(self.conv1(pre))))
@@ -268,11 +285,34 @@ class PreActBottleneckUnit(PreActUnit):
     def zero_init_last(self) -> None:
         nn.init.zeros_(self.conv3.weight)
 
+    def forward_without_branch(self, x: torch.Tensor) -> torch.Tensor:
+        """`forward` with F(x) = 0: the shortcut alone (nothing follows the addition)."""
+        return without_branch(self, x, None)
+
 
 def _bottleneck_strides(stride: int, placement: str) -> tuple[int, int]:
     """(stride of the first 1x1, stride of the 3x3) for "1x1" (v1) or "3x3" (v1.5)."""
     check_choice("bottleneck_stride", placement, BOTTLENECK_STRIDES)
     return (stride, 1) if placement == "1x1" else (1, stride)
+
+
+def without_branch(unit: nn.Module, x: torch.Tensor, after_addition: nn.Module | None) -> torch.Tensor:
+    """What a unit computes with its branch deleted, as in Veit et al.'s lesion study (2016).
+
+    A residual unit keeps its shortcut and whatever follows the addition: exactly `forward`
+    with F(x) = 0. A plain unit has no shortcut; deleting it means passing x on unchanged,
+    which is only possible where the unit keeps the shape (`changes_shape` False).
+    """
+    if unit.downsample is None:
+        if unit.changes_shape:
+            raise ValueError("a plain unit that changes shape cannot be removed: nothing carries "
+                             "its input to the next unit's shape")
+        return x
+    skip = unit.shortcut(x)
+    if after_addition is None:
+        return skip
+    # The activation may work in place; an identity shortcut hands back x itself.
+    return after_addition(skip.clone() if skip is x else skip)
 
 
 UNITS = {

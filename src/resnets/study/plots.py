@@ -2,6 +2,8 @@
 
 - `plot_figure6(rows, path)`: the paper's Figure 6 for a study (see `resnets.study.report`).
 - `plot_diagnosis(result, out_dir)`: the three figures of `resnets diagnose`.
+- `plot_lesion_units`, `plot_lesion_random`: Veit et al.'s Figures 3 and 5 for `resnets lesion`.
+- `plot_landscape_1d`, `plot_landscape_2d`: Li et al.'s curves and contours for `resnets landscape`.
 Run figures (loss and error against iterations) are `resnets.train.plots.plot_runs`.
 """
 
@@ -109,3 +111,126 @@ def plot_diagnosis(result: dict, out_dir: str | Path) -> list[Path]:
         axis.text(0.5, 0.5, "no residual units (plain networks only)", ha="center", transform=axis.transAxes)
     paths.append(save_figure(figure, out_dir / "identity.png"))
     return paths
+
+
+def _lesion_reference_lines(axis, result: dict) -> None:
+    axis.axhline(result["baseline"]["err"], color="black", linestyle="--", linewidth=1,
+                 label=f"no unit removed ({result['baseline']['err']:.2f}%)")
+    axis.axhline(result["chance_err"], color="grey", linestyle=":", linewidth=1,
+                 label=f"chance ({result['chance_err']:.0f}%)")
+
+
+def plot_lesion_units(result: dict, path: str | Path) -> Path:
+    """Veit et al.'s Figure 3: the error with each single unit removed, against the unit's
+    position; units that change resolution drawn apart; units that cannot be removed marked."""
+    units = result["units"]
+    figure = Figure(figsize=(8, 4), layout="constrained")
+    axis = figure.add_subplot()
+    groups = (
+        ("keeps its shape", [u for u in units if u["removable"] and not u["changes_shape"]], "o", _colours()[0]),
+        ("changes resolution", [u for u in units if u["removable"] and u["changes_shape"]], "s", _colours()[3]),
+    )
+    for label, rows, marker, colour in groups:
+        if rows:
+            axis.plot([u["index"] + 1 for u in rows], [u["err"] for u in rows], marker,
+                      color=colour, markersize=5, label=f"unit removed: {label}")
+    fixed = [u for u in units if not u["removable"]]
+    if fixed:
+        axis.plot([u["index"] + 1 for u in fixed], [0.0] * len(fixed), "x", color="grey",
+                  markersize=8, clip_on=False, label="cannot be removed (plain, changes shape)")
+    _lesion_reference_lines(axis, result)
+    for boundary in sorted({u["index"] for u in units if u["position"] == 0 and u["index"] > 0}):
+        axis.axvline(boundary + 0.5, color="grey", linewidth=0.5, alpha=0.5)
+    from matplotlib.ticker import MaxNLocator
+
+    axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axis.set_xlim(0.5, len(units) + 0.5)
+    axis.set_ylim(0, 100)
+    axis.set_xlabel("unit removed (forward order; thin lines: stage boundaries)")
+    axis.set_ylabel(f"{result['split']} error (%)")
+    axis.set_title(f"{result['run']}: one unit removed at a time ({result['images']} {result['split']} images"
+                   + (", BN recalibrated" if result.get("recalibrate_bn") else "") + ")", fontsize=10)
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8, loc="center right")
+    return save_figure(figure, Path(path))
+
+
+def plot_lesion_random(result: dict, path: str | Path) -> Path:
+    """Veit et al.'s Figure 5: the error with k random units removed, mean and standard
+    deviation over the random subsets, k = 0 being the intact network."""
+    curve = result["random"]
+    figure = Figure(figsize=(6.5, 4), layout="constrained")
+    axis = figure.add_subplot()
+    ks = [0] + [row["k"] for row in curve]
+    means = [result["baseline"]["err"]] + [row["err_mean"] for row in curve]
+    stds = [0.0] + [row["err_std"] for row in curve]
+    axis.errorbar(ks, means, yerr=stds, fmt="o-", markersize=4, capsize=3, color=_colours()[0],
+                  label=f"mean and std over up to {result['subsets']} random subsets")
+    _lesion_reference_lines(axis, result)
+    from matplotlib.ticker import MaxNLocator
+
+    axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axis.set_ylim(0, 100)
+    axis.set_xlabel("units removed (k)")
+    axis.set_ylabel(f"{result['split']} error (%)")
+    axis.set_title(f"{result['run']}: k random units removed", fontsize=10)
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8, loc="lower right")
+    return save_figure(figure, Path(path))
+
+
+def plot_landscape_1d(result: dict, path: str | Path) -> Path:
+    """Loss (log scale) and error along one filter-normalised direction, one curve per run."""
+    figure = Figure(figsize=(10, 4), layout="constrained")
+    loss_axis, err_axis = figure.subplots(1, 2, sharex=True)
+    for index, run in enumerate(result["runs"]):
+        colour = _colours()[index % len(_colours())]
+        loss_axis.plot(result["axis"], run["loss"], "-", color=colour, label=run["name"])
+        err_axis.plot(result["axis"], run["err"], "-", color=colour, label=run["name"])
+    loss_axis.set_yscale("log")
+    loss_axis.set_ylabel("cross-entropy loss")
+    err_axis.set_ylabel("error (%)")
+    err_axis.set_ylim(0, 100)
+    for axis in (loss_axis, err_axis):
+        axis.set_xlabel("step along the direction (1 = each filter's own norm)")
+        axis.axvline(0, color="grey", linewidth=0.5)
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
+    figure.suptitle(f"Loss along a random filter-normalised direction (seed {result['seed']}, "
+                    f"{result['images']} {result['split']} images)", fontsize=10)
+    return save_figure(figure, Path(path))
+
+
+def plot_landscape_2d(result: dict, path: str | Path) -> Path:
+    """Li et al.'s contour plots: the loss over the plane of two filter-normalised directions,
+    one panel per run, side by side, on one logarithmic colour scale."""
+    import numpy as np
+    from matplotlib.colors import LogNorm
+
+    runs = result["runs"]
+    grids = [np.asarray(run["loss"], dtype=float) for run in runs]  # (points, points): rows b, columns a
+    finite = np.concatenate([g[np.isfinite(g) & (g > 0)] for g in grids])
+    low, high = (float(finite.min()), float(finite.max())) if finite.size else (1e-3, 1.0)
+    high = max(high, low * 10)
+    levels = np.geomspace(low, high, 31)
+    values = np.asarray(result["axis"])
+    figure = Figure(figsize=(4.2 * len(runs) + 1.2, 4), layout="constrained")
+    axes = figure.subplots(1, len(runs), sharex=True, sharey=True, squeeze=False)[0]
+    filled = None
+    for axis, run, loss in zip(axes, runs, grids):
+        loss = np.clip(np.nan_to_num(loss, nan=high, posinf=high), low, high)
+        filled = axis.contourf(values, values, loss, levels=levels, norm=LogNorm(low, high), cmap="viridis")
+        axis.contour(values, values, loss, levels=levels[::3], colors="white", linewidths=0.4, alpha=0.6)
+        axis.plot([0], [0], "+", color="red", markersize=10)
+        axis.set_title(f"{run['name']} (loss {run['origin']['loss']:.3g} at +)", fontsize=10)
+        axis.set_xlabel("direction 1")
+        axis.set_aspect("equal")
+    axes[0].set_ylabel("direction 2")
+    bar = figure.colorbar(filled, ax=list(axes), label="cross-entropy loss (log scale)")
+    decades = range(int(np.ceil(np.log10(low))), int(np.floor(np.log10(high))) + 1)
+    ticks = [low, *[10.0**d for d in decades if low * 1.5 < 10.0**d < high / 1.5], high]
+    bar.set_ticks(ticks, labels=[f"{t:.3g}" for t in ticks])
+    bar.minorticks_off()
+    figure.suptitle(f"Loss around the trained weights, filter-normalised directions (seed "
+                    f"{result['seed']}, {result['images']} {result['split']} images)", fontsize=10)
+    return save_figure(figure, Path(path))

@@ -1,0 +1,73 @@
+"""A counter for long measurements (lesion evaluations, landscape grid points).
+
+`counter(total, title, mode)` is a context manager yielding `advance(n=1)`: a live rich bar on a
+terminal ("bar"), a plain line every few seconds and at the end otherwise ("lines"), or
+nothing ("none"). "auto" picks "bar" when stderr is a terminal, else "lines". The display goes
+to stderr, so a command's results on stdout stay clean.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from contextlib import contextmanager
+from typing import Callable, Iterator
+
+from resnets.errors import UserError
+
+MODES = ("auto", "bar", "lines", "none")
+LINE_EVERY_S = 10.0  # seconds between two progress lines
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(max(seconds, 0.0)))
+    minutes, secs = divmod(seconds, 60)
+    return f"{minutes}:{secs:02d}"
+
+
+@contextmanager
+def counter(total: int, title: str, mode: str = "auto", *, done: int = 0,
+            stream=None) -> Iterator[Callable[[int], None]]:
+    """Count `total` items of work, `done` of them finished before (a resumed scan)."""
+    if mode not in MODES:
+        raise UserError(f"progress must be one of {', '.join(MODES)}, got {mode!r}")
+    stream = stream or sys.stderr
+    if mode == "auto":
+        mode = "bar" if hasattr(stream, "isatty") and stream.isatty() else "lines"
+    if mode == "none":
+        yield lambda n=1: None
+        return
+    if mode == "bar":
+        from rich.console import Console
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                   TimeElapsedColumn, TimeRemainingColumn)
+
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                      TimeElapsedColumn(), TimeRemainingColumn(),
+                      console=Console(file=stream), transient=False) as bar:
+            task = bar.add_task(title, total=total, completed=done)
+            yield lambda n=1: bar.advance(task, n)
+        return
+
+    state = {"count": done, "last": 0.0}
+    started = time.perf_counter()
+
+    def line() -> None:
+        elapsed = time.perf_counter() - started
+        new = state["count"] - done
+        left = (total - state["count"]) * elapsed / new if new else float("nan")
+        eta = _duration(left) if new else "?"
+        print(f"{title}: {state['count']}/{total} ({_duration(elapsed)} elapsed, {eta} left)",
+              file=stream, flush=True)
+        state["last"] = time.perf_counter()
+
+    def advance(n: int = 1) -> None:
+        state["count"] += n
+        if time.perf_counter() - state["last"] >= LINE_EVERY_S and state["count"] < total:
+            line()
+
+    state["last"] = time.perf_counter()
+    try:
+        yield advance
+    finally:
+        line()

@@ -1,0 +1,93 @@
+"""The lesion and landscape studies' one door into training and data.
+
+Both studies need the same three things from a run directory: the trained model, a fixed set
+of its images as batches on the model's device, and the loss and error of a model over those
+batches. They ask for them here and nowhere else, so a change to `resnets.train` or
+`resnets.data` is answered in this file alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from resnets.errors import UserError
+
+PRECISIONS = ("fp32", "bf16")  # what the studies accept: "auto" would make results machine-dependent
+Batches = list[tuple[torch.Tensor, torch.Tensor]]  # (images (B, C, H, W), labels (B,)) on the device
+
+
+@dataclass
+class TrainedRun:
+    """A trained model with what describes it."""
+
+    model: nn.Module      # eval mode, fp32, on `device`
+    name: str             # the run directory's name (a lone checkpoint file's stem)
+    run_dir: Path         # the run directory (the folder of a lone checkpoint file)
+    model_name: str       # registry name, e.g. "resnet56"
+    step: int             # training steps behind the weights
+    classes: list[str]
+    device: torch.device
+    trained: object       # resnets.train.inference.Trained: read in this module only
+
+
+def load_run(run_dir: str | Path, device: str = "cpu") -> TrainedRun:
+    """The model of RUN_DIR/checkpoints/last.pt (or of a checkpoint file), in eval mode."""
+    from resnets.train.inference import load_trained
+
+    trained = load_trained(run_dir, device=device)
+    path = Path(run_dir)
+    if path.is_dir():
+        run_path, name = path, path.resolve().name
+    elif trained.path.parent.name == "checkpoints":  # RUN_DIR/checkpoints/best.pt
+        run_path = trained.path.parent.parent
+        name = run_path.resolve().name
+    else:  # a checkpoint file elsewhere: named after itself, outputs beside it
+        run_path, name = trained.path.parent, trained.path.stem
+    return TrainedRun(model=trained.model, name=name, run_dir=run_path,
+                      model_name=str(trained.checkpoint.get("model", "?")),
+                      step=int(trained.checkpoint.get("step", 0)),
+                      classes=list(trained.classes), device=trained.device,
+                      trained=trained)
+
+
+def fixed_batches(run: TrainedRun, split: str, *, images: int | None, seed: int,
+                  batch_size: int) -> Batches:
+    """`images` images of `split` (all of it for None), drawn with `seed`, as the run saw them at
+    evaluation: its dataset settings and normalizer, no augmentation. The same arguments give
+    the same images, in the same order, every time."""
+    from resnets.data import Loader, load
+
+    settings = run.trained.config.flat()
+    dataset = load(settings["data"], split, root=settings["data_dir"], seed=settings["split_seed"],
+                   val_fraction=settings["val_fraction"], image_size=settings["image_size"])
+    if len(dataset) == 0:
+        raise UserError(f"split {split!r} of {settings['data']!r} is empty")
+    if images is not None:
+        if images < 1:
+            raise UserError(f"images must be >= 1, got {images}")
+        if images < len(dataset):
+            chosen = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))
+            dataset = dataset.subset(chosen[:images].sort().values, split)
+    if batch_size < 1:
+        raise UserError(f"batch size must be >= 1, got {batch_size}")
+    loader = Loader(dataset, batch_size, shuffle=False, normalizer=run.trained.normalizer,
+                    device=run.device, drop_last=False)
+    return list(loader.batches(0))
+
+
+def evaluate(model: nn.Module, batches: Batches, precision: str = "fp32") -> dict:
+    """{"loss": mean cross-entropy, "err": top-1 error in percent, "n": images} in eval mode."""
+    from resnets.train import evaluate as evaluate_model
+
+    check_precision(precision)
+    result = evaluate_model(model, batches, precision=precision)
+    return {"loss": result["loss"], "err": result["err"], "n": result["n"]}
+
+
+def check_precision(precision: str) -> None:
+    if precision not in PRECISIONS:
+        raise UserError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
