@@ -110,6 +110,11 @@ class PostActUnit(nn.Module):
             return self.act_out(self.branch(x))
         return self.act_out(self.branch(x) + self.shortcut(x))
 
+    def forward_without_branch(self, x: torch.Tensor) -> torch.Tensor:
+        """The unit with its branch deleted (a lesion, Veit et al. 2016): `forward` with
+        F(x) = 0, act_out(shortcut(x)). A plain unit becomes the identity (`without_branch`)."""
+        return without_branch(self, x, self.act_out)
+
 
 class BasicUnit(PostActUnit):
     """Two 3x3 conv layers: `out = act2(bn2(conv2(act1(bn1(conv1(x))))) + shortcut(x))`."""
@@ -142,10 +147,6 @@ class BasicUnit(PostActUnit):
         starts as the identity (on non-negative inputs, since g = ReLU follows the addition)."""
         nn.init.zeros_(self.bn2.weight)
 
-    def forward_without_branch(self, x: torch.Tensor) -> torch.Tensor:
-        """The unit with its branch deleted (a lesion, Veit et al. 2016): `forward` with F(x) = 0,
-        act2(shortcut(x)). A plain unit becomes the identity (see `without_branch`)."""
-        return without_branch(self, x, self.act2)
 
 
 class BottleneckUnit(PostActUnit):
@@ -187,9 +188,6 @@ class BottleneckUnit(PostActUnit):
     def zero_init_last(self) -> None:
         nn.init.zeros_(self.bn3.weight)
 
-    def forward_without_branch(self, x: torch.Tensor) -> torch.Tensor:
-        """`forward` with F(x) = 0: act3(shortcut(x)); see `without_branch`."""
-        return without_branch(self, x, self.act3)
 
 
 class PreActUnit(nn.Module):
@@ -225,6 +223,10 @@ class PreActUnit(nn.Module):
             return self.branch_from_pre(pre)
         return self.branch_from_pre(pre) + self.shortcut(x, pre)
 
+    def forward_without_branch(self, x: torch.Tensor) -> torch.Tensor:
+        """`forward` with F(x) = 0: the shortcut alone (nothing follows the addition)."""
+        return without_branch(self, x, None)
+
 
 class PreActBasicUnit(PreActUnit):
     """Pre-activation basic unit: `out = conv2(act2(bn2(conv1(act1(bn1(x)))))) + shortcut`."""
@@ -250,9 +252,6 @@ class PreActBasicUnit(PreActUnit):
     def zero_init_last(self) -> None:
         nn.init.zeros_(self.conv2.weight)
 
-    def forward_without_branch(self, x: torch.Tensor) -> torch.Tensor:
-        """`forward` with F(x) = 0: the shortcut alone (nothing follows the addition)."""
-        return without_branch(self, x, None)
 
 
 class PreActBottleneckUnit(PreActUnit):
@@ -285,9 +284,6 @@ class PreActBottleneckUnit(PreActUnit):
     def zero_init_last(self) -> None:
         nn.init.zeros_(self.conv3.weight)
 
-    def forward_without_branch(self, x: torch.Tensor) -> torch.Tensor:
-        """`forward` with F(x) = 0: the shortcut alone (nothing follows the addition)."""
-        return without_branch(self, x, None)
 
 
 def _bottleneck_strides(stride: int, placement: str) -> tuple[int, int]:
