@@ -15,8 +15,11 @@ import torch
 from torch import nn
 
 from resnets.errors import UserError
+from resnets.rundir import RunDir
+from resnets.train.device import PRECISIONS as TRAINING_PRECISIONS
 
-PRECISIONS = ("fp32", "bf16")  # what the studies accept: "auto" would make results machine-dependent
+# What the studies accept: every precision but "auto", which would make results machine-dependent.
+PRECISIONS = tuple(p for p in TRAINING_PRECISIONS if p != "auto")
 Batches = list[tuple[torch.Tensor, torch.Tensor]]  # (images (B, C, H, W), labels (B,)) on the device
 
 
@@ -42,7 +45,7 @@ def load_run(run_dir: str | Path, device: str = "cpu") -> TrainedRun:
     path = Path(run_dir)
     if path.is_dir():
         run_path, name = path, path.resolve().name
-    elif trained.path.parent.name == "checkpoints":  # RUN_DIR/checkpoints/best.pt
+    elif RunDir(trained.path.parent.parent).checkpoints == trained.path.parent:  # best.pt
         run_path = trained.path.parent.parent
         name = run_path.resolve().name
     else:  # a checkpoint file elsewhere: named after itself, outputs beside it
@@ -59,13 +62,12 @@ def fixed_batches(run: TrainedRun, split: str, *, images: int | None, seed: int,
     """`images` images of `split` (all of it for None), drawn with `seed`, as the run saw them at
     evaluation: its dataset settings and normalizer, no augmentation. The same arguments give
     the same images, in the same order, every time."""
-    from resnets.data import Loader, load
+    from resnets.data import Loader
+    from resnets.train import default_parts
 
-    settings = run.trained.config.flat()
-    dataset = load(settings["data"], split, root=settings["data_dir"], seed=settings["split_seed"],
-                   val_fraction=settings["val_fraction"], image_size=settings["image_size"])
+    dataset = default_parts().load_dataset(run.trained.config, split)
     if len(dataset) == 0:
-        raise UserError(f"split {split!r} of {settings['data']!r} is empty")
+        raise UserError(f"split {split!r} of {run.trained.config.data!r} is empty")
     if images is not None:
         if images < 1:
             raise UserError(f"images must be >= 1, got {images}")
