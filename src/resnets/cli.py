@@ -317,7 +317,7 @@ def _cmd_train(args) -> int:
     from resnets.train import TrainingInterrupted, fit, resolve_config, resume_config
     from resnets.train.config import FIELDS
     from resnets.train.loop import new_run_dir
-    from resnets.train.progress import print_summary
+    from resnets.train.progress import print_summary, run_directory_line
 
     overrides = {name: getattr(args, name) for name in FIELDS
                  if getattr(args, name) is not None}
@@ -337,6 +337,8 @@ def _cmd_train(args) -> int:
         return 128 + interrupted.signal_number
     if args.progress != "none":
         print_summary(summary, run_dir)
+    else:  # quiet, but a script still learns where the run went
+        print(run_directory_line(run_dir))
     return 0
 
 
