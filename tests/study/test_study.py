@@ -168,3 +168,8 @@ def test_ctrl_c_during_a_study_exits_130_saying_how_to_continue(tmp_path, capsys
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("study interrupted during plain8-seed0 (run 1/2)")
     assert (tmp_path / "s" / "runs" / "plain8-seed0" / "checkpoints" / "last.pt").is_file()
+
+
+def test_study_passes_threads_to_every_run():
+    study = Study(name="s", depths=[20], train={"data": "bundled", "epochs": 1, "threads": "1"}).validate()
+    assert study.config_for(spec.Run("plain", 20, 0)).threads == 1
