@@ -7,7 +7,7 @@ dumb terminals ("lines": one per epoch, and at least one every `LINE_INTERVAL_S`
 business alone.
 
 Time left comes from `StepRate`, a moving average of the recent step rate, so slow first steps
-(warm-up, compilation) or a burst of outside load stop counting after a minute or so.
+(warm-up, compilation) or a burst of outside load fade out: a minute later they weigh 1/e^2.
 """
 
 from __future__ import annotations
