@@ -6,6 +6,16 @@ import signal
 import pytest
 
 
+@pytest.fixture(autouse=True, scope="session")
+def idle_machine():
+    """Every test (and module-scoped fixture) sees an idle machine: what a test prints must not
+    depend on how busy the machine running it is (training warns when the load is above the
+    core count). A test of that warning patches `os.getloadavg` itself."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0), raising=False)
+        yield
+
+
 @pytest.fixture
 def ctrl_c_after_step(monkeypatch):
     """`ctrl_c_after_step(n)`: deliver a real SIGINT (Ctrl-C) right after the n-th optimizer

@@ -152,6 +152,8 @@ def _add_study_commands(sub) -> None:
     diagnose.add_argument("--lr", type=float, default=0.1, help="SGD learning rate, momentum 0.9, wd 1e-4 (default: %(default)s)")
     diagnose.add_argument("--seed", type=int, default=0, help="initialisation and shuffling seed (default: %(default)s)")
     diagnose.add_argument("--out", default="diagnostics", help="output folder (default: diagnostics)")
+    diagnose.add_argument("--threads", type=_positive_int, metavar="N",
+                          help="CPU threads for torch (default: torch's, every core)")
     diagnose.set_defaults(run=_cmd_diagnose)
 
     lesion = sub.add_parser(
@@ -247,7 +249,8 @@ def _cmd_diagnose(args) -> int:
     from resnets.study.diagnostics import diagnose, write_diagnosis
 
     result = diagnose(args.models, data=args.data, data_dir=args.data_dir, steps=args.steps,
-                      batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+                      batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                      threads=args.threads)
     paths = write_diagnosis(result, args.out)
     print(f"{'model':<14} {'grad first/last (init)':>24} {'(after ' + str(args.steps) + ' steps)':>20} "
           f"{'mean ||F(x)||/||shortcut(x)||':>30}")
@@ -426,7 +429,7 @@ def _cmd_train(args) -> int:
     from resnets.train import TrainingInterrupted, fit, resolve_config, resume_config
     from resnets.train.config import FIELDS
     from resnets.train.loop import new_run_dir
-    from resnets.train.progress import print_summary
+    from resnets.train.progress import print_summary, run_directory_line
 
     overrides = {name: getattr(args, name) for name in FIELDS
                  if getattr(args, name) is not None}
@@ -452,6 +455,8 @@ def _cmd_train(args) -> int:
         return 128 + interrupted.signal_number
     if args.progress != "none":
         print_summary(summary, run_dir)
+    else:  # quiet, but a script still learns where the run went
+        print(run_directory_line(run_dir))
     return 0
 
 

@@ -116,3 +116,23 @@ def test_a_batch_larger_than_the_training_set_is_refused_not_a_hang(capsys):
     assert "larger than the training set (3600 images)" in capsys.readouterr().err
     assert main(["diagnose", "plain8", "--lr", "-1"]) == 2
     assert "lr must be a positive number" in capsys.readouterr().err
+
+
+def test_diagnose_measures_with_the_threads_asked_for(monkeypatch, capsys):
+    from resnets.cli import main
+    from resnets.study import diagnostics
+
+    before = torch.get_num_threads()
+    threads = 2 if before == 1 else 1
+    seen = []
+    real_measure = diagnostics.measure
+
+    def measure(*args):
+        seen.append(torch.get_num_threads())
+        return real_measure(*args)
+
+    monkeypatch.setattr(diagnostics, "measure", measure)
+    diagnostics.diagnose(["resnet8"], steps=0, batch_size=16, threads=threads)
+    assert seen == [threads, threads] and torch.get_num_threads() == before
+    assert main(["diagnose", "resnet8", "--threads", "0"]) == 2
+    assert "--threads: must be >= 1, got 0" in capsys.readouterr().err

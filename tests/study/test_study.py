@@ -189,3 +189,8 @@ def test_a_study_with_no_finished_run_can_be_redefined(tmp_path, capsys):
     assert main([*argv, "--data", "bundled", "--set", "eval_batch_size=1000"]) == 0
     assert "data = \"bundled\"" in (tmp_path / "s" / "study.toml").read_text()
     assert (tmp_path / "s" / "runs" / "resnet8-seed0" / "summary.json").is_file()
+
+
+def test_study_passes_threads_to_every_run():
+    study = Study(name="s", depths=[20], train={"data": "bundled", "epochs": 1, "threads": "1"}).validate()
+    assert study.config_for(spec.Run("plain", 20, 0)).threads == 1

@@ -146,6 +146,7 @@ def diagnose(
     batch_size: int = 128,
     lr: float = 0.1,
     seed: int = 0,
+    threads: int | None = None,
 ) -> dict:
     """Measure each named model at initialisation and after `steps` SGD steps on `data`.
 
@@ -153,13 +154,18 @@ def diagnose(
     depth (`plain74`, `resnet8`).
 
     Every model sees the same probe batch (the first `batch_size` test images, normalized with
-    the training set's per-pixel mean) and the same sequence of training batches.
+    the training set's per-pixel mean) and the same sequence of training batches. threads: CPU
+    threads for torch while measuring (None: as for training, `resolve_threads`).
     """
     from resnets.data import Loader, Normalizer, load
     from resnets.models import create_model
+    from resnets.train.device import cpu_threads, resolve_threads
 
     names = list(names)
     _check_settings(names, steps, batch_size, lr)
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
+                                or threads < 1):
+        raise UserError(f"threads must be an integer >= 1, got {threads!r}")
     train = load(data, split="train", root=data_dir, seed=seed)
     test = load(data, split="test", root=data_dir, seed=seed)
     if batch_size > len(train):
@@ -173,19 +179,11 @@ def diagnose(
     # Batches are a pure function of (seed, epoch, index): every model sees the same sequence.
     loader = Loader(train, batch_size, shuffle=True, pad=2, normalizer=normalizer, device="cpu", seed=seed)
     results = {}
-    for name in names:
-        torch.manual_seed(seed)
-        model = create_model(name, num_classes=classes, in_channels=channels)
-        initial = measure(model, probe_images, probe_labels)
-        losses = train_steps(model, _endless(loader), steps, lr=lr)
-        trained = measure(model, probe_images, probe_labels)
-        results[name] = {
-            "depth": model.depth,
-            "residual": any(unit.residual for unit in model.units),
-            "layers": initial.pop("layers"),
-            "init": initial,
-            "trained": {**{k: v for k, v in trained.items() if k != "layers"}, "losses": losses},
-        }
+    with cpu_threads(resolve_threads(threads)):
+        for name in names:
+            results[name] = _diagnose_one(name, create_model, loader, probe_images, probe_labels,
+                                          classes=classes, channels=channels, steps=steps, lr=lr,
+                                          seed=seed)
     return {
         "steps": steps,
         "batch_size": batch_size,
@@ -193,6 +191,24 @@ def diagnose(
         "seed": seed,
         "data": data,
         "models": results,
+    }
+
+
+def _diagnose_one(name: str, create_model, loader, probe_images: torch.Tensor,
+                  probe_labels: torch.Tensor, *, classes: int, channels: int, steps: int,
+                  lr: float, seed: int) -> dict:
+    """One model's entry of `diagnose`: measured at initialisation and after `steps` steps."""
+    torch.manual_seed(seed)
+    model = create_model(name, num_classes=classes, in_channels=channels)
+    initial = measure(model, probe_images, probe_labels)
+    losses = train_steps(model, _endless(loader), steps, lr=lr)
+    trained = measure(model, probe_images, probe_labels)
+    return {
+        "depth": model.depth,
+        "residual": any(unit.residual for unit in model.units),
+        "layers": initial.pop("layers"),
+        "init": initial,
+        "trained": {**{k: v for k, v in trained.items() if k != "layers"}, "losses": losses},
     }
 
 

@@ -104,6 +104,11 @@ class Config:
                             choices=PRECISIONS)
     channels_last: bool = _field(True, "NHWC memory format (faster convolutions)", "run")
     compile: bool = _field(False, "torch.compile the model", "run")
+    # torch's default is every core: two trainings on one machine then fight over them.
+    threads: int | None = _field(None, "CPU threads for torch (None: this process's share of "
+                                 "the cores under torchrun, else torch's default, every "
+                                 "core); 1 for each of several trainings on one machine",
+                                 "run")
     out: str = _field("runs", "parent folder of run directories", "run")
     name: str | None = _field(None, "run directory name (None: MODEL-DATA-TIMESTAMP)", "run")
     log_every: int = _field(0, "steps between training lines in metrics.jsonl "
@@ -365,3 +370,5 @@ def _validate(config: Config) -> None:
     for key in ("num_classes", "in_channels"):
         if key in config.model_args:
             raise UserError(f"model_args must not set {key}: it comes from the dataset")
+    if config.threads is not None and config.threads < 1:
+        raise UserError(f"threads must be >= 1, got {config.threads}")

@@ -1,13 +1,20 @@
-"""Where and in what arithmetic a model runs: device and precision resolution, and autocast.
+"""Where and in what arithmetic a model runs: device, precision and CPU threads, and autocast.
 
 Device "auto": CUDA if present, else CPU. Precision "auto": bf16 autocast where it was measured
 faster than fp32 (CUDA GPUs that support it; CPUs with AMX, about 2x), fp32 elsewhere (on a
 CPU with AVX-512 bf16 but no AMX, bf16 was ~10% slower: benchmarks/RESULTS.md).
+
+Threads: torch's default uses every core, so two trainings at once on one machine fight over
+the cores and each runs many times slower than it would with its share of them
+(`benchmarks/bench_threads.py` measures it). `threads=None` gives a process under torchrun its
+share of the cores; a machine already busy is reported by `busy_warning`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
+from typing import Iterator, Mapping
 
 import torch
 
@@ -69,3 +76,55 @@ def memory_limit(device: torch.device) -> int | None:
 
         return memory_bytes()
     return None
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity where the OS tells it)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def resolve_threads(threads: int | None, environ: Mapping[str, str] | None = None) -> int:
+    """The CPU threads a training process should use: `threads` when given; under torchrun
+    (LOCAL_WORLD_SIZE set: the processes it started on this machine), this process's share of
+    the cores; otherwise torch's current count (its default: every core)."""
+    if threads is not None:
+        return threads
+    local = (os.environ if environ is None else environ).get("LOCAL_WORLD_SIZE", "")
+    if local.isdigit() and int(local) > 1:
+        return max(1, available_cores() // int(local))
+    return torch.get_num_threads()
+
+
+@contextlib.contextmanager
+def cpu_threads(count: int) -> Iterator[int]:
+    """Run the block with torch using `count` intra-op CPU threads, then give back the count
+    it had (a library call leaves the caller's setting alone)."""
+    previous = torch.get_num_threads()
+    if count != previous:
+        torch.set_num_threads(count)
+    try:
+        yield count
+    finally:
+        if torch.get_num_threads() != previous:
+            torch.set_num_threads(previous)
+
+
+def busy_warning(load: float, cores: int) -> str | None:
+    """One line saying the machine is busy when its load (runnable processes, averaged over
+    a minute) is above its core count; None otherwise."""
+    if load <= cores:
+        return None
+    return (f"this machine is busy (load {load:.1f} on {cores} cores): training will be much "
+            f"slower; close other jobs, or give each job its share of the cores with "
+            f"--threads N (all together at most {cores})")
+
+
+def machine_busy_warning() -> str | None:
+    """`busy_warning` for this machine now (None where the OS reports no load average)."""
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):  # Windows; some containers
+        return None
+    return busy_warning(load, os.cpu_count() or 1)

@@ -18,6 +18,7 @@ import signal
 import subprocess
 import threading
 import time
+import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable
@@ -34,7 +35,8 @@ from resnets.modes import eval_mode
 from resnets.rundir import RunDir
 from resnets.train.checkpoint import load_checkpoint
 from resnets.train.config import Config
-from resnets.train.device import autocast, memory_limit, resolve_device, resolve_precision
+from resnets.train.device import (autocast, cpu_threads, machine_busy_warning, memory_limit,
+                                  resolve_device, resolve_precision, resolve_threads)
 from resnets.train.metrics import MetricsWriter, read_metrics, truncate_metrics
 from resnets.train import parts as parts_module
 from resnets.train.parts import Parts
@@ -43,7 +45,8 @@ from resnets.train.schedule import schedule_from_config
 from resnets.train.state import MODEL_KEYS, Counters, Meter, TrainState, load_weights, require
 
 # Fields that may change when a run is resumed: they do not change what the run computes.
-RESUMABLE_CHANGES = frozenset({"device", "compile", "out", "name", "eval_batch_size"})
+RESUMABLE_CHANGES = frozenset({"device", "compile", "out", "name", "eval_batch_size",
+                               "threads"})
 TRAIN_LINES_PER_EPOCH = 10  # training lines in metrics.jsonl when log_every is 0
 
 
@@ -269,6 +272,7 @@ class _Training:
     def __init__(self, config: Config, run: RunDir, parts: Parts, checkpoint: dict | None):
         self.config, self.run = config, run
         self.device = resolve_device(config.device)
+        self.threads = resolve_threads(config.threads)
         # A resumed run keeps the arithmetic it started with, whatever "auto" means here.
         precision = (checkpoint.get("precision") if checkpoint and "precision" in checkpoint
                      else resolve_precision(config.precision, self.device))
@@ -284,11 +288,15 @@ class _Training:
         else:
             self.state.best["split"] = self.best_split
             write_json(run.config, {**config.to_dict(), "environment": {
-                **_environment(), "device": str(self.device), "precision": precision}})
+                **_environment(), "device": str(self.device), "precision": precision,
+                "threads": self.threads}})
         self.forward_model = torch.compile(self.state.model) if config.compile \
             else self.state.model
         self.started = time.perf_counter() - self.state.counters.time
         self.lr = self.lr_at(self.state.step)
+        busy = machine_busy_warning()
+        if busy:  # last, so a mistake in the settings is reported first; before the display
+            warnings.warn(busy)
 
     def _datasets(self, parts: Parts):
         train_set = parts.load_dataset(self.config, "train")
@@ -372,7 +380,7 @@ class _Training:
     def loop(self, metrics: MetricsWriter, display: Progress) -> None:
         """Train until total_steps, writing metrics, evaluating and checkpointing as set."""
         state = self.state
-        with _StopRequests() as stop:
+        with _StopRequests() as stop, cpu_threads(self.threads):
             while state.step < self.total_steps:
                 epoch, start = divmod(state.step, self.steps_per_epoch)
                 tick = time.perf_counter()

@@ -1,0 +1,105 @@
+"""CPU threads: `threads` sets torch's count for the training (each torchrun process gets its
+share of the cores by default), and a machine already busy is reported in one line."""
+
+import json
+import os
+
+import pytest
+import torch
+
+from resnets.cli import main
+from resnets.errors import UserError
+from resnets.train import TrainingInterrupted, fit, resolve_config
+from resnets.train import device
+from resnets.train.device import busy_warning, cpu_threads, resolve_threads
+from resnets.train.progress import Progress
+
+from test_cli import TINY
+from train_fakes import tiny_config
+
+
+def _other_than_default() -> int:
+    return 2 if torch.get_num_threads() == 1 else 1
+
+
+def test_threads_is_a_validated_run_setting():
+    assert resolve_config(overrides={"iters": 1}).threads is None
+    assert resolve_config(overrides={"iters": 1, "threads": "3"}).threads == 3
+    with pytest.raises(UserError, match="threads must be >= 1, got 0"):
+        resolve_config(overrides={"iters": 1, "threads": 0})
+
+
+def test_threads_flag_error_is_one_line(tmp_path, fake_rooms, one_error_line):
+    assert main(["train", *TINY, "--iters", "1", "--threads", "0", "--out", str(tmp_path)]) == 2
+    assert "threads must be >= 1" in one_error_line()
+
+
+def test_given_threads_win_else_a_torchrun_process_gets_its_share_of_the_cores(monkeypatch):
+    monkeypatch.setattr(device, "available_cores", lambda: 8)
+    assert resolve_threads(3, {"LOCAL_WORLD_SIZE": "4"}) == 3
+    assert resolve_threads(None, {"LOCAL_WORLD_SIZE": "4"}) == 2
+    assert resolve_threads(None, {"LOCAL_WORLD_SIZE": "16"}) == 1  # never 0
+    assert resolve_threads(None, {"LOCAL_WORLD_SIZE": "1"}) == torch.get_num_threads()
+    assert resolve_threads(None, {}) == torch.get_num_threads()  # torch's default
+
+
+def test_cpu_threads_gives_back_the_count_it_found():
+    before = torch.get_num_threads()
+    with cpu_threads(_other_than_default()) as count:
+        assert torch.get_num_threads() == count != before
+    assert torch.get_num_threads() == before
+
+
+class _ThreadsSeen(Progress):
+    def __init__(self):
+        self.seen = set()
+
+    def step(self, step):
+        self.seen.add(torch.get_num_threads())
+
+
+def test_fit_trains_with_the_threads_asked_for_and_records_them(tmp_path, fake_rooms):
+    before, threads, display = torch.get_num_threads(), _other_than_default(), _ThreadsSeen()
+    fit(tiny_config(iters=3, threads=threads), tmp_path / "run", progress=display)
+    assert display.seen == {threads}
+    assert torch.get_num_threads() == before  # the caller's setting is left alone
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["threads"] == threads and saved["environment"]["threads"] == threads
+
+
+def test_threads_may_change_on_resume(tmp_path, fake_rooms, ctrl_c_after_step):
+    ctrl_c_after_step(2)
+    with pytest.raises(TrainingInterrupted):
+        fit(tiny_config(iters=4), tmp_path / "run", progress="none")
+    summary = fit(tiny_config(iters=4, threads=1), tmp_path / "run", resume=True,
+                  progress="none")
+    assert summary["steps"] == 4
+
+
+def test_busy_warning_is_one_line_only_when_the_load_is_above_the_cores():
+    assert busy_warning(2.0, 2) is None and busy_warning(0.3, 16) is None
+    line = busy_warning(3.24, 2)
+    assert "\n" not in line
+    assert line.startswith("this machine is busy (load 3.2 on 2 cores): training will be "
+                           "much slower")
+    assert "--threads N" in line
+
+
+def _busy(monkeypatch) -> float:
+    load = 3.0 * (os.cpu_count() or 1) + 0.5
+    monkeypatch.setattr(os, "getloadavg", lambda: (load, load, load))
+    return load
+
+
+def test_fit_warns_at_the_start_when_the_machine_is_busy(tmp_path, fake_rooms, monkeypatch):
+    load = _busy(monkeypatch)
+    with pytest.warns(UserWarning, match=rf"busy \(load {load:.1f} on {os.cpu_count()} cores"):
+        fit(tiny_config(iters=2), tmp_path / "run", progress="none")
+
+
+def test_train_command_prints_the_busy_warning_in_one_line(tmp_path, fake_rooms, monkeypatch,
+                                                           capsys):
+    _busy(monkeypatch)
+    assert main(["train", *TINY, "--iters", "2", "--out", str(tmp_path), "--name", "r"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("warning: this machine is busy (load ")
