@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from hardware import describe  # noqa: E402 (benchmarks/hardware.py)
 
 from resnets.models import create_model  # noqa: E402
 from resnets.study.lesioning import units_removed  # noqa: E402
@@ -38,22 +39,6 @@ from resnets.study.trained import evaluate  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 
-
-def _hardware() -> str:
-    name = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            lines = cpuinfo.read().splitlines()
-        name = next((l.split(":", 1)[1].strip() for l in lines if l.startswith("model name")), name)
-        flags = next((l.split(":", 1)[1].split() for l in lines if l.startswith("flags")), [])
-        name += f" (AMX: {'yes' if 'amx_bf16' in flags else 'no'}, AVX-512 bf16: " \
-                f"{'yes' if 'avx512_bf16' in flags else 'no'})"
-    except OSError:
-        pass
-    text = f"{name}, {os.cpu_count()} logical CPUs, torch threads {torch.get_num_threads()}"
-    if torch.cuda.is_available():
-        text += f"; GPU {torch.cuda.get_device_name()}"
-    return text
 
 
 def _batches(args, device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -140,7 +125,7 @@ def main(argv=None) -> int:
     lines = [
         f"### bench_lesion_landscape: {args.model}, {images} images ({datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC)",
         "",
-        f"- hardware: {_hardware()}; device {device}",
+        f"- hardware: {describe()}; device {device}",
         f"- torch {torch.__version__}, Python {platform.python_version()}",
         f"- load average before/after (1 min): {load_before:.2f} / {os.getloadavg()[0]:.2f}",
         f"- command: `python3 benchmarks/bench_lesion_landscape.py {' '.join(sys.argv[1:] if argv is None else argv)}`",

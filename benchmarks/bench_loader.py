@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
 import statistics
 import sys
 import time
@@ -29,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from hardware import describe  # noqa: E402 (benchmarks/hardware.py)
 
 from resnets.data import Dataset, Loader, Normalizer, load  # noqa: E402
 
@@ -115,19 +115,6 @@ def _data(args) -> Dataset:
     return load(args.data, "train", root=args.data_dir)
 
 
-def _hardware(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} logical CPUs, torch threads {torch.get_num_threads()}"
-
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="Loader vs DataLoader: augmented batches per second")
@@ -172,7 +159,7 @@ def main(argv=None) -> int:
     lines = [
         f"### Loader vs DataLoader ({datetime.date.today().isoformat()})",
         "",
-        f"- hardware: {_hardware(device)}; device {device}; torch {torch.__version__}",
+        f"- hardware: {describe()}; device {device}; torch {torch.__version__}",
         f"- load average before/after (1 min): {load_before:.2f} / {os.getloadavg()[0]:.2f} "
         "(other processes on the machine slow the Loader's multi-threaded ops most; compare --threads 1)",
         f"- data: {args.data}, {len(data)} images {tuple(data.images.shape[1:])}, batch {args.batch_size}, "

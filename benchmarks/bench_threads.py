@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.results:
         import torch
-        from bench_train import hardware
+        from hardware import describe as hardware
 
         command = "python3 " + " ".join(shlex.quote(a) for a in [sys.argv[0], *sys.argv[1:]])
         date = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")

@@ -14,7 +14,6 @@ hardware, torch version, command and date, to benchmarks/RESULTS.md.
 from __future__ import annotations
 
 import argparse
-import os
 import platform
 import shlex
 import statistics
@@ -27,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from hardware import describe  # noqa: E402 (benchmarks/hardware.py)
 
 from resnets import create_model  # noqa: E402
 from resnets.train.loop import autocast  # noqa: E402
@@ -37,19 +37,7 @@ MODES = {"fp32": ("fp32", False), "bf16+channels_last": ("bf16", True),
          "fp32+channels_last": ("fp32", True), "bf16": ("bf16", False)}
 
 
-def hardware() -> str:
-    name = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    text = f"{name}, {os.cpu_count()} logical CPUs, torch threads {torch.get_num_threads()}"
-    if torch.cuda.is_available():
-        text += f"; GPU {torch.cuda.get_device_name()}"
-    return text
+
 
 
 def images_per_second(model_name: str, mode: str, *, batch_size: int, steps: int, runs: int,
@@ -130,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         date = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         block = "\n".join([
             f"\n## bench_train: training images/s, bf16+channels_last vs fp32 ({date})\n",
-            f"- hardware: {hardware()}",
+            f"- hardware: {describe()}",
             f"- torch {torch.__version__}, Python {platform.python_version()}, device "
             f"{device}",
             f"- command: `{command}`",
