@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from hardware import describe  # noqa: E402 (benchmarks/hardware.py)
 
 from resnets import create_model  # noqa: E402
-from resnets.train.loop import autocast  # noqa: E402
+from resnets.train.device import autocast  # noqa: E402
 
 # The first two are the comparison the table is for (speed-up = second / first); the others
 # separate the two effects. --modes picks columns.
