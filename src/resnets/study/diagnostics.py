@@ -159,7 +159,7 @@ def diagnose(
     from resnets.models import create_model
 
     names = list(names)
-    _check_settings(names, steps, batch_size, lr)
+    check_settings(names, steps, batch_size, lr, seed)
     train = load(data, split="train", root=data_dir, seed=seed)
     test = load(data, split="test", root=data_dir, seed=seed)
     if batch_size > len(train):
@@ -196,10 +196,11 @@ def diagnose(
     }
 
 
-def _check_settings(names: list[str], steps: int, batch_size: int, lr: float) -> None:
-    """Refuse bad settings before any model is trained (a bad name fails now, not after the
-    other models ran)."""
+def check_settings(names: list[str], steps: int, batch_size: int, lr: float, seed: int) -> None:
+    """Refuse bad settings of `diagnose` before any model is trained (a bad name fails now, not
+    after the other models ran)."""
     from resnets.models import create_model
+    from resnets.train.config import check_seed
 
     if not names:
         raise UserError("diagnose needs at least one model name")
@@ -210,6 +211,7 @@ def _check_settings(names: list[str], steps: int, batch_size: int, lr: float) ->
         raise UserError(f"steps must be >= 0 and batch size >= 2, got steps={steps}, batch size={batch_size}")
     if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
         raise UserError(f"lr must be a positive number, got {lr!r}")
+    check_seed("seed", seed)
 
 
 def _endless(loader) -> Iterator:
