@@ -188,8 +188,11 @@ def _cmd_study_report(args) -> int:
 
 
 def _cmd_diagnose(args) -> int:
-    from resnets.study.diagnostics import diagnose, write_diagnosis
+    from resnets.atomic import writable_folder
+    from resnets.study.diagnostics import check_settings, diagnose, write_diagnosis
 
+    check_settings(args.models, args.steps, args.batch_size, args.lr, args.seed)
+    writable_folder(args.out)  # before the models are trained, not after
     result = diagnose(args.models, data=args.data, data_dir=args.data_dir, steps=args.steps,
                       batch_size=args.batch_size, lr=args.lr, seed=args.seed)
     paths = write_diagnosis(result, args.out)

@@ -64,3 +64,78 @@ def test_the_largest_seed_is_taken():
 
     config = resolve_config("quick", overrides={"seed": str(2**63 - 1), "split_seed": 0})
     torch.Generator().manual_seed(config.seed)  # what the range protects
+
+
+# ---------------------------------------------------------------- folders that cannot be written
+
+
+def _blocked(kind: str, tmp_path: Path, read_only) -> tuple[Path, str]:
+    """A folder nothing can be written in, and the words of the cause."""
+    if kind == "file":  # a regular file where a folder should be: NotADirectoryError
+        (tmp_path / "a-file").write_text("not a folder")
+        return tmp_path / "a-file" / "out", "a-file"
+    folder = tmp_path / "locked"
+    folder.mkdir()
+    number = {"read-only": errno.EACCES, "read-only mount": errno.EROFS}[kind]
+    read_only(folder, number)
+    return folder / "out", os.strerror(number)
+
+
+def _writes(command: str, out: Path, run: Path) -> list[str]:
+    return {
+        "train": ["train", *TINY, "--iters", "2", "--out", str(out), "--name", "r"],
+        "train (default name)": ["train", *TINY, "--iters", "2", "--out", str(out)],
+        "plot": ["plot", str(run), "--out", str(out)],
+        "study": ["study", "--out", str(out), "--kinds", "resnet", "--depths", "8", "--iters", "1"],
+        "diagnose": ["diagnose", "resnet8", "--steps", "1", "--out", str(out)],
+        "export": ["export", str(run), "--onnx", str(out / "m.onnx"), "--no-check"],
+    }[command]
+
+
+@pytest.mark.parametrize("kind", ["file", "read-only", "read-only mount"])
+@pytest.mark.parametrize("command", ["train", "train (default name)", "plot", "study", "diagnose",
+                                     "export"])
+def test_every_writer_names_the_folder_and_the_cause_in_one_line(
+        command, kind, run_dir, tmp_path, monkeypatch, read_only, one_error_line):
+    import resnets.study.diagnostics
+    import resnets.train
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the slow work started before the folder was checked")
+
+    monkeypatch.setattr(resnets.study.diagnostics, "diagnose", no_work)
+    if command == "study":  # train's own folder checks are in fit
+        monkeypatch.setattr(resnets.train, "fit", no_work)
+    out, cause = _blocked(kind, tmp_path, read_only)
+    assert main(_writes(command, out, run_dir)) == 2
+    err = one_error_line()
+    assert str(out.parent) in err and (cause in err or "Not a directory" in err), err
+
+
+def test_a_study_report_in_a_read_only_study_is_one_line(tmp_path, monkeypatch, read_only,
+                                                         one_error_line):
+    import resnets.study.report
+
+    study = tmp_path / "s"
+    study.mkdir()
+    (study / "study.toml").write_text('name = "s"\n')
+    monkeypatch.setattr(resnets.study.report, "collect", lambda study_dir: {"rows": []})
+    read_only(study, errno.EROFS)
+    assert main(["study", "report", str(study)]) == 2
+    assert one_error_line() == (f"error: cannot write in {study / 'report'} (Read-only file "
+                                f"system): expected a folder you can write to\n")
+
+
+def test_a_full_disk_while_writing_metrics_names_the_file(tmp_path):
+    from resnets.errors import UserError
+    from resnets.train.metrics import MetricsWriter
+
+    writer = MetricsWriter(tmp_path / "metrics.jsonl")
+
+    class FullDisk:
+        def write(self, text):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    writer._file = FullDisk()
+    with pytest.raises(UserError, match=r"cannot write .*metrics.jsonl \(No space left on device\)"):
+        writer.write({"step": 1})

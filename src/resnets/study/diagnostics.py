@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from resnets.atomic import write_json
+from resnets.atomic import writable_folder, write_json
 from resnets.errors import UserError
 from resnets.modes import eval_mode
 from resnets.train.loop import train_step
@@ -227,7 +227,6 @@ def write_diagnosis(result: dict, out_dir: str | Path) -> list[Path]:
     """Write diagnosis.json and the three plots under out_dir; returns the paths written."""
     from resnets.study.plots import plot_diagnosis
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = writable_folder(out_dir)
     path = write_json(out / "diagnosis.json", result)
     return [path, *plot_diagnosis(result, out)]
