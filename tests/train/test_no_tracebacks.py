@@ -66,6 +66,33 @@ def test_the_largest_seed_is_taken():
     torch.Generator().manual_seed(config.seed)  # what the range protects
 
 
+# ---------------------------------------------------------------- model_args of the wrong type
+
+
+@pytest.mark.parametrize("key_value, words", [
+    ("width=abc", "resnet8: width must be an integer, got 'abc'"),
+    ("width=1.5", "resnet8: width must be an integer, got 1.5"),
+    ("depth=1.5", "resnet8: depth must be an integer, got 1.5"),
+    ("shortcut=7", "unknown shortcut 7; valid: 'A', 'B', 'C', 'none'"),
+    ("preact=abc", "resnet8: preact must be true or false, got 'abc'"),
+    ("zero_init_last=3", "resnet8: zero_init_last must be true or false, got 3"),
+])
+def test_model_args_of_the_wrong_type_name_the_key(key_value, words):
+    import resnets
+    from resnets.train.config import resolve_config
+
+    config = resolve_config("quick", overrides={"model": "resnet8", "model_args": key_value})
+    with pytest.raises(resnets.UserError) as raised:
+        resnets.create_model(config.model, **config.model_args)
+    assert str(raised.value) == words
+
+
+def test_model_args_of_the_wrong_type_are_one_line_from_train(tmp_path, one_error_line):
+    assert main(["train", "--model", "resnet8", "--model-args", "preact=abc", "--iters", "1",
+                 "--device", "cpu", "--progress", "none", "--out", str(tmp_path)]) == 2
+    assert "preact must be true or false, got 'abc'" in one_error_line()
+
+
 # ---------------------------------------------------------------- folders that cannot be written
 
 
