@@ -166,3 +166,59 @@ def test_a_full_disk_while_writing_metrics_names_the_file(tmp_path):
     writer._file = FullDisk()
     with pytest.raises(UserError, match=r"cannot write .*metrics.jsonl \(No space left on device\)"):
         writer.write({"step": 1})
+
+
+# ---------------------------------------------------------------- hand-edited checkpoints
+
+
+def _edited(run_dir: Path, tmp_path: Path, **fields) -> Path:
+    state = load_checkpoint(run_dir)
+    state.update(fields)
+    return save_checkpoint(state, tmp_path / "edited.pt")
+
+
+@pytest.mark.parametrize("field, value, words", [
+    ("classes", ["a", "b"], "classes is ['a', 'b']: expected 4 names, as model_kwargs num_classes says"),
+    ("classes", "abcd", "classes is 'abcd': expected a list of class names"),
+    ("classes", [1, 2, 3, 4], "expected a list of class names"),
+    ("input_size", [1, 8], "input_size is [1, 8]: expected [C, H, W], three positive integers"),
+    ("input_size", [1, 8, -8], "expected [C, H, W], three positive integers"),
+    ("input_size", [1.0, 8, 8], "expected [C, H, W], three positive integers"),
+    ("input_size", [3, 8, 8], "input_size is [3, 8, 8]: expected 1 channels, as model_kwargs in_channels says"),
+    ("normalizer", "channel", "normalizer is 'channel': expected a dict"),
+    ("normalizer", {"kind": "channel"}, "normalizer does not fit input_size [1, 8, 8]"),
+    ("normalizer", {"kind": "channel", "mean": torch.zeros(3, 1, 1), "std": torch.ones(3, 1, 1)},
+     "normalizer does not fit input_size [1, 8, 8]"),
+    ("normalizer", {"kind": "channel", "mean": [0.0], "std": [1.0]}, "normalizer does not fit"),
+    ("step", "3", "step is '3': expected a number of steps (an integer >= 0)"),
+    ("step", -1, "expected a number of steps"),
+    ("step", 1.5, "expected a number of steps"),
+    ("model", 7, "model is 7: expected a model name"),
+    ("model_kwargs", [1], "model_kwargs is [1]: expected a dict of keyword arguments"),
+    ("config", "lr=0.1", "config is 'lr=0.1': expected a dict"),
+    ("config", {"lr": "fast"}, "checkpoint field config: lr must be a number"),
+    ("precision", "fp16", "precision is 'fp16': expected bf16 or fp32"),
+])
+def test_a_hand_edited_checkpoint_names_the_field(field, value, words, run_dir, tmp_path,
+                                                  one_error_line):
+    edited = _edited(run_dir, tmp_path, **{field: value})
+    assert main(["eval", str(edited), "--device", "cpu"]) == 2
+    err = one_error_line()
+    assert err.startswith(f"error: {edited}: ") and words in err, err
+
+
+@pytest.mark.parametrize("field, value, words", [
+    ("progress", {"counters": {}, "meter": {}}, "checkpoint field progress cannot be restored"),
+    ("progress", [], "progress is []: expected a dict of counters and meter"),
+    ("rng", {"torch": "abc"}, "checkpoint field rng cannot be restored"),
+    ("optimizer_state", {"state": {}}, "checkpoint field optimizer_state cannot be restored"),
+    ("best", None, "best is None: expected a dict"),
+])
+def test_resuming_from_a_hand_edited_checkpoint_names_the_field(field, value, words, run_dir,
+                                                                tmp_path, one_error_line):
+    state = load_checkpoint(run_dir)
+    state[field] = value
+    save_checkpoint(state, run_dir / "checkpoints" / "last.pt")
+    (run_dir / "summary.json").unlink()
+    assert main(["train", "--resume", str(run_dir), "--progress", "none"]) == 2
+    assert words in one_error_line()
