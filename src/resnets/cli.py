@@ -505,6 +505,9 @@ def _one_line_warnings(python_show):
 def main(argv: list[str] | None = None) -> int:
     import warnings
 
+    for stream in (sys.stdout, sys.stderr):  # a path the terminal cannot encode is escaped, not a crash
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     parser = _build_parser()
     if not (sys.argv[1:] if argv is None else argv):  # a bare `resnets`: what it can do
         parser.print_help()

@@ -222,3 +222,29 @@ def test_resuming_from_a_hand_edited_checkpoint_names_the_field(field, value, wo
     (run_dir / "summary.json").unlink()
     assert main(["train", "--resume", str(run_dir), "--progress", "none"]) == 2
     assert words in one_error_line()
+
+
+# ---------------------------------------------------------------- a terminal that speaks ASCII
+
+
+def _ascii_resnets(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONIOENCODING": "ascii", "PYTHONPATH": str(SRC),
+           "MPLBACKEND": "Agg"}
+    return subprocess.run([sys.executable, "-m", "resnets", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, encoding="utf-8", timeout=300)
+
+
+def test_a_unicode_path_on_an_ascii_terminal_is_printed_escaped(tmp_path):
+    run = tmp_path / "café"
+    run.mkdir()
+    records = [{"split": "train", "step": s, "epoch": s / 4, "loss": 2.0 / s, "err": 50.0 / s}
+               for s in (1, 2, 3, 4)] + [{"split": "test", "step": 4, "loss": 1.0, "err": 20.0}]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    result = _ascii_resnets("plot", str(run), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [str(tmp_path / "caf\\xe9" / "plots" / name)
+                                          for name in ("loss.png", "error.png")]
+    assert (run / "plots" / "loss.png").is_file()
+    result = _ascii_resnets("plot", str(tmp_path / "naïve"), cwd=tmp_path)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr == f"error: not a run directory (no metrics.jsonl): {tmp_path}/na\\xefve\n"
