@@ -69,3 +69,63 @@ def refuse_writes_in(monkeypatch):
         monkeypatch.setattr(resnets.atomic.tempfile, "TemporaryFile", refuse)
 
     return arm
+
+
+@pytest.fixture
+def read_only(monkeypatch):
+    """`read_only(folder, errno=EACCES)`: from now on nothing can be created, written, renamed
+    or made in `folder` (or below it), as in a read-only folder or on a read-only mount; reads
+    still work. Patches the calls every writer ends in (open, os.open, os.mkdir, os.replace,
+    os.rename), since chmod does not stop root, who runs the tests in some places."""
+    import builtins
+    import errno as errno_module
+    import io
+    from pathlib import Path
+
+    real = {"open": builtins.open, "os.open": os.open, "mkdir": os.mkdir,
+            "replace": os.replace, "rename": os.rename}
+    write_flags = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
+
+    def arm(folder, number: int = errno_module.EACCES) -> None:
+        folder = Path(os.path.abspath(folder))
+
+        def inside(path) -> bool:
+            if isinstance(path, int):  # a file descriptor: already open
+                return False
+            path = Path(os.path.abspath(os.fsdecode(path)))
+            return path == folder or folder in path.parents
+
+        def refuse(path):
+            raise OSError(number, os.strerror(number), os.fsdecode(path))
+
+        def open_(file, mode="r", *args, **kwargs):
+            if any(c in mode for c in "wax+") and inside(file):
+                refuse(file)
+            return real["open"](file, mode, *args, **kwargs)
+
+        def os_open(path, flags, *args, **kwargs):
+            if flags & write_flags and inside(path):
+                refuse(path)
+            return real["os.open"](path, flags, *args, **kwargs)
+
+        def mkdir(path, *args, **kwargs):
+            if inside(path):
+                refuse(path)
+            return real["mkdir"](path, *args, **kwargs)
+
+        def move(name):
+            def moved(source, target, *args, **kwargs):
+                for path in (source, target):
+                    if inside(path):
+                        refuse(path)
+                return real[name](source, target, *args, **kwargs)
+            return moved
+
+        monkeypatch.setattr(builtins, "open", open_)
+        monkeypatch.setattr(io, "open", open_)
+        monkeypatch.setattr(os, "open", os_open)
+        monkeypatch.setattr(os, "mkdir", mkdir)
+        monkeypatch.setattr(os, "replace", move("replace"))
+        monkeypatch.setattr(os, "rename", move("rename"))
+
+    return arm

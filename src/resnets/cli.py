@@ -41,6 +41,8 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def _add_model_commands(sub) -> None:
+    from resnets.models.blocks import SHORTCUTS
+
     cmd = sub.add_parser("list", help="list registered models with params and FLOPs",
                          description="List registered models: family, input size, parameters, multiply-adds "
                          "at the paper's input size (3x32x32 CIFAR, 3x224x224 ImageNet) and the paper's error.")
@@ -52,12 +54,13 @@ def _add_model_commands(sub) -> None:
                          description="Per stage: output size, units x (kernel, channels), parameters "
                          "and multiply-add FLOPs (counted by running the model), then totals.")
     cmd.add_argument("name", help="a registered model name (see `resnets list`)")
-    cmd.add_argument("--input-size", type=int, nargs="+", metavar="N",
+    cmd.add_argument("--input-size", type=_positive_int, nargs="+", metavar="N",
                      help="H W, C H W or one side (default: the paper's)")
-    cmd.add_argument("--num-classes", type=int, help="outputs of the fc layer")
-    cmd.add_argument("--in-channels", type=int, help="input channels (1 for grayscale)")
-    cmd.add_argument("--shortcut", help="A, B, C or none")
-    cmd.add_argument("--depth", type=int, help="for cifar_resnet / cifar_plain / imagenet_resnet")
+    cmd.add_argument("--num-classes", type=_positive_int, help="outputs of the fc layer")
+    cmd.add_argument("--in-channels", type=_positive_int, help="input channels (1 for grayscale)")
+    cmd.add_argument("--shortcut", choices=SHORTCUTS, help="shortcut type (paper section 3.3)")
+    cmd.add_argument("--depth", type=_positive_int,
+                     help="for cifar_resnet / cifar_plain / imagenet_resnet")
     cmd.add_argument("--json", action="store_true", help="print the figures as JSON")
     cmd.set_defaults(run=_cmd_info)
 
@@ -117,7 +120,7 @@ def _add_study_commands(sub) -> None:
                        "degradation (the default), paper-cifar10 (the paper's recipe on CIFAR-10)")
     study.add_argument("--name", help="study folder name under --out (default: the file's name)")
     study.add_argument("--kinds", nargs="+", metavar="KIND", help="plain, resnet, preact_resnet")
-    study.add_argument("--depths", nargs="+", type=int, metavar="D", help="depths 6n+2, e.g. 20 32 44 56 110")
+    study.add_argument("--depths", nargs="+", type=_positive_int, metavar="D", help="depths 6n+2, e.g. 20 32 44 56 110")
     study.add_argument("--seeds", nargs="+", type=int, metavar="S", help="seeds, e.g. 0 1 2")
     study.add_argument("--preset", help="training preset every run starts from")
     study.add_argument("--data", help="dataset (bundled, cifar10, cifar100, folder:PATH)")
@@ -147,10 +150,10 @@ def _add_study_commands(sub) -> None:
                           help="model names (default: plain56 resnet56)")
     diagnose.add_argument("--data", default="bundled", help="dataset (default: bundled)")
     diagnose.add_argument("--data-dir", help="where the dataset lives")
-    diagnose.add_argument("--steps", type=int, default=50, help="training steps between the two measurements (default: %(default)s)")
-    diagnose.add_argument("--batch-size", type=int, default=128, help="images per step and in the probe batch (default: %(default)s)")
-    diagnose.add_argument("--lr", type=float, default=0.1, help="SGD learning rate, momentum 0.9, wd 1e-4 (default: %(default)s)")
-    diagnose.add_argument("--seed", type=int, default=0, help="initialisation and shuffling seed (default: %(default)s)")
+    diagnose.add_argument("--steps", type=_integer(0), default=50, help="training steps between the two measurements (default: %(default)s)")
+    diagnose.add_argument("--batch-size", type=_integer(2), default=128, help="images per step and in the probe batch, at least 2 for BatchNorm (default: %(default)s)")
+    diagnose.add_argument("--lr", type=_positive_float, default=0.1, help="SGD learning rate, momentum 0.9, wd 1e-4 (default: %(default)s)")
+    diagnose.add_argument("--seed", type=_seed, default=0, help="initialisation and shuffling seed (default: %(default)s)")
     diagnose.add_argument("--out", default="diagnostics", help="output folder (default: diagnostics)")
     diagnose.add_argument("--threads", type=_positive_int, metavar="N",
                           help="CPU threads for torch (default: torch's, every core)")
@@ -246,8 +249,11 @@ def _cmd_study_report(args) -> int:
 
 
 def _cmd_diagnose(args) -> int:
-    from resnets.study.diagnostics import diagnose, write_diagnosis
+    from resnets.atomic import writable_folder
+    from resnets.study.diagnostics import check_settings, diagnose, write_diagnosis
 
+    check_settings(args.models, args.steps, args.batch_size, args.lr, args.seed)
+    writable_folder(args.out)  # before the models are trained, not after
     result = diagnose(args.models, data=args.data, data_dir=args.data_dir, steps=args.steps,
                       batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                       threads=args.threads)
@@ -364,7 +370,7 @@ def _add_checkpoint_commands(sub) -> None:
     evaluate.add_argument("--data-dir", help="where datasets are stored")
     evaluate.add_argument("--split", default="test", choices=SPLITS, help="(default: test)")
     evaluate.add_argument("--batch-size", type=_positive_int, default=500)
-    evaluate.add_argument("--device", default="auto")
+    evaluate.add_argument("--device", type=_device, default="auto")
     evaluate.add_argument("--precision", choices=[p for p in PRECISIONS if p != "auto"],
                           default="fp32")
     evaluate.set_defaults(run=_cmd_eval)
@@ -386,7 +392,7 @@ def _add_checkpoint_commands(sub) -> None:
     predict.add_argument("--max-pixels", type=_positive_int, metavar="N",
                          help="refuse larger images, a guard against decompression bombs "
                          "(default: Pillow's limit, about 89 million)")
-    predict.add_argument("--device", default="cpu")
+    predict.add_argument("--device", type=_device, default="cpu")
     predict.set_defaults(run=_cmd_predict)
 
     export = sub.add_parser("export", help="export a checkpoint to ONNX or torchvision format",
@@ -415,14 +421,53 @@ def _add_checkpoint_commands(sub) -> None:
     plot.set_defaults(run=_cmd_plot)
 
 
-def _positive_int(text: str) -> int:
+# argparse types: a flag's value is refused in one line naming the flag before any file is
+# read. (train's flags are checked by its Config instead, the one owner of those settings.)
+
+
+def _integer(low: int, high: int | None = None):
+    """An integer from `low` (to `high`)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            bounds = f">= {low}" if high is None else f"in {low}..{high}"
+            raise argparse.ArgumentTypeError(f"must be {bounds}, got {value}")
+        return value
+
+    return parse
+
+
+_positive_int = _integer(1)
+
+
+def _positive_float(text: str) -> float:
+    import math
+
     try:
-        value = int(text)
+        value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
     return value
+
+
+def _seed(text: str) -> int:
+    from resnets.train.config import MAX_SEED
+
+    return _integer(0, MAX_SEED)(text)
+
+
+def _device(text: str) -> str:
+    from resnets.train.device import check_device_name
+
+    try:
+        return check_device_name(text)
+    except UserError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _cmd_train(args) -> int:
@@ -580,6 +625,9 @@ def _one_line_warnings(python_show):
 def main(argv: list[str] | None = None) -> int:
     import warnings
 
+    for stream in (sys.stdout, sys.stderr):  # a path the terminal cannot encode is escaped, not a crash
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     parser = _build_parser()
     if not (sys.argv[1:] if argv is None else argv):  # a bare `resnets`: what it can do
         parser.print_help()

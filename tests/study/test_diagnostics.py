@@ -105,7 +105,7 @@ def test_diagnose_bad_input_is_one_line(capsys):
     assert main(["diagnose", "resnut56"]) == 2
     assert "unknown model 'resnut56'; closest: resnet56" in capsys.readouterr().err
     assert main(["diagnose", "resnet8", "--steps", "-1"]) == 2
-    assert "steps must be >= 0" in capsys.readouterr().err
+    assert "argument --steps: must be >= 0" in capsys.readouterr().err
 
 
 def test_a_batch_larger_than_the_training_set_is_refused_not_a_hang(capsys):

@@ -77,9 +77,13 @@ class Normalizer:
     @classmethod
     def from_state_dict(cls, state: dict) -> "Normalizer":
         try:
-            return cls(state["kind"], state["mean"], state["std"])
+            kind, mean, std = state["kind"], state["mean"], state["std"]
         except (KeyError, TypeError):
             raise UserError(f"normaliser state has keys {sorted(state)}: expected kind, mean, std") from None
+        if not (isinstance(mean, torch.Tensor) and isinstance(std, torch.Tensor)):
+            raise UserError(f"normaliser mean and std must be tensors, got {type(mean).__name__} "
+                            f"and {type(std).__name__}")
+        return cls(kind, mean, std)
 
     def __repr__(self) -> str:
         return f"Normalizer(kind={self.kind!r}, mean shape {tuple(self.mean.shape)})"

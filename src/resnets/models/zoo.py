@@ -14,6 +14,7 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import re
+import typing
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -169,6 +170,7 @@ class ModelEntry:
     paper_source: str = ""  # where: table and protocol
 
     def build(self, **kwargs) -> ResNet:
+        _check_types(self.name, self.builder, kwargs)
         for key, value in kwargs.items():
             if key in self.fixed and self.fixed[key] != value:
                 raise UserError(
@@ -179,6 +181,18 @@ class ModelEntry:
             return self.builder(**{**self.fixed, **kwargs})
         except TypeError as error:  # an argument this builder does not take
             raise UserError(f"{self.name}: {error}") from None
+
+
+def _check_types(name: str, builder: Callable, kwargs: dict) -> None:
+    """A UserError naming the first keyword argument whose value is not of the type the
+    builder declares (int or bool), before any of it reaches torch. Strings are choices, which
+    the network checks against their lists."""
+    words = {int: "an integer", bool: "true or false"}
+    hints = typing.get_type_hints(builder)
+    for key, value in kwargs.items():
+        kind = hints.get(key)
+        if kind in words and not (isinstance(value, kind) and (kind is bool or not isinstance(value, bool))):
+            raise UserError(f"{name}: {key} must be {words[kind]}, got {value!r}")
 
 
 _REGISTRY: dict[str, ModelEntry] = {}

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from resnets.atomic import write_text
+from resnets.atomic import writable_folder, write_text
 from resnets.errors import UserError
 from resnets.rundir import RunDir
 from resnets.study.spec import (Study, bundled_studies, default_study, read_study,  # noqa: F401
@@ -48,7 +48,7 @@ def prepare(study: Study, root: str | Path = "studies") -> Path:
             write_text(saved_path, study.to_toml())
     else:
         write_text(saved_path, study.to_toml())
-    (study_dir / "runs").mkdir(exist_ok=True)
+    writable_folder(study_dir / "runs")
     return study_dir
 
 

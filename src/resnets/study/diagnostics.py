@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from resnets.atomic import write_json
+from resnets.atomic import writable_folder, write_json
 from resnets.errors import UserError
 from resnets.modes import eval_mode
 from resnets.train.loop import train_step
@@ -162,7 +162,7 @@ def diagnose(
     from resnets.train.device import cpu_threads, resolve_threads
 
     names = list(names)
-    _check_settings(names, steps, batch_size, lr)
+    check_settings(names, steps, batch_size, lr, seed)
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
                                 or threads < 1):
         raise UserError(f"threads must be an integer >= 1, got {threads!r}")
@@ -212,10 +212,11 @@ def _diagnose_one(name: str, create_model, loader, probe_images: torch.Tensor,
     }
 
 
-def _check_settings(names: list[str], steps: int, batch_size: int, lr: float) -> None:
-    """Refuse bad settings before any model is trained (a bad name fails now, not after the
-    other models ran)."""
+def check_settings(names: list[str], steps: int, batch_size: int, lr: float, seed: int) -> None:
+    """Refuse bad settings of `diagnose` before any model is trained (a bad name fails now, not
+    after the other models ran)."""
     from resnets.models import create_model
+    from resnets.train.config import check_seed
 
     if not names:
         raise UserError("diagnose needs at least one model name")
@@ -226,6 +227,7 @@ def _check_settings(names: list[str], steps: int, batch_size: int, lr: float) ->
         raise UserError(f"steps must be >= 0 and batch size >= 2, got steps={steps}, batch size={batch_size}")
     if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
         raise UserError(f"lr must be a positive number, got {lr!r}")
+    check_seed("seed", seed)
 
 
 def _endless(loader) -> Iterator:
@@ -241,7 +243,6 @@ def write_diagnosis(result: dict, out_dir: str | Path) -> list[Path]:
     """Write diagnosis.json and the three plots under out_dir; returns the paths written."""
     from resnets.study.plots import plot_diagnosis
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = writable_folder(out_dir)
     path = write_json(out / "diagnosis.json", result)
     return [path, *plot_diagnosis(result, out)]

@@ -21,7 +21,7 @@ import io
 import statistics
 from pathlib import Path
 
-from resnets.atomic import write_json, write_text
+from resnets.atomic import writable_folder, write_json, write_text
 from resnets.errors import UserError
 from resnets.rundir import RunDir
 from resnets.study.plots import plot_figure6
@@ -160,8 +160,7 @@ def write_report(study_dir: str | Path) -> list[Path]:
     if not (study_dir / "study.toml").is_file():
         raise UserError(f"not a study directory (no study.toml): {study_dir}")
     data = collect(study_dir)
-    out = study_dir / "report"
-    out.mkdir(exist_ok=True)
+    out = writable_folder(study_dir / "report")
     summary = {**data, "rows": [{k: v for k, v in row.items() if k != "curves"} for row in data["rows"]]}
     return [
         plot_figure6(data["rows"], out / "figure6.png"),

@@ -14,11 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib
-
 from resnets.errors import UserError
 from resnets.models.zoo import KINDS, cifar_units_per_stage, generic_name
 from resnets.train.config import toml_value
@@ -47,6 +42,8 @@ class Study:
         ]
 
     def validate(self) -> "Study":
+        from resnets.train.config import check_seed
+
         if not self.name or "/" in self.name or self.name.startswith("."):
             raise UserError(f"study name must be a plain folder name, got {self.name!r}")
         for kind in self.kinds:
@@ -57,8 +54,7 @@ class Study:
         for depth in self.depths:
             cifar_units_per_stage(depth)
         for seed in self.seeds:
-            if not isinstance(seed, int) or isinstance(seed, bool):
-                raise UserError(f"seeds must be integers, got {seed!r}")
+            check_seed("study seeds", seed)
         for key in ("kinds", "depths", "seeds"):  # a repeat would count one run twice
             values = getattr(self, key)
             repeated = sorted({str(v) for v in values if values.count(v) > 1})
@@ -113,11 +109,9 @@ def read_study(path: str | Path) -> Study:
         path = DEFAULT_STUDY.with_name(f"{path}.toml")
     if not path.is_file():
         raise UserError(f"study file not found: {path} (bundled studies: {', '.join(bundled_studies())})")
-    try:
-        data = tomllib.loads(path.read_text())
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
-        raise UserError(f"{path} is not valid TOML: {error}") from None
-    return study_from_dict(data, source=str(path))
+    from resnets.train.config import read_toml  # the one reader of TOML files
+
+    return study_from_dict(read_toml(path, "study file"), source=str(path))
 
 
 def study_from_dict(data: dict, source: str = "study") -> Study:

@@ -28,11 +28,13 @@ except ModuleNotFoundError:  # Python 3.10
 
 from resnets.data.normalize import KINDS as NORMALIZERS
 from resnets.errors import UserError
-from resnets.train.device import DEVICE_PATTERN, PRECISIONS
+from resnets.train.device import PRECISIONS, check_device_name
 from resnets.train.schedule import SCHEDULES, WARMUP_MODES
 
 PRESET_DIR = Path(__file__).with_name("presets")
 GROUPS = ("model", "data", "optim", "run")  # TOML tables that may hold the fields below
+MAX_SEED = 2**63 - 1  # seeds are 0..MAX_SEED: torch.manual_seed takes no more than 64 bits
+MAX_INT = 2**63 - 1   # no integer setting may overflow torch's int64
 
 
 def _field(default, help: str, group: str, choices: tuple | None = None,
@@ -180,9 +182,9 @@ def resolve_config(preset: str | None = None, file: str | Path | None = None,
         path = PRESET_DIR / f"{preset}.toml"
         if not re.fullmatch(r"[A-Za-z0-9_-]+", preset) or not path.is_file():
             raise UserError(f"unknown preset {preset!r}; valid: {', '.join(list_presets())}")
-        layers.append((f"preset {preset}", _read_toml(path)))
+        layers.append((f"preset {preset}", read_toml(path)))
     if file is not None:
-        layers.append((str(file), _read_toml(Path(file))))
+        layers.append((str(file), read_toml(Path(file))))
     if overrides:
         layers.append(("settings", {k: v for k, v in overrides.items() if v is not None}))
     for source, layer in layers:
@@ -197,12 +199,20 @@ def resolve_config(preset: str | None = None, file: str | Path | None = None,
     return _build(values)
 
 
-def _read_toml(path: Path) -> dict:
+def read_toml(path: Path, what: str = "config file") -> dict:
+    """A TOML file as a dict; a missing, unreadable, non-UTF-8 or malformed file is a
+    `UserError` naming it (study files are read here too)."""
     if not path.is_file():
-        raise UserError(f"config file not found: {path}")
+        raise UserError(f"{what} not found: {path}")
     try:
-        with open(path, "rb") as f:
-            return tomllib.load(f)
+        text = path.read_bytes().decode("utf-8")
+    except OSError as error:
+        raise UserError(f"cannot read {path} ({error.strerror or error})") from None
+    except UnicodeDecodeError as error:
+        raise UserError(f"{path}: not valid TOML (not UTF-8 text: byte 0x{error.object[error.start]:02x} "
+                        f"at position {error.start}); save it as UTF-8") from None
+    try:
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
         raise UserError(f"{path}: not valid TOML ({error})") from None
 
@@ -334,7 +344,22 @@ def _guess_scalar(text: str) -> Any:
     return text
 
 
+def check_seed(name: str, value: Any) -> int:
+    """`value` if it is a seed torch takes (an integer in 0..MAX_SEED), else a `UserError`."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SEED:
+        raise UserError(f"{name} must be an integer in 0..{MAX_SEED} (2**63-1), got {value!r}")
+    return value
+
+
 def _validate(config: Config) -> None:
+    check_seed("seed", config.seed)
+    check_seed("split_seed", config.split_seed)
+    for name in FIELDS:
+        value = getattr(config, name)
+        if field_type(name)[0] is int and isinstance(value, int) and abs(value) > MAX_INT:
+            raise UserError(f"{name} is out of range (at most {MAX_INT}), got {value}")
+    if any(abs(m) > MAX_INT for m in config.milestones):
+        raise UserError(f"milestones are out of range (at most {MAX_INT}), got {config.milestones}")
     if (config.epochs is None) == (config.iters is None):
         raise UserError("set exactly one of epochs or iters (e.g. --epochs 20 or --iters 64000)")
     if config.epochs is not None and not config.epochs > 0:
@@ -345,11 +370,11 @@ def _validate(config: Config) -> None:
     for name, low in positive.items():
         if getattr(config, name) < low:
             raise UserError(f"{name} must be >= {low}, got {getattr(config, name)}")
-    for name in ("lr", "warmup_lr"):
+    for name in ("lr", "warmup_lr", "gamma"):
         if not getattr(config, name) > 0:
             raise UserError(f"{name} must be > 0, got {getattr(config, name)}")
     for name in ("momentum", "wd", "warmup", "warmup_min_depth", "pad", "log_every",
-                 "eval_every", "gamma"):
+                 "eval_every"):
         if getattr(config, name) is not None and getattr(config, name) < 0:
             raise UserError(f"{name} must be >= 0, got {getattr(config, name)}")
     if not 0 <= config.momentum < 1:
@@ -362,8 +387,7 @@ def _validate(config: Config) -> None:
         raise UserError(f"image_size must be >= 1, got {config.image_size}")
     if any(m < 1 for m in config.milestones) or config.milestones != sorted(config.milestones):
         raise UserError(f"milestones must be increasing positive steps, got {config.milestones}")
-    if not re.fullmatch(DEVICE_PATTERN, config.device):
-        raise UserError(f"device must be auto, cpu, cuda, cuda:N or mps, got {config.device!r}")
+    check_device_name(config.device)
     if config.name is not None and (not config.name or "/" in config.name or
                                     config.name in (".", "..")):
         raise UserError(f"name must be a plain folder name, got {config.name!r}")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from typing import Iterator, Mapping
 
 import torch
@@ -24,8 +25,17 @@ PRECISIONS = ("auto", "bf16", "fp32")
 DEVICE_PATTERN = r"auto|cpu|cuda(:\d+)?|mps"  # what a device setting may say
 
 
+def check_device_name(name: str) -> str:
+    """`name` if it is a device setting resnets understands, else a UserError (before torch
+    sees it: torch.device("abc") is a RuntimeError)."""
+    if not isinstance(name, str) or not re.fullmatch(DEVICE_PATTERN, name):
+        raise UserError(f"device must be auto, cpu, cuda, cuda:N or mps, got {name!r}")
+    return name
+
+
 def resolve_device(name: str) -> torch.device:
     """"auto" -> CUDA if present, else CPU; anything else is checked to exist."""
+    check_device_name(name)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)

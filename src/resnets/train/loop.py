@@ -42,7 +42,8 @@ from resnets.train import parts as parts_module
 from resnets.train.parts import Parts
 from resnets.train.progress import Progress, make_progress
 from resnets.train.schedule import schedule_from_config
-from resnets.train.state import MODEL_KEYS, Counters, Meter, TrainState, load_weights, require
+from resnets.train.state import (MODEL_KEYS, TRAINING_KEYS, Counters, Meter, TrainState,
+                                 load_weights, require)
 
 # Fields that may change when a run is resumed: they do not change what the run computes.
 RESUMABLE_CHANGES = frozenset({"device", "compile", "out", "name", "eval_batch_size",
@@ -221,6 +222,7 @@ def _resume_checkpoint(run: RunDir, config: Config) -> dict:
             raise
         raise UserError(f"{error}; {run.best} may still be good: copy it over {run.last} to "
                         f"resume from the best evaluation") from None
+    require(checkpoint, TRAINING_KEYS, run.last)  # a hand-edited one: one line, not a KeyError
     _check_checkpoint_config(config, checkpoint, run.last)
     return checkpoint
 

@@ -13,22 +13,29 @@ import json
 from pathlib import Path
 from typing import Any
 
-from resnets.atomic import write_text
+from resnets.atomic import WriteError, write_text
 from resnets.errors import UserError
 from resnets.rundir import RunDir
 
 
 class MetricsWriter:
-    """Appends one JSON line per record and flushes it, so a crash loses at most one line."""
+    """Appends one JSON line per record and flushes it, so a crash loses at most one line.
+    A failure to write (read-only folder, full disk) is a `WriteError` naming the file."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = open(self.path, "a", encoding="utf-8")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = open(self.path, "a", encoding="utf-8")
+        except OSError as error:
+            raise WriteError(error, self.path) from error
 
     def write(self, record: dict[str, Any]) -> None:
-        self._file.write(json.dumps(record, allow_nan=True) + "\n")
-        self._file.flush()
+        try:
+            self._file.write(json.dumps(record, allow_nan=True) + "\n")
+            self._file.flush()
+        except OSError as error:
+            raise WriteError(error, self.path) from error
 
     def close(self) -> None:
         self._file.close()

@@ -12,7 +12,7 @@ from typing import Sequence
 
 from matplotlib.figure import Figure
 
-from resnets.atomic import atomic_open
+from resnets.atomic import atomic_open, writable_folder
 from resnets.errors import UserError
 from resnets.rundir import RunDir
 from resnets.train.metrics import read_metrics
@@ -66,7 +66,7 @@ def plot_runs(run_dirs: Sequence[str | Path], out_dir: str | Path, *,
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"--out {out_dir} is a file; plots need a folder")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    writable_folder(out_dir)
     written = []
     for name, key, ylabel in (("loss.png", "loss", "cross-entropy loss"),
                               ("error.png", "err", "top-1 error (%)")):

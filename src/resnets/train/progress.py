@@ -274,11 +274,15 @@ def run_directory_line(run_dir: str | Path) -> str:
 
 
 def summary_rows(summary: dict) -> list[tuple[str, str]]:
-    """The final figures of a run as (label, value) rows for a table."""
+    """The final figures of a run as (label, value) rows for a table. Errors are in percent;
+    the test accuracy (100 - error) is shown too, the figure most readers look for."""
     final = summary.get("final", {})
 
     def pct(value):
         return "-" if value is None else f"{value:.2f}%"
+
+    def accuracy(err):
+        return None if err is None else 100.0 - err
 
     rows = [("model", f"{summary['model']} ({summary['params']:,} parameters)"),
             ("steps", f"{summary['steps']} ({summary['epochs']:.1f} epochs)"),
@@ -287,7 +291,9 @@ def summary_rows(summary: dict) -> list[tuple[str, str]]:
                                  f"{pct(final.get('train_err'))}"),
             ("val err", pct(final.get("val_err"))),
             ("test err (top-1 / top-5)", f"{pct(final.get('test_err'))} / "
-                                         f"{pct(final.get('test_err_top5'))}")]
+                                         f"{pct(final.get('test_err_top5'))}"),
+            ("test accuracy (top-1 / top-5)", f"{pct(accuracy(final.get('test_err')))} / "
+                                              f"{pct(accuracy(final.get('test_err_top5')))}")]
     best = summary.get("best") or {}
     if best.get("step") is not None:
         rows.append(("best", f"step {best['step']}: {best.get('split', 'val')} err "

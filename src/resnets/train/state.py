@@ -21,6 +21,7 @@ A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts (so i
 
 from __future__ import annotations
 
+import reprlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from torch import nn
 from resnets.errors import UserError
 from resnets.train.checkpoint import rng_state, save_checkpoint, set_rng_state
 from resnets.train.config import Config
+from resnets.train.device import PRECISIONS
 
 # What a checkpoint must hold to rebuild its model, and to continue training.
 MODEL_KEYS = ("model", "model_kwargs", "model_state", "config", "normalizer", "classes",
@@ -119,20 +121,31 @@ class TrainState:
         """Continue from `checkpoint`: weights, optimizer, step, figures and global RNG."""
         require(checkpoint, TRAINING_KEYS, path)
         load_weights(self.model, checkpoint, path)
-        self.optimizer.load_state_dict(checkpoint["optimizer_state"])
-        set_rng_state(checkpoint["rng"])
+        restore = {"optimizer_state": self.optimizer.load_state_dict, "rng": set_rng_state,
+                   "progress": self._load_progress}
+        for key, load in restore.items():
+            try:
+                load(checkpoint[key])
+            except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as error:
+                raise UserError(f"{path}: checkpoint field {key} cannot be restored "
+                                f"({_reason(error)}; was it edited?)") from None
         self.step = checkpoint["step"]
-        self.counters = Counters(**checkpoint["progress"]["counters"])
-        device = self.meter.loss_sum.device if self.meter is not None else torch.device("cpu")
-        self.meter = Meter.from_state_dict(checkpoint["progress"]["meter"], device)
         self.best = dict(checkpoint["best"])
+
+    def _load_progress(self, progress: dict) -> None:
+        self.counters = Counters(**progress["counters"])
+        device = self.meter.loss_sum.device if self.meter is not None else torch.device("cpu")
+        self.meter = Meter.from_state_dict(progress["meter"], device)
 
     @classmethod
     def from_checkpoint(cls, checkpoint: dict, parts, path: str | Path = "checkpoint"
                         ) -> "TrainState":
         """The model of a checkpoint, rebuilt and loaded (fp32, CPU), for inference."""
         require(checkpoint, MODEL_KEYS, path)
-        config = Config.from_dict(checkpoint["config"])
+        try:
+            config = Config.from_dict(checkpoint["config"])
+        except UserError as error:
+            raise UserError(f"{path}: checkpoint field config: {error} (was it edited?)") from None
         try:
             model = parts.create_model(checkpoint["model"], **checkpoint["model_kwargs"])
         except (UserError, TypeError, ValueError) as error:  # a name or option it never had
@@ -140,7 +153,7 @@ class TrainState:
                             f"{checkpoint['model']!r}: {error}") from None
         load_weights(model, checkpoint, path)
         return cls(config=config, model=model, model_kwargs=dict(checkpoint["model_kwargs"]),
-                   normalizer=parts.normalizer_from_state(checkpoint["normalizer"]),
+                   normalizer=_normalizer(checkpoint, parts, path),
                    classes=list(checkpoint["classes"]),
                    input_size=list(checkpoint["input_size"]),
                    precision=checkpoint.get("precision", "fp32"),
@@ -148,11 +161,77 @@ class TrainState:
 
 
 def require(checkpoint: dict, keys: tuple[str, ...], path: str | Path) -> None:
-    """A UserError naming what a (hand-edited or foreign) checkpoint lacks."""
+    """A UserError naming what a (hand-edited or foreign) checkpoint lacks, or the first field
+    whose value is of the wrong kind or contradicts another field."""
     missing = [key for key in keys if key not in checkpoint]
     if missing:
         raise UserError(f"{path}: checkpoint lacks {', '.join(missing)} (was it edited or "
                         f"written by another program?)")
+    _check_fields(checkpoint, path)
+
+
+def _check_fields(checkpoint: dict, path: str | Path) -> None:
+    """The kinds of the fields present in `checkpoint` and their agreement with each other."""
+    def wrong(key: str, fits) -> bool:
+        return key in checkpoint and not fits(checkpoint[key])
+
+    def refuse(key: str, expected: str):
+        raise UserError(f"{path}: checkpoint field {key} is {reprlib.repr(checkpoint[key])}: "
+                        f"expected {expected} (was it edited?)")
+
+    def at_least(value, low: int) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+    if wrong("model", lambda v: isinstance(v, str)):
+        refuse("model", "a model name")
+    if wrong("model_kwargs", lambda v: isinstance(v, dict) and all(isinstance(k, str) for k in v)):
+        refuse("model_kwargs", "a dict of keyword arguments")
+    kwargs = checkpoint.get("model_kwargs", {})
+    for key in ("config", "normalizer", "best"):
+        if wrong(key, lambda v: isinstance(v, dict)):
+            refuse(key, "a dict")
+    if wrong("input_size", lambda v: isinstance(v, (list, tuple)) and len(v) == 3
+             and all(at_least(x, 1) for x in v)):
+        refuse("input_size", "[C, H, W], three positive integers")
+    if wrong("input_size", lambda v: v[0] == kwargs.get("in_channels", v[0])):
+        refuse("input_size", f"{kwargs['in_channels']} channels, as model_kwargs in_channels says")
+    if wrong("classes", lambda v: isinstance(v, (list, tuple)) and len(v) > 0
+             and all(isinstance(name, str) for name in v)):
+        refuse("classes", "a list of class names")
+    if wrong("classes", lambda v: len(v) == kwargs.get("num_classes", len(v))):
+        refuse("classes", f"{kwargs['num_classes']} names, as model_kwargs num_classes says")
+    if wrong("step", lambda v: at_least(v, 0)):
+        refuse("step", "a number of steps (an integer >= 0)")
+    trained_in = [p for p in PRECISIONS if p != "auto"]  # what "auto" was resolved to
+    if wrong("precision", lambda v: v in trained_in):
+        refuse("precision", " or ".join(trained_in))
+    if wrong("progress", lambda v: isinstance(v, dict) and isinstance(v.get("counters"), dict)
+             and isinstance(v.get("meter"), dict)):
+        refuse("progress", "a dict of counters and meter")
+
+
+def _normalizer(checkpoint: dict, parts, path: str | Path):
+    """The checkpoint's normaliser, checked (on the meta device: shapes only) to map an image
+    of its input size to one of the same shape: an edited mean or std fails here, in one line,
+    not at the first prediction."""
+    size = tuple(checkpoint["input_size"])
+    try:
+        normalizer = parts.normalizer_from_state(checkpoint["normalizer"])
+        shape = tuple(normalizer(torch.zeros(1, *size, device="meta")).shape)
+        reason = None if shape == (1, *size) else f"it maps an image to shape {shape}"
+    except (UserError, KeyError, TypeError, ValueError, AttributeError, RuntimeError) as error:
+        reason = _reason(error)
+    if reason is not None:
+        raise UserError(f"{path}: checkpoint field normalizer does not fit input_size "
+                        f"{list(size)} ({reason}; was it edited?)")
+    return normalizer
+
+
+def _reason(error: Exception) -> str:
+    """What went wrong, in a few words, for a message about an edited field."""
+    if isinstance(error, KeyError):
+        return f"no {error.args[0]!r} entry"
+    return (str(error).splitlines() or [type(error).__name__])[0]
 
 
 def load_weights(model: nn.Module, checkpoint: dict, path: str | Path) -> None:
