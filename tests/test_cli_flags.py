@@ -22,7 +22,7 @@ ANY_TEXT = {
     # folders and files: an unwritable one is refused when written (tests/train/test_no_tracebacks.py)
     "train --out", "train --data-dir", "study --out", "study --data-dir", "diagnose --out",
     "diagnose --data-dir", "eval --data-dir", "plot --out", "download --to", "export --onnx",
-    "export --torchvision",
+    "export --torchvision", "lesion --out", "landscape --out",
     # model and dataset names mean something only to the parts training uses (the registry and
     # resnets.data, or a test's stand-ins such as "tiny" and "fake"): refused by them when the
     # run loads its data and builds its model
@@ -34,6 +34,7 @@ BAD_TEXT = {
     "train --preset": ["abc", "../quick"],
     "train --config": ["no-such-file.toml"],
     "train --resume": ["no-such-run"],
+    "train --init-from": ["no-such-checkpoint"],
     "train --name": ["a/b", "..", "."],
     "train --device": ["abc", "gpu", "cuda:x"],
     "train --milestones": ["abc", "-5", "0", "5,3", "1.5", str(2**63)],
@@ -45,6 +46,7 @@ BAD_TEXT = {
     "study --set": ["abc", "=1", "seed=1", "model=resnet20", "lr=fast", "nope=1"],
     "eval --device": ["abc", "cuda:x"],
     "predict --device": ["abc", "cuda:x"],
+    "lesion --device": ["abc", "cuda:x"], "landscape --device": ["abc", "cuda:x"],
     "download --url": ["abc"],
     "plot --labels": ["a,b"],  # two labels for one run
 }
@@ -63,6 +65,7 @@ OUT_OF_RANGE = {
     "study --depths": ["0", "4"], "study --seeds": [str(2**63)], "study --epochs": ["0"],
     "study --iters": ["0"],
     "diagnose --batch-size": ["1"], "diagnose --lr": ["0"], "diagnose --seed": [str(2**63)],
+    "landscape --points": ["1", "4"], "landscape --span": ["0"], "lesion --seed": [str(2**63)],
 }
 
 WRONG = {  # for every flag of the kind
@@ -76,7 +79,7 @@ POSITIONALS = {
     "list": [], "info": ["resnet20"], "train": [], "download": ["cifar10", "--to", "data"],
     "study": [], "study report": ["no-such-study"], "diagnose": ["resnet8"],
     "eval": ["no-such.pt"], "predict": ["no-such.pt", "no-such.png"], "export": ["no-such.pt"],
-    "plot": ["no-such-run"],
+    "plot": ["no-such-run"], "lesion": ["no-such-run"], "landscape": ["no-such-run"],
 }
 
 
@@ -134,13 +137,17 @@ class ReachedWork(Exception):
 def tripwires(monkeypatch, tmp_path):
     import resnets.study.degradation
     import resnets.study.diagnostics
+    import resnets.study.lesioning
+    import resnets.study.loss_landscape
     import resnets.train
 
     def reached(*args, **kwargs):
         raise ReachedWork
 
     for module, name in ((resnets.train, "fit"), (resnets.study.degradation, "run_study"),
-                         (resnets.study.diagnostics, "diagnose")):
+                         (resnets.study.diagnostics, "diagnose"),
+                         (resnets.study.lesioning, "lesion"),
+                         (resnets.study.loss_landscape, "landscape")):
         monkeypatch.setattr(module, name, reached)
     monkeypatch.chdir(tmp_path)
 

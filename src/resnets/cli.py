@@ -37,6 +37,7 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_model_commands(sub)
     _add_data_commands(sub)
     _add_study_commands(sub)
+    _add_trained_run_studies(sub)
     return parser
 
 
@@ -159,6 +160,11 @@ def _add_study_commands(sub) -> None:
                           help="CPU threads for torch (default: torch's, every core)")
     diagnose.set_defaults(run=_cmd_diagnose)
 
+
+def _add_trained_run_studies(sub) -> None:
+    """lesion and landscape: studies of networks already trained (run directories)."""
+    from resnets.data.dataset import SPLITS
+
     lesion = sub.add_parser(
         "lesion",
         help="test error with units removed from a trained run (Veit et al. 2016)",
@@ -169,18 +175,18 @@ def _add_study_commands(sub) -> None:
         "Writes lesion.json, units.csv, random.csv and Veit et al.'s Figures 3 and 5.",
     )
     lesion.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (or a checkpoint file)")
-    lesion.add_argument("--split", default="test", choices=["test", "val", "train", "trainval"],
+    lesion.add_argument("--split", default="test", choices=SPLITS,
                         help="images the error is measured on (default: test)")
-    lesion.add_argument("--images", type=int, help="use this many images of the split, drawn with "
+    lesion.add_argument("--images", type=_positive_int, help="use this many images of the split, drawn with "
                         "--seed (default: all)")
-    lesion.add_argument("--subsets", type=int, default=5, metavar="K",
+    lesion.add_argument("--subsets", type=_positive_int, default=5, metavar="K",
                         help="random subsets of units per number removed (default: %(default)s)")
-    lesion.add_argument("--max-removed", type=int, metavar="M",
+    lesion.add_argument("--max-removed", type=_positive_int, metavar="M",
                         help="largest number of random units removed (default: every removable unit)")
     lesion.add_argument("--recalibrate-bn", action="store_true",
                         help="re-estimate BatchNorm statistics on training images for every lesioned "
                         "network (changes the answer; default: the trained statistics)")
-    lesion.add_argument("--calibration-images", type=int, default=1000,
+    lesion.add_argument("--calibration-images", type=_positive_int, default=1000,
                         help="training images for --recalibrate-bn (default: %(default)s)")
     _add_measurement_options(lesion)
     lesion.add_argument("--out", help="output folder (default: RUN_DIR/lesion)")
@@ -197,12 +203,12 @@ def _add_study_commands(sub) -> None:
     )
     landscape.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories (or checkpoint files)")
     landscape.add_argument("--dims", type=int, default=1, choices=[1, 2], help="directions (default: 1)")
-    landscape.add_argument("--points", type=int, help="grid points per direction, odd (default: 41 for "
+    landscape.add_argument("--points", type=_odd_points, help="grid points per direction, odd (default: 41 for "
                            "1-D, 15 for 2-D)")
-    landscape.add_argument("--span", type=float, default=1.0,
+    landscape.add_argument("--span", type=_positive_float, default=1.0,
                            help="the grid covers [-span, span] per direction (default: %(default)s)")
-    landscape.add_argument("--images", type=int, default=500, help="images of the split (default: %(default)s)")
-    landscape.add_argument("--split", default="train", choices=["train", "val", "trainval", "test"],
+    landscape.add_argument("--images", type=_positive_int, default=500, help="images of the split (default: %(default)s)")
+    landscape.add_argument("--split", default="train", choices=SPLITS,
                            help="images the loss is measured on (default: train)")
     _add_measurement_options(landscape)
     landscape.add_argument("--out", default="landscape", help="output folder (default: landscape)")
@@ -210,12 +216,17 @@ def _add_study_commands(sub) -> None:
 
 
 def _add_measurement_options(parser) -> None:
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random draws (default: %(default)s)")
-    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
+    from resnets.study.trained import PRECISIONS
+    from resnets.train.progress import MODES as PROGRESS_MODES
+
+    parser.add_argument("--seed", type=_seed, default=0, help="seed of the random draws (default: %(default)s)")
+    parser.add_argument("--precision", default="fp32", choices=PRECISIONS,
                         help="fp32, or bf16 autocast (default: fp32)")
-    parser.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:N")
-    parser.add_argument("--batch-size", type=int, default=500, help="images per forward pass (default: %(default)s)")
-    parser.add_argument("--progress", default="auto", choices=["auto", "bar", "lines", "none"],
+    parser.add_argument("--device", type=_device, default="auto",
+                        help="auto (CUDA if present), cpu, cuda, cuda:N")
+    parser.add_argument("--batch-size", type=_positive_int, default=500,
+                        help="images per forward pass (default: %(default)s)")
+    parser.add_argument("--progress", default="auto", choices=PROGRESS_MODES,
                         help="progress display on stderr (default: auto)")
 
 
@@ -455,6 +466,14 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _odd_points(text: str) -> int:
+    value = _integer(3)(text)
+    if value % 2 == 0:
+        raise argparse.ArgumentTypeError(f"must be odd (the trained weights sit at the centre), "
+                                         f"got {value}")
+    return value
+
+
 def _seed(text: str) -> int:
     from resnets.train.config import MAX_SEED
 
@@ -473,6 +492,7 @@ def _device(text: str) -> str:
 def _cmd_train(args) -> int:
     from resnets.train import TrainingInterrupted, fit, resolve_config, resume_config
     from resnets.train.config import FIELDS
+    from resnets.train.checkpoint import resolve_checkpoint_path
     from resnets.train.loop import new_run_dir
     from resnets.train.progress import print_summary, run_directory_line
 
@@ -489,6 +509,8 @@ def _cmd_train(args) -> int:
     else:
         preset = args.preset or ("quick" if args.config is None else None)
         config = resolve_config(preset, args.config, overrides)
+        if config.init_from is not None:  # refused now, not after the data is loaded
+            resolve_checkpoint_path(config.init_from)
         if args.print_config:
             print(config.to_toml(), end="")
             return 0

@@ -173,7 +173,7 @@ def test_landscape_ctrl_c_and_bad_input_from_the_command_line(trained_runs, tmp_
     assert "run the same command again to resume" in capsys.readouterr().err
     assert main(argv[:2] + ["--points", "4", "--device", "cpu"]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "points must be odd" in err
+    assert err.count("\n") == 1 and "--points: must be odd" in err
     assert main(["landscape", str(tmp_path / "nowhere")]) == 2
 
 

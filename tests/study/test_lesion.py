@@ -221,7 +221,7 @@ def test_lesion_bad_input_is_one_line(trained_runs, tmp_path, capsys):
     assert main(["lesion", str(trained_runs["plain"]), "--subsets", "0", "--device", "cpu",
                  "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "subsets must be >= 1" in err
+    assert err.count("\n") == 1 and "--subsets: must be >= 1" in err
     assert main(["lesion", str(trained_runs["plain"]), "--max-removed", "2", "--device", "cpu",
                  "--out", str(tmp_path / "x")]) == 2
     assert "max removed must be between 0 and 1" in capsys.readouterr().err
