@@ -95,7 +95,7 @@ def image_paths(items: Sequence[str | Path]) -> list[Path]:
     without images."""
     import glob
 
-    from resnets.data.folder import image_extensions
+    from resnets.data.images import image_extensions
 
     paths: list[Path] = []
     for item in items:
@@ -123,7 +123,7 @@ def load_image(path: str | Path, input_size: Sequence[int], max_pixels: int | No
     """
     from PIL import Image, ImageOps
 
-    from resnets.data.folder import pillow_reason, to_8bit
+    from resnets.data.images import pillow_reason, to_8bit
 
     channels, height, width = input_size
     if channels not in (1, 3):
