@@ -389,3 +389,23 @@ def test_lighting_in_the_loader_is_the_same_as_before_normalising(photo_tree):
     for (x, _), expected in zip(lit, lit_by_hand):
         assert torch.allclose(x, expected, atol=1e-4)
     assert not math.isclose(float(lit[0][0].mean()), float(normalizer(plain[0][0] * 255).mean()), abs_tol=1e-5)
+
+
+def test_the_input_shape_is_known_without_decoding_a_file(photo_tree):
+    _truncate(photo_tree / "train" / "n01440764" / "n01440764_0.JPEG")  # the first file
+    train = _load(photo_tree, skip_bad_images=True, crop_size=96)
+    assert train.image_shape == (3, 96, 96)
+    from resnets.train.loop import image_shape
+
+    assert image_shape(train) == [3, 96, 96]
+
+
+def test_fitting_a_normaliser_on_large_images_works_in_small_chunks(monkeypatch):
+    import resnets.data.normalize as normalize
+
+    images = torch.randint(0, 256, (10, 3, 20, 20), dtype=torch.uint8)
+    whole = {kind: Normalizer.fit(kind, images) for kind in ("pixel_mean", "channel")}
+    monkeypatch.setattr(normalize, "CHUNK_VALUES", 3 * 20 * 20 * 3)  # three images a chunk
+    for kind, expected in whole.items():
+        chunked = Normalizer.fit(kind, images)
+        assert torch.equal(chunked.mean, expected.mean) and torch.equal(chunked.std, expected.std)

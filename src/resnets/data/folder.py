@@ -292,6 +292,13 @@ class StreamingFolder(torch.utils.data.Dataset):
         return len(self.files)
 
     @property
+    def image_shape(self) -> tuple[int, int, int] | None:
+        """(C, H, W) of every image, when the settings say it without decoding one (a view's
+        crop, or the "pad-crop" square); None for images at their stored size."""
+        side = self.crop_size or self.image_size
+        return None if side is None else (3, side, side)
+
+    @property
     def view(self) -> View | None:
         """The evaluation view of a tree of files kept as they are (None for "pad-crop")."""
         return None if self.crop_size is None else View("center", self.crop_size, self.resize_size)

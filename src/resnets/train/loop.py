@@ -133,6 +133,8 @@ def image_shape(dataset) -> list[int]:
     """[C, H, W] of a dataset's images (in memory, or streamed from disk)."""
     if hasattr(dataset, "images"):
         return list(dataset.images.shape[1:])
+    if getattr(dataset, "image_shape", None) is not None:  # known without decoding a file
+        return list(dataset.image_shape)
     return list(dataset[0][0].shape)
 
 
