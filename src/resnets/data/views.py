@@ -170,12 +170,6 @@ class View:
         if self.kind not in RANDOM_VIEWS + EVAL_VIEWS:
             raise UserError(f"unknown view {self.kind!r}: expected one of {', '.join(RANDOM_VIEWS + EVAL_VIEWS)}")
 
-    @property
-    def shape(self) -> tuple[int, ...]:
-        """Shape of what `read` returns."""
-        square = (3, self.crop_size, self.crop_size)
-        return (5, *square) if self.kind == "ten-crop" else square
-
     def read(self, path: str | Path, rng: random.Random | None = None) -> torch.Tensor:
         """The view of the image at `path`: uint8 (3, crop, crop), or (5, 3, crop, crop) for
         "ten-crop". A file that cannot be decoded raises a UserError naming it."""
