@@ -129,3 +129,12 @@ def read_only(monkeypatch):
         monkeypatch.setattr(os, "rename", move("rename"))
 
     return arm
+
+
+@pytest.fixture
+def photo_tree(tmp_path):
+    """A small ImageNet-style tree (photo_trees.write_photo_tree): 2 classes x 8 training images
+    of varied sizes and modes, 2 x 2 validation images."""
+    from photo_trees import write_photo_tree
+
+    return write_photo_tree(tmp_path / "photos")

@@ -371,6 +371,7 @@ def _add_training_commands(sub) -> None:
 def _add_checkpoint_commands(sub) -> None:
     """eval, predict, export, plot: the commands that read what training wrote."""
     from resnets.data.dataset import SPLITS
+    from resnets.data.views import CROPS
     from resnets.train.device import PRECISIONS
 
     evaluate = sub.add_parser("eval", help="top-1/top-5 and per-class error of a checkpoint",
@@ -380,10 +381,20 @@ def _add_checkpoint_commands(sub) -> None:
     evaluate.add_argument("--data", help="dataset (default: the one it was trained on)")
     evaluate.add_argument("--data-dir", help="where datasets are stored")
     evaluate.add_argument("--split", default="test", choices=SPLITS, help="(default: test)")
-    evaluate.add_argument("--batch-size", type=_positive_int, default=500)
+    evaluate.add_argument("--batch-size", type=_positive_int, default=500,
+                          help="images per batch (with --crops 10, ten crops each) (default: 500)")
     evaluate.add_argument("--device", type=_device, default="auto")
     evaluate.add_argument("--precision", choices=[p for p in PRECISIONS if p != "auto"],
                           default="fp32")
+    evaluate.add_argument("--crops", type=int, choices=CROPS, default=1,
+                          help="1: the centre crop; 10: the paper's 10-crop testing (four "
+                          "corners and centre, and their flips; softmax averaged). For models "
+                          "trained with --augment paper or random-resized (default: 1)")
+    evaluate.add_argument("--resize-size", type=_positive_int, metavar="N",
+                          help="shorter side before cropping (default: the run's, 256 for 224 "
+                          "crops; torchvision's newer weights use 232)")
+    evaluate.add_argument("--workers", type=int, metavar="N",
+                          help="processes decoding images (default: the run's setting)")
     evaluate.set_defaults(run=_cmd_eval)
 
     predict = sub.add_parser("predict", help="classify image files with a checkpoint",
@@ -533,14 +544,21 @@ def _cmd_eval(args) -> int:
     trained = load_trained(args.checkpoint, device=args.device)
     result = evaluate_checkpoint(trained, data=args.data, data_dir=args.data_dir,
                                  split=args.split, batch_size=args.batch_size,
-                                 precision=args.precision)
+                                 precision=args.precision, crops=args.crops,
+                                 resize_size=args.resize_size, workers=args.workers)
+    crops = f", {args.crops} crops" if args.crops != 1 else ""
     print(f"{trained.checkpoint['model']} on {result['data']} {args.split} ({result['n']} "
-          f"images): top-1 error {result['err']:.2f}%, top-5 error {result['err_top5']:.2f}%, "
-          f"loss {result['loss']:.4f}")
-    width = max(len("class"), *(len(name) for name in trained.classes))
+          f"images{crops}): top-1 error {result['err']:.2f}%, top-5 error "
+          f"{result['err_top5']:.2f}%, loss {result['loss']:.4f}")
+    labels = [trained.label(i) for i in range(len(trained.classes))]
+    width = max(len("class"), *(len(label) for label in labels))
     print(f"{'class':<{width}}  error")
-    for name, err in zip(trained.classes, result["per_class_err"]):
-        print(f"{name:<{width}}  {'-' if err is None else f'{err:.2f}%'}")
+    for label, err in zip(labels, result["per_class_err"]):
+        print(f"{label:<{width}}  {'-' if err is None else f'{err:.2f}%'}")
+    skipped = result["skipped_images"]
+    if skipped:
+        print(f"warning: skipped {len(skipped)} unreadable image{'s' if len(skipped) > 1 else ''} "
+              f"(e.g. {skipped[0]})", file=sys.stderr)
     return 0
 
 

@@ -6,6 +6,7 @@ import torch
 from PIL import Image
 
 import resnets.data.folder as folder_module
+import resnets.data.images as images_module
 from resnets.data import Loader, Normalizer, StreamingFolder, load
 from resnets.errors import UserError
 
@@ -111,7 +112,9 @@ def test_bad_trees_name_the_path(tree, tmp_path):
     with pytest.raises(UserError, match=r"class folder .*train/bird has no images"):
         load(f"folder:{tree}", image_size=8)
     (tree / "train/bird/z.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
-    with pytest.raises(UserError, match=r"class folder .*train/bird has no images.*1 unreadable \(e.g. bird/z.png"):
+    # The scan goes by name (a 1.28M-file tree is never opened at scan time): the broken file
+    # is found when it is decoded, and named there.
+    with pytest.raises(UserError, match=r"^cannot read image .*train/bird/z.png .*--skip-bad-images"):
         load(f"folder:{tree}", image_size=8)
     _truncate(tree / "train/cat/a.png", (12, 10))
     (tree / "train/bird/z.png").unlink()
@@ -197,7 +200,7 @@ def test_16_bit_images_are_scaled_to_8_bits_not_clipped(tmp_path):
 def test_to_8bit_follows_each_mode(mode, values, expected):
     dtype = {"I;16B": ">u2", "I": "<i4", "F": "<f4"}[mode]
     image = Image.frombytes(mode, (4, 1), np.array([values], dtype=dtype).tobytes())
-    converted = folder_module.to_8bit(image)
+    converted = images_module.to_8bit(image)
     assert converted.mode == "L" and np.asarray(converted)[0].tolist() == expected
 
 
@@ -214,7 +217,6 @@ def test_every_format_pillow_reads_is_used_and_the_rest_reported_in_one_warning(
     _solid("RGB", (6, 6), 0).save(train / "b" / "y.BMP")
     (train / "b" / "notes.txt").write_text("not an image")
     (train / "b" / "labels.csv").write_text("y,1\n")
-    (train / "b" / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
     (train / "b" / "more").mkdir()
     (train / "b" / ".DS_Store").write_bytes(b"\0")  # hidden: ignored silently
     with pytest.warns(UserWarning) as caught:
@@ -223,9 +225,8 @@ def test_every_format_pillow_reads_is_used_and_the_rest_reported_in_one_warning(
     got = {tuple(ds.images[i, :, 3, 3].tolist()) for i in range(len(colours))}
     assert got == set(colours.values())  # GIF's palette holds these three colours exactly
     (message,) = [str(w.message) for w in caught]
-    assert "\n" not in message and message.startswith(f"{train}: skipped 4 entries in class folders: ")
+    assert "\n" not in message and message.startswith(f"{train}: skipped 3 entries in class folders: ")
     assert "2 not in a format Pillow reads (e.g. b/labels.csv)" in message
-    assert "1 unreadable (e.g. b/broken.jpg: cannot identify image file)" in message
     assert "1 subfolder (not searched) (e.g. b/more)" in message
 
 

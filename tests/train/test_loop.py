@@ -79,7 +79,8 @@ def test_fit_writes_a_complete_run_directory(tmp_path, fake_rooms):
     assert train[0]["epoch"] == pytest.approx(1 / 6)  # 96 images / batch 16 = 6 steps/epoch
     assert summary["steps"] == 12 and summary["epochs"] == 2.0
     assert set(summary) == {"model", "params", "steps", "epochs", "time_s", "img_s", "final",
-                            "best"}
+                            "best", "skipped_images"}
+    assert summary["skipped_images"] == 0
     assert summary["final"]["test_err"] == [r for r in records if r["split"] == "test"][-1][
         "err"]
     assert summary["best"]["val_err"] == min(r["err"] for r in val)

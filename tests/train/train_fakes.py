@@ -56,8 +56,11 @@ class FakeNormalizer:
 class FakeLoader:
     """Batch i of epoch e is a pure function of (seed, e, i), as the real Loader promises."""
 
+    made: list = []  # the options of every loader made, for tests of what training asks for
+
     def __init__(self, dataset, batch_size, *, shuffle, pad=0, flip=False, normalizer=None,
-                 device="cpu", seed=0, drop_last=True, channels_last=False):
+                 device="cpu", seed=0, drop_last=True, channels_last=False, **options):
+        FakeLoader.made.append({"shuffle": shuffle, "pad": pad, "flip": flip, **options})
         self.dataset, self.batch_size, self.shuffle = dataset, batch_size, shuffle
         self.pad, self.normalizer, self.device, self.seed = pad, normalizer, device, seed
         self.drop_last, self.channels_last = drop_last, channels_last

@@ -62,3 +62,31 @@ def pad_crop_flip(images: torch.Tensor, generator: torch.Generator, pad: int = 4
     flat = images.reshape(batch, channels, height * width)
     out = flat.gather(2, source.view(batch, 1, height * width).expand(batch, channels, height * width))
     return out.view(batch, channels, height, width) * inside  # (B, C, H, W), zeros outside the image
+
+
+# ImageNet's RGB principal components on the [0, 1] pixel scale (eigenvalues, and eigenvectors
+# as columns; rows are R, G, B), as published with AlexNet's colour augmentation and used by
+# the ResNet authors' Torch reproduction (fb.resnet.torch).
+IMAGENET_EIGENVALUES = (0.2175, 0.0188, 0.0045)
+IMAGENET_EIGENVECTORS = ((-0.5675, 0.7192, 0.4009),
+                         (-0.5808, -0.0045, -0.8140),
+                         (-0.5836, -0.6948, 0.4203))
+
+
+def lighting(images: torch.Tensor, generator: torch.Generator, std: float = 0.1,
+             scale: torch.Tensor | None = None) -> torch.Tensor:
+    """AlexNet's PCA colour augmentation (Krizhevsky et al. 2012, section 4.1): add to every
+    pixel of each image sum_j alpha_j * eigenvalue_j * eigenvector_j, alpha_j ~ N(0, std).
+
+    The offset is in [0, 1] pixel units times `scale` (per channel, shape (3,), or (1,) for
+    all): pass 255 / the normaliser's std to add it to normalised images, which is the same
+    as adding it before normalising. Images are (B, 3, H, W) floats; a new tensor is returned.
+    """
+    batch = images.shape[0]
+    alpha = torch.randn(batch, 3, generator=generator) * std  # (B, 3)
+    values = torch.tensor(IMAGENET_EIGENVALUES)
+    vectors = torch.tensor(IMAGENET_EIGENVECTORS)  # (3 channels, 3 components)
+    offset = (alpha * values) @ vectors.T  # (B, 3): offset[b, c] = sum_j V[c, j] alpha[b, j] lambda_j
+    if scale is not None:
+        offset = offset * scale.reshape(1, -1).to(offset.dtype).cpu()
+    return images + offset.to(images.device, images.dtype).view(batch, 3, 1, 1)

@@ -31,7 +31,8 @@ class Dataset:
     images: uint8 tensor (N, C, H, W); labels: int64 tensor (N,); classes: class names, label i
     is classes[i]; name: the dataset's name as given to `load`; default_flip: whether random
     horizontal flips suit the images (False for digits, where a flip changes meaning);
-    default_pad: the pad-and-crop shift that suits them (the paper's 4 for 32x32 photos).
+    default_pad: the pad-and-crop shift that suits them (the paper's 4 for 32x32 photos);
+    class_names: display names, when a source gives them (an image folder's classes.txt).
     """
 
     images: torch.Tensor
@@ -42,6 +43,7 @@ class Dataset:
     default_pad: int = 4
     split: str = "trainval"
     meta: dict = field(default_factory=dict)  # e.g. CIFAR-100's coarse labels, never needed to train
+    class_names: list[str] | None = None  # None: the classes are their own names
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])

@@ -13,6 +13,7 @@ The splits ("train", "val", "trainval", "test") and the `Dataset` type are defin
 from __future__ import annotations
 
 from resnets.data.dataset import check_split
+from resnets.data.views import AUGMENTS
 from resnets.errors import UserError
 
 NAMES = ("bundled", "cifar10", "cifar100", "cifar100-coarse", "folder:PATH")
@@ -28,6 +29,10 @@ def load(
     *,
     label: str = "fine",
     max_memory_bytes: int | None = None,
+    augment: str = "pad-crop",
+    crop_size: int = 224,
+    resize_size: int | None = None,
+    skip_bad_images: bool = False,
 ):
     """Load one split of a dataset by name.
 
@@ -43,12 +48,27 @@ def load(
     label: CIFAR-100 only: "fine" (100 classes, default) or "coarse" (20 superclasses).
     max_memory_bytes: image folders only: above this decoded size, stream from disk instead of
         holding the split in memory (default: a quarter of the machine's RAM).
+    augment: "pad-crop" (default: images of one size, in memory when they fit), or, for image
+        folders only, "paper" | "random-resized": a `StreamingFolder` of the files as they are,
+        which the Loader cuts into crop_size x crop_size views (`resnets.data.views`).
+    crop_size, resize_size: the views' side and the evaluation resize (None: crop_size x 8/7);
+        used with augment "paper" | "random-resized".
+    skip_bad_images: image folders only: leave out files that cannot be decoded (counted and
+        reported) instead of stopping with the file's name.
     """
     check_split(split)
     if not isinstance(name, str) or not name:
         raise UserError(f"dataset name {name!r} is invalid: expected one of {', '.join(NAMES)}")
     if image_size is not None and not name.startswith("folder:"):
         raise UserError(f"image_size={image_size} applies only to folder:PATH datasets, not {name!r}")
+    if augment != "pad-crop" and not name.startswith("folder:"):
+        if augment not in AUGMENTS:
+            raise UserError(f"unknown augment {augment!r}: expected one of {', '.join(AUGMENTS)}")
+        raise UserError(f"augment {augment!r} cuts crops from image files of any size: use it with "
+                        f"folder:PATH (a tree with train/ and val/), not {name!r}, whose images are small "
+                        f"and of one size (augment pad-crop)")
+    if skip_bad_images and not name.startswith("folder:"):
+        raise UserError(f"skip_bad_images applies only to folder:PATH datasets, not {name!r}")
 
     if name == "bundled":
         from resnets.data.bundled import load_bundled
@@ -70,5 +90,9 @@ def load(
             val_fraction=val_fraction,
             image_size=image_size,
             max_memory_bytes=max_memory_bytes,
+            augment=augment,
+            crop_size=crop_size,
+            resize_size=resize_size,
+            skip_bad_images=skip_bad_images,
         )
     raise UserError(f"unknown dataset {name!r}: expected one of {', '.join(NAMES)}")

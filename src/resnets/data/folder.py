@@ -1,117 +1,173 @@
 """Image folders: `folder:PATH` with PATH/train/<class>/<image> and PATH/val/<class>/...
 
 As with ImageNet, `val/` serves as the test split; "train" and "val" are drawn from `train/`.
-An image is any file in a format Pillow reads (PNG, JPEG, GIF, BMP, WEBP, TIFF, ...: by
-extension, then by header); anything else in a class folder is skipped and reported in one
-warning. Every image becomes 8-bit RGB (grayscale, 16-bit, RGBA and palette images are
-converted), optionally resized so its shorter side is `image_size` and centre-cropped to
-image_size x image_size. Without `image_size` all images must share one size.
+An image is any file with an extension of a format Pillow reads (PNG, JPEG, GIF, BMP, WEBP,
+TIFF, ...); the scan decides by name alone, never opening a file, so a tree of 1.28 million
+images is listed in seconds. Anything else in a class folder is skipped and reported in one
+warning. A file with an image's name that cannot be decoded is found when it is decoded: a
+`UserError` naming it, or, with `skip_bad_images`, left out and counted. Every image becomes
+8-bit RGB (`resnets.data.images`).
 
-A split that fits in memory is decoded once and cached as a uint8 tensor file in
-PATH/.resnets-cache/, named by a hash of the folder's contents (relative paths, sizes,
-modification times) and the image size, so the next run loads it instead of decoding, and any
-added, removed or changed file makes a new cache. A split larger than `max_memory_bytes`
-becomes a `StreamingFolder` that DataLoader workers decode batch by batch.
+Two ways to use a tree (the `augment` setting, `resnets.data.views`):
+
+- "pad-crop" (small images): each image optionally resized so its shorter side is
+  `image_size` and centre-cropped to a square (without `image_size` all images must share one
+  size). A split that fits in memory is decoded once and cached as a uint8 tensor file in
+  PATH/.resnets-cache/, named by a hash of the folder's contents (relative paths, sizes,
+  modification times) and the image size, so the next run loads it instead of decoding, and
+  any added, removed or changed file makes a new cache. A split larger than
+  `max_memory_bytes` becomes a `StreamingFolder` that DataLoader workers decode batch by batch.
+- "paper" / "random-resized" (ImageNet): always a `StreamingFolder` of the files as they are;
+  the Loader's workers cut each image's view (a random crop for training, the centre crop or
+  ten crops for evaluation) at `crop_size`.
+
+Class names: the class folders' names (ImageNet's WordNet ids), with display names from an
+optional mapping file in PATH (CLASS_NAME_FILES): one class per line, the folder name, then
+whitespace, then its name ("n01440764 tench, Tinca tinca"; words.txt's tab-separated lines
+too). Lines for other folders are ignored.
 """
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import os
+import random
 import warnings
 from pathlib import Path
+from typing import Iterator, Sequence
 
+import numpy as np
 import torch
 
 from resnets.data.dataset import Dataset, resolve_val_fraction, select, val_size
+from resnets.data.images import image_extensions, open_image, to_tensor
+from resnets.data.views import AUGMENTS, View, check_sizes
 from resnets.atomic import atomic_open
 from resnets.errors import UserError
 
 CACHE_DIR = ".resnets-cache"
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: the cache records which files were decoded (skip_bad_images)
 DECODE_WORKERS_ABOVE = 2_000  # decode in parallel workers only when it pays for their start-up
+CLASS_NAME_FILES = ("classes.txt", "synset_words.txt", "LOC_synset_mapping.txt", "words.txt")
+SKIP_HINT = "skip_bad_images (--skip-bad-images) skips unreadable files and counts them"
+
+SKIPPED_KINDS = ("not in a format Pillow reads", "subfolder (not searched)")
 
 
-@functools.cache
-def image_extensions() -> frozenset[str]:
-    """Lower-case suffixes (".png", ".tif", ...) of every format the installed Pillow can read."""
-    from PIL import Image
-
-    return frozenset(ext for ext, kind in Image.registered_extensions().items() if kind in Image.OPEN)
-
-
-def unreadable_reason(path: Path) -> str | None:
-    """None when Pillow recognises the file's header, else why not (the pixels are not read)."""
-    from PIL import Image
-
-    try:
-        with Image.open(path):
-            return None
-    except Exception as error:  # PIL raises many types for a truncated or foreign file
-        return pillow_reason(error, path)
+def _pack(names: list[str]) -> tuple[bytes, np.ndarray, np.ndarray]:
+    """Names joined in one bytes object (NUL-separated: a file name holds any byte but NUL),
+    with the int64 start and end of each."""
+    if not names:
+        return b"", np.zeros(0, np.int64), np.zeros(0, np.int64)
+    blob = os.fsencode("\0".join(names))
+    separators = np.flatnonzero(np.frombuffer(blob, dtype=np.uint8) == 0)
+    starts = np.concatenate(([0], separators + 1)).astype(np.int64)
+    ends = np.concatenate((separators, [len(blob)])).astype(np.int64)
+    return blob, starts, ends
 
 
-def pillow_reason(error: Exception, path: str | Path) -> str:
-    """Why Pillow could not read `path`, for a message that names the path already."""
-    return str(error).replace(f" {str(path)!r}", "") or type(error).__name__
+class FileList(Sequence):
+    """The files of a split, packed: every name in one bytes object with int64 offsets, the
+    class folder of each as an int32 index. `files[i]` is a Path.
 
-
-def to_8bit(image):
-    """A PIL image with 8 bits per channel: 16-bit, 32-bit and float grayscale are scaled, not clipped.
-
-    Pillow's own `convert("L")` clips these modes at 255, so a 16-bit gradient turns almost all
-    white. Unsigned 16-bit modes (I;16, I;16B, ...) map 0..65535 to 0..255; mode I the same when
-    its values fit 16 bits; float values in [0, 1] map to 0..255; anything else (negative
-    values, 32-bit ranges) is stretched from its own minimum and maximum. Other modes pass.
+    1.28 million names take tens of megabytes instead of a Path object each, and DataLoader
+    workers forked from the process share them: a Python list of strings would be copied
+    into every worker page by page as reference counts change.
     """
-    import numpy as np
-    from PIL import Image
 
-    if not (image.mode.startswith("I") or image.mode == "F"):
-        return image
-    values = np.asarray(image)
-    low, high = (values.min(), values.max()) if values.size else (0, 0)
-    if (image.mode.startswith("I;16") and not image.mode.endswith("S")) or (
-            image.mode == "I" and low >= 0 and high <= 65535):
-        eight = (values.astype(np.uint32) * 255 + 32767) // 65535  # round(v * 255 / 65535)
-    elif image.mode == "F" and low >= 0 and high <= 1:
-        eight = np.rint(values.astype(np.float32) * 255)
-    elif high > low:
-        eight = np.rint((values.astype(np.float32) - np.float32(low)) * np.float32(255 / (high - low)))
-    else:
-        eight = np.zeros(values.shape)
-    return Image.fromarray(eight.astype(np.uint8), "L")
+    def __init__(self, dirs: list[str], folder: np.ndarray, blob: bytes, starts: np.ndarray,
+                 ends: np.ndarray):
+        self.dirs = dirs  # class folder paths
+        self.folder = folder  # (N,) int32 index into dirs
+        self.blob, self.starts, self.ends = blob, starts, ends  # names: blob[starts[i]:ends[i]]
+
+    @classmethod
+    def build(cls, dirs: list[str], names: list[list[str]]) -> "FileList":
+        """From each folder's file names (names[k] lie in dirs[k])."""
+        counts = [len(part) for part in names]
+        blob, starts, ends = _pack([name for part in names for name in part])
+        folder = np.repeat(np.arange(len(dirs), dtype=np.int32), counts)
+        return cls(list(dirs), folder, blob, starts, ends)
+
+    @classmethod
+    def from_paths(cls, paths) -> "FileList":
+        """From any paths, in their order."""
+        paths = [Path(p) for p in paths]
+        dirs = sorted({str(p.parent) for p in paths})
+        index = {d: k for k, d in enumerate(dirs)}
+        blob, starts, ends = _pack([p.name for p in paths])
+        folder = np.array([index[str(p.parent)] for p in paths], dtype=np.int32)
+        return cls(dirs, folder, blob, starts, ends)
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def name(self, index: int) -> str:
+        return os.fsdecode(self.blob[int(self.starts[index]):int(self.ends[index])])
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        return Path(self.dirs[self.folder[index]], self.name(index))
+
+    def __iter__(self) -> Iterator[Path]:
+        return (self[i] for i in range(len(self)))
+
+    def take(self, indices) -> "FileList":
+        """The files at `indices` (ints, a tensor or an array), sharing the names."""
+        chosen = np.asarray(indices, dtype=np.int64)
+        return FileList(self.dirs, self.folder[chosen], self.blob, self.starts[chosen], self.ends[chosen])
+
+    def nbytes(self) -> int:
+        """Memory the list holds (names, offsets, folder indices; the folder paths are few)."""
+        return len(self.blob) + self.starts.nbytes + self.ends.nbytes + self.folder.nbytes + sum(
+            len(d) for d in self.dirs)
 
 
-SKIPPED_KINDS = ("not in a format Pillow reads", "unreadable", "subfolder (not searched)")
-
-
-def _skipped_line(folder: Path, skipped: list[tuple[Path, str, str]]) -> str:
+def _skipped_line(folder: Path, skipped: list[tuple[Path, str]]) -> str:
     """One line: how many entries were skipped, of each kind (SKIPPED_KINDS), with an example."""
     parts = []
     for kind in SKIPPED_KINDS:
-        items = [(path, why) for path, what, why in skipped if what == kind]
+        items = [path for path, what in skipped if what == kind]
         if items:
-            path, why = items[0]
-            example = path.relative_to(folder).as_posix() + (f": {why}" if why else "")
+            example = items[0].relative_to(folder).as_posix()
             name = kind.replace("subfolder", "subfolders") if len(items) > 1 else kind
             parts.append(f"{len(items)} {name} (e.g. {example})")
     return (f"{folder}: skipped {len(skipped)} entr{'ies' if len(skipped) > 1 else 'y'} in class folders: "
             f"{', '.join(parts)}")
 
 
-def _scan(folder: Path, classes: list[str] | None) -> tuple[list[Path], list[int], list[str]]:
-    """(files, labels, classes) of one split folder; `classes` fixes the label order (from train/).
+def _class_folders(folder: Path) -> list[str]:
+    with os.scandir(folder) as entries:
+        return sorted(e.name for e in entries if not e.name.startswith(".") and e.is_dir())
 
-    Files Pillow cannot read (other formats, unreadable headers) and subfolders of class folders
-    are skipped and reported in one warning; hidden files (.DS_Store, ._x.jpg) are ignored.
+
+def _no_class_folders(folder: Path) -> UserError:
+    extensions = image_extensions()
+    with os.scandir(folder) as entries:
+        images = sum(1 for e in entries if os.path.splitext(e.name)[1].lower() in extensions)
+    if images:
+        return UserError(f"{folder} holds {images:,} image files but no class subfolders: expected "
+                         f"{folder.name}/<class>/<image>; ImageNet's validation images come in one flat "
+                         f"folder and must be sorted into one folder per WordNet id, as in train/ (the "
+                         f"class of each image is in the devkit's ground truth or LOC_val_solution.csv)")
+    return UserError(f"{folder} has no class subfolders: expected {folder.name}/<class>/<image>.png|jpg|...")
+
+
+def _scan(folder: Path, classes: list[str] | None) -> tuple[FileList, np.ndarray, list[str]]:
+    """(files, labels (int64 array), classes) of one split folder; `classes` fixes the label
+    order (from train/).
+
+    Decides by name alone (an extension Pillow reads), without opening any file: os.scandir
+    gives names and folder flags from the directory itself. Other files and subfolders of
+    class folders are skipped and reported in one warning; hidden files (.DS_Store, ._x.jpg)
+    are ignored.
     """
     if not folder.is_dir():
         raise UserError(f"{folder} is not a folder: expected {folder.name}/ with one subfolder per class")
-    found = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    found = _class_folders(folder)
     if not found:
-        raise UserError(f"{folder} has no class subfolders: expected {folder.name}/<class>/<image>.png|jpg|...")
+        raise _no_class_folders(folder)
     if classes is None:
         if len(found) < 2:
             raise UserError(f"{folder} has one class folder ({found[0]}/): a classifier needs at least two "
@@ -119,105 +175,167 @@ def _scan(folder: Path, classes: list[str] | None) -> tuple[list[Path], list[int
         classes = found
     unknown = sorted(set(found) - set(classes))
     if unknown:
-        raise UserError(f"{folder} has classes {', '.join(unknown)} that train/ lacks: expected a subset of train/'s classes")
+        shown = ", ".join(unknown[:5]) + (f" (and {len(unknown) - 5} more)" if len(unknown) > 5 else "")
+        raise UserError(f"{folder} has classes {shown} that train/ lacks: expected a subset of train/'s classes")
     extensions = image_extensions()
-    files, labels, skipped = [], [], []  # skipped: (path, kind, why)
+    dirs, names, labels, skipped = [], [], [], []  # skipped: (path, kind)
+    present = set(found)
     for label, name in enumerate(classes):
-        class_dir = folder / name
-        if not class_dir.is_dir():
+        if name not in present:
             continue  # a test folder may lack a class
-        images, skipped_here = [], []
-        for path in sorted(p for p in class_dir.iterdir() if not p.name.startswith(".")):
-            if path.is_dir():
-                skipped_here.append((path, SKIPPED_KINDS[2], ""))
-            elif path.suffix.lower() not in extensions:
-                skipped_here.append((path, SKIPPED_KINDS[0], ""))
-            elif (why := unreadable_reason(path)) is not None:
-                skipped_here.append((path, SKIPPED_KINDS[1], why))
-            else:
-                images.append(path)
+        class_dir = os.path.join(folder, name)
+        images, other = [], []
+        with os.scandir(class_dir) as entries:
+            for entry in entries:
+                file_name = entry.name
+                if file_name.startswith("."):
+                    continue
+                dot = file_name.rfind(".")
+                if dot > 0 and file_name[dot:].lower() in extensions and not entry.is_dir():
+                    images.append(file_name)
+                else:
+                    other.append(entry)
+        skipped_here = [(Path(e.path), SKIPPED_KINDS[1] if e.is_dir() else SKIPPED_KINDS[0])
+                        for e in sorted(other, key=lambda e: e.name)]
         if not images:
             held = f"; {_skipped_line(folder, skipped_here)}" if skipped_here else ""
             raise UserError(f"class folder {class_dir} has no images: expected files Pillow reads "
                             f"(.png, .jpg, .gif, .bmp, .webp, .tif, ...){held}")
-        files += images
-        labels += [label] * len(images)
+        images.sort()
+        dirs.append(class_dir)
+        names.append(images)
+        labels.append((label, len(images)))
         skipped += skipped_here
     if skipped:
         warnings.warn(_skipped_line(folder, skipped), stacklevel=2)
-    return files, labels, classes
+    label_array = np.repeat(np.array([label for label, _ in labels], dtype=np.int64), [n for _, n in labels])
+    return FileList.build(dirs, names), label_array, classes
+
+
+def class_names(root: Path, classes: list[str]) -> list[str] | None:
+    """Display names of `classes` (folder names) from the first mapping file in `root`
+    (CLASS_NAME_FILES); None when there is none. A class the file does not name keeps its
+    folder name; a file that names none of them is reported in a warning."""
+    for file_name in CLASS_NAME_FILES:
+        path = root / file_name
+        if path.is_file():
+            break
+    else:
+        return None
+    wanted, mapping = set(classes), {}
+    try:
+        with open(path, encoding="utf-8", errors="replace") as file:
+            for line in file:
+                parts = line.strip().split(None, 1)
+                if len(parts) == 2 and parts[0] in wanted:
+                    mapping[parts[0]] = parts[1].strip()
+    except OSError as error:
+        raise UserError(f"cannot read class names from {path} ({error.strerror or error})") from None
+    if not mapping:
+        warnings.warn(f"{path} names none of train/'s class folders (e.g. {classes[0]}): expected lines "
+                      f"'FOLDER NAME', such as 'n01440764 tench, Tinca tinca'; folder names are used", stacklevel=2)
+        return None
+    return [mapping.get(name, name) for name in classes]
 
 
 def decode(path: Path, image_size: int | None) -> torch.Tensor:
     """One image as a uint8 RGB tensor (3, H, W), resized and centre-cropped if image_size is set."""
     from PIL import Image
 
-    try:
-        with Image.open(path) as image:
-            image.load()
-            image = to_8bit(image)
-            if image.mode == "P":
-                image = image.convert("RGBA")  # palette transparency, then dropped like RGBA's
-            image = image.convert("RGB")
-    except Exception as error:  # PIL raises many types for a truncated or foreign file
-        raise UserError(f"cannot read image {path} ({pillow_reason(error, path)}): expected an image file "
-                        f"Pillow reads") from None
-    if image_size is not None:
-        width, height = image.size
-        scale = image_size / min(width, height)
-        new_size = (max(image_size, round(width * scale)), max(image_size, round(height * scale)))
-        image = image.resize(new_size, Image.BILINEAR)
-        left, top = (new_size[0] - image_size) // 2, (new_size[1] - image_size) // 2
-        image = image.crop((left, top, left + image_size, top + image_size))
-    pixels = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8)
-    return pixels.view(image.size[1], image.size[0], 3).permute(2, 0, 1).contiguous()  # (3, H, W)
+    with open_image(path) as file:
+        image, _ = file.rgb()
+        if image_size is not None:
+            width, height = image.size
+            scale = image_size / min(width, height)
+            new_size = (max(image_size, round(width * scale)), max(image_size, round(height * scale)))
+            image = image.resize(new_size, Image.BILINEAR)
+            left, top = (new_size[0] - image_size) // 2, (new_size[1] - image_size) // 2
+            image = image.crop((left, top, left + image_size, top + image_size))
+        return to_tensor(image)  # (3, H, W)
 
 
 def _header_size(path: Path) -> tuple[int, int]:
     """(width, height) without decoding the pixels."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as image:
-            return image.size
-    except Exception as error:
-        raise UserError(f"cannot read image {path} ({pillow_reason(error, path)}): expected an image file "
-                        f"Pillow reads") from None
+    with open_image(path) as file:
+        return file.size
 
 
 class StreamingFolder(torch.utils.data.Dataset):
     """A split of an image folder decoded on demand: for trees too large for memory.
 
-    Like `Dataset` but without `.images`: `.files`, `.labels` (int64), `.classes`, `.name`,
-    `.default_flip`; `ds[i]` -> (uint8 image (3, S, S), label). `Loader` streams it through
-    DataLoader workers.
+    Like `Dataset` but without `.images`: `.files` (a `FileList`), `.labels` (int64),
+    `.classes`, `.class_names`, `.name`, `.default_flip`, `.default_pad`; `ds[i]` -> (uint8
+    image (3, S, S), label). `Loader` streams it through DataLoader workers.
+
+    image_size: "pad-crop" images: each decoded to this square (None: as stored).
+    crop_size, resize_size: set for "paper" / "random-resized" trees, whose files are kept as
+        they are and cut into views (`resnets.data.views.View`); `ds[i]` is the centre view.
+    skip_bad: `fetch` gives an unreadable file's message instead of raising.
     """
 
-    def __init__(self, files, labels, classes, name, image_size, split):
-        self.files = list(files)
+    def __init__(self, files, labels, classes, name, image_size, split, *, crop_size=None,
+                 resize_size=None, skip_bad=False, class_names=None):
+        self.files = files if isinstance(files, FileList) else FileList.from_paths(files)
         self.labels = torch.as_tensor(labels, dtype=torch.int64)
         self.classes = classes
+        self.class_names = class_names
         self.name = name
         self.image_size = image_size
+        self.crop_size = crop_size
+        self.resize_size = resize_size
         self.split = split
+        self.skip_bad = skip_bad
         self.default_flip = True
-        self.default_pad = Dataset.default_pad
+        self.default_pad = 0 if crop_size is not None else Dataset.default_pad
 
     def __len__(self) -> int:
         return len(self.files)
 
+    @property
+    def image_shape(self) -> tuple[int, int, int] | None:
+        """(C, H, W) of every image, when the settings say it without decoding one (a view's
+        crop, or the "pad-crop" square); None for images at their stored size."""
+        side = self.crop_size or self.image_size
+        return None if side is None else (3, side, side)
+
+    @property
+    def view(self) -> View | None:
+        """The evaluation view of a tree of files kept as they are (None for "pad-crop")."""
+        return None if self.crop_size is None else View("center", self.crop_size, self.resize_size)
+
+    def read(self, index: int, view: View | None = None, rng: random.Random | None = None) -> torch.Tensor:
+        """Image `index` decoded: through `view` (or the tree's own: centre crop or fixed square)."""
+        path = self.files[index]
+        view = view or self.view
+        try:
+            return decode(path, self.image_size) if view is None else view.read(path, rng)
+        except UserError as error:
+            raise UserError(f"{error}; {SKIP_HINT}") if not self.skip_bad else error from None
+
+    def fetch(self, index: int, view: View | None = None, rng: random.Random | None = None
+              ) -> torch.Tensor | str:
+        """`read`, but with skip_bad an unreadable file gives its message (a str) instead."""
+        try:
+            return self.read(index, view, rng)
+        except UserError as error:
+            if not self.skip_bad:
+                raise
+            return str(error)
+
     def __getitem__(self, index: int):
-        return decode(self.files[index], self.image_size), self.labels[index]
+        return self.read(index), self.labels[index]
 
     def subset(self, indices: torch.Tensor, split: str) -> "StreamingFolder":
-        chosen = indices.tolist()
-        return StreamingFolder([self.files[i] for i in chosen], self.labels[indices], self.classes,
-                               self.name, self.image_size, split)
+        return StreamingFolder(self.files.take(indices.numpy()), self.labels[indices], self.classes,
+                               self.name, self.image_size, split, crop_size=self.crop_size,
+                               resize_size=self.resize_size, skip_bad=self.skip_bad,
+                               class_names=self.class_names)
 
     def sample(self, n: int, seed: int = 0) -> torch.Tensor:
         """Up to n images (uint8, (n, 3, S, S)) drawn with a fixed seed: to fit a Normalizer."""
         chosen = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:n]
-        return torch.stack([decode(self.files[i], self.image_size) for i in chosen.sort().values.tolist()])
+        images, _, _ = _decode_all(self.subset(chosen.sort().values, self.split))
+        return images
 
 
 def worker_error(error: Exception) -> UserError:
@@ -226,32 +344,62 @@ def worker_error(error: Exception) -> UserError:
     return UserError(lines[-1].split(": ", 1)[1] if lines else str(error).splitlines()[0])
 
 
-def _images_only(items: list) -> list[torch.Tensor]:
-    return [image for image, _ in items]  # a module-level function: picklable for spawned workers
+class _Fetch(torch.utils.data.Dataset):
+    """What `_decode_all`'s workers run: i -> (i, image, or its message when skipping)."""
+
+    def __init__(self, stream: StreamingFolder):
+        self.stream = stream
+
+    def __len__(self) -> int:
+        return len(self.stream)
+
+    def __getitem__(self, index: int):
+        return index, self.stream.fetch(index)
 
 
-def _decode_all(stream: StreamingFolder) -> torch.Tensor:
-    """All images of `stream` stacked (N, 3, H, W); images of mixed sizes are an error."""
+def _as_list(items: list) -> list:
+    return items  # a module-level function: picklable for spawned workers
+
+
+def skipped_line(messages: list[str], where: str) -> str:
+    """One line for the images skipped as unreadable: how many, and the first one's message."""
+    return (f"{where}: skipped {len(messages)} unreadable image{'s' if len(messages) > 1 else ''} "
+            f"(e.g. {messages[0]})")
+
+
+def _decode_all(stream: StreamingFolder) -> tuple[torch.Tensor, list[int], list[str]]:
+    """(all images of `stream` stacked (N, 3, H, W), the indices they come from, the messages
+    of the files left out).
+
+    An unreadable file raises its UserError, or, when the stream skips bad files, is left out;
+    images of mixed sizes are an error.
+    """
     workers = min(4, os.cpu_count() or 1) if len(stream) > DECODE_WORKERS_ABOVE else 0
-    loader = torch.utils.data.DataLoader(stream, batch_size=64, num_workers=workers,
-                                         collate_fn=_images_only)
-    images, first = [], None
+    loader = torch.utils.data.DataLoader(_Fetch(stream), batch_size=64, num_workers=workers,
+                                         collate_fn=_as_list)
+    images, kept, bad, first = [], [], [], None
     try:
         for batch in loader:
-            for image in batch:
+            for index, image in batch:
+                if isinstance(image, str):
+                    bad.append(image)
+                    continue
                 if first is None:
                     first = image.shape
                 elif image.shape != first:
-                    path = stream.files[len(images)]
-                    raise UserError(f"image {path} is {image.shape[2]}x{image.shape[1]} but {stream.files[0]} is "
-                                    f"{first[2]}x{first[1]}: images of mixed sizes need --image-size")
+                    raise UserError(f"image {stream.files[index]} is {image.shape[2]}x{image.shape[1]} but "
+                                    f"{stream.files[kept[0]]} is {first[2]}x{first[1]}: images of mixed sizes "
+                                    f"need --image-size")
                 images.append(image)
+                kept.append(index)
     except UserError as error:
         raise worker_error(error) if workers else error from None
-    return torch.stack(images)
+    if not images:
+        raise UserError(f"{stream.name}: none of the {len(stream)} images could be read (e.g. {bad[0]})")
+    return torch.stack(images), kept, bad
 
 
-def cache_key(files: list[Path], root: Path, image_size: int | None) -> str:
+def cache_key(files, root: Path, image_size: int | None) -> str:
     """A hash of the split's contents: relative paths, sizes, mtimes, and the image size."""
     digest = hashlib.sha256(f"v{CACHE_VERSION} size={image_size}\n".encode())
     for path in files:
@@ -260,8 +408,10 @@ def cache_key(files: list[Path], root: Path, image_size: int | None) -> str:
     return digest.hexdigest()[:32]
 
 
-def _load_cached(stream: StreamingFolder, root: Path, part: str) -> torch.Tensor:
-    """The decoded images of one split folder, from the cache when its key matches."""
+def _load_cached(stream: StreamingFolder, root: Path, part: str) -> tuple[torch.Tensor, list[int]]:
+    """(the decoded images of one split folder, the indices of the files they come from),
+    from the cache when its key matches. A cache that left unreadable files out serves only a
+    stream that skips them (and repeats its warning)."""
     key = cache_key(stream.files, root, stream.image_size)
     cache_dir = root / CACHE_DIR
     prefix = f"{part}-{stream.image_size or 'native'}-"
@@ -269,20 +419,26 @@ def _load_cached(stream: StreamingFolder, root: Path, part: str) -> torch.Tensor
     if path.is_file():
         try:
             cached = torch.load(path, map_location="cpu", weights_only=True)
-            images = cached["images"]
-            if cached.get("key") == key and images.dtype == torch.uint8 and images.shape[0] == len(stream):
-                return images
+            images, kept, bad = cached["images"], cached["kept"].tolist(), cached["skipped"]
+            if (cached.get("key") == key and images.dtype == torch.uint8 and images.shape[0] == len(kept)
+                    and (len(kept) == len(stream) or stream.skip_bad)):
+                if bad:
+                    warnings.warn(skipped_line(bad, stream.name), stacklevel=3)
+                return images, kept
         except Exception:  # a damaged cache is rebuilt, never trusted
             pass
-    images = _decode_all(stream)
+    images, kept, bad = _decode_all(stream)
+    if bad:
+        warnings.warn(skipped_line(bad, stream.name), stacklevel=3)
     try:
         cache_dir.mkdir(exist_ok=True)
         for stale in cache_dir.glob(f"{prefix}*.pt"):
             stale.unlink(missing_ok=True)
-        _save_atomic({"key": key, "images": images, "labels": stream.labels, "classes": stream.classes}, path)
+        _save_atomic({"key": key, "images": images, "kept": torch.tensor(kept, dtype=torch.int64),
+                      "skipped": bad, "labels": stream.labels, "classes": stream.classes}, path)
     except OSError as error:
         warnings.warn(f"cannot write the image cache in {cache_dir} ({error}); images will be decoded again next run")
-    return images
+    return images, kept
 
 
 def _save_atomic(value: dict, path: Path) -> None:
@@ -298,23 +454,66 @@ def _memory_limit() -> int:
         return 4 << 30
 
 
+def _train_classes(train: Path) -> list[str]:
+    """train/'s class folders (the label order), without listing their files."""
+    if not train.is_dir():
+        raise UserError(f"{train} is not a folder: expected train/ with one subfolder per class")
+    found = _class_folders(train)
+    if not found:
+        raise _no_class_folders(train)
+    if len(found) < 2:
+        raise UserError(f"{train} has one class folder ({found[0]}/): a classifier needs at least two "
+                        f"classes, one subfolder of images per class")
+    return found
+
+
 def load_folder(path: str, split: str, seed: int = 0, val_fraction: float | None = None,
-                image_size: int | None = None, max_memory_bytes: int | None = None):
-    """One split of an ImageFolder tree: a Dataset, or a StreamingFolder when too large."""
+                image_size: int | None = None, max_memory_bytes: int | None = None, *,
+                augment: str = "pad-crop", crop_size: int = 224, resize_size: int | None = None,
+                skip_bad_images: bool = False):
+    """One split of an ImageFolder tree: a Dataset, or a StreamingFolder when too large, or
+    always a StreamingFolder of the files as they are for augment "paper" | "random-resized"
+    (their views are crop_size squares; resize_size: the evaluation resize, None: crop x 8/7)."""
     if image_size is not None and (not isinstance(image_size, int) or image_size < 1):
         raise UserError(f"image_size {image_size!r} is invalid: expected a positive integer")
+    if augment not in AUGMENTS:
+        raise UserError(f"unknown augment {augment!r}: expected one of {', '.join(AUGMENTS)}")
+    native = augment != "pad-crop"
+    if native:
+        if image_size is not None:
+            raise UserError(f"image_size applies to augment pad-crop (images resized once to a square); augment "
+                            f"{augment} cuts crop_size x crop_size views from the images as they are: drop "
+                            f"image_size and set crop_size")
+        resize_size = check_sizes(crop_size, resize_size)
     root = Path(path).expanduser()
     if not path or not root.is_dir():
         raise UserError(f"image folder {root} does not exist: expected a folder with train/ and val/")
-    train_files, train_labels, classes = _scan(root / "train", None)
     part = "val" if split == "test" else "train"
     if split == "test":
+        classes = _train_classes(root / "train")
+        if not (root / "val").is_dir():
+            raise UserError(f"{root / 'val'} is not a folder: the test split is {root.name}/val/<class>/<image>, "
+                            f"beside train/ (for ImageNet: its 50,000 validation images sorted into one folder "
+                            f"per WordNet id, as in train/)")
         files, labels, _ = _scan(root / "val", classes)
     else:
-        files, labels = train_files, train_labels
+        files, labels, classes = _scan(root / "train", None)
     name = f"folder:{path}"
-    stream = StreamingFolder(files, labels, classes, name, image_size, "test" if split == "test" else "trainval")
+    stream = StreamingFolder(files, labels, classes, name, image_size, "test" if split == "test" else "trainval",
+                             crop_size=crop_size if native else None, resize_size=resize_size if native else None,
+                             skip_bad=skip_bad_images, class_names=class_names(root, classes))
+    if native:
+        whole = stream
+    else:
+        whole = _held_or_streamed(stream, root, part, max_memory_bytes)
+    if split == "test":
+        return whole
+    return select(whole, split, seed, val_size(len(whole), resolve_val_fraction(val_fraction)))
 
+
+def _held_or_streamed(stream: StreamingFolder, root: Path, part: str, max_memory_bytes: int | None):
+    """("pad-crop") The split decoded into memory (cached), or `stream` when it would not fit."""
+    files, image_size = stream.files, stream.image_size
     if image_size is None:
         width, height = _header_size(files[0])
     else:
@@ -327,10 +526,8 @@ def load_folder(path: str, split: str, seed: int = 0, val_fraction: float | None
                     size = _header_size(file)
                     raise UserError(f"image {file} is {size[0]}x{size[1]} but {files[0]} is {width}x{height}: "
                                     f"images of mixed sizes need --image-size")
-        whole = stream
-    else:
-        images = _load_cached(stream, root, part)
-        whole = Dataset(images, stream.labels, classes, name, default_flip=True, split=stream.split)
-    if split == "test":
-        return whole
-    return select(whole, split, seed, val_size(len(whole), resolve_val_fraction(val_fraction)))
+        return stream
+    images, kept = _load_cached(stream, root, part)
+    labels = stream.labels[kept] if len(kept) < len(stream) else stream.labels
+    return Dataset(images, labels, stream.classes, stream.name, default_flip=True, split=stream.split,
+                   class_names=stream.class_names)

@@ -15,6 +15,7 @@ from resnets.errors import UserError
 
 KINDS = ("pixel_mean", "channel", "none")
 FIT_SAMPLE = 2048  # images drawn to fit a dataset streamed from disk
+CHUNK_VALUES = 1 << 24  # pixel values converted to float64 at a time while fitting
 
 
 class Normalizer:
@@ -47,10 +48,11 @@ class Normalizer:
         channels = images.shape[1]
         if kind == "none":
             return cls(kind, torch.zeros(channels, 1, 1), torch.full((channels, 1, 1), 255.0))
-        # Sum in float64 in chunks: exact enough and no (N, C, H, W) float copy of a large set.
+        # Sum in float64 in chunks of at most CHUNK_VALUES values (sums of integers, exact in
+        # any order): no (N, C, H, W) float copy of a large set, 128 MB at ImageNet's 224 x 224.
         total = torch.zeros(images.shape[1:], dtype=torch.float64)
         total_sq = torch.zeros(images.shape[1:], dtype=torch.float64)
-        for chunk in images.split(4096):
+        for chunk in images.split(max(1, CHUNK_VALUES // images[0].numel())):
             chunk = chunk.to("cpu", torch.float64)
             total += chunk.sum(0)
             total_sq += chunk.square().sum(0)

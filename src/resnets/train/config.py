@@ -27,6 +27,7 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
 from resnets.data.normalize import KINDS as NORMALIZERS
+from resnets.data.views import AUGMENTS
 from resnets.errors import UserError
 from resnets.train.device import PRECISIONS, check_device_name
 from resnets.train.schedule import SCHEDULES, WARMUP_MODES
@@ -77,6 +78,24 @@ class Config:
                              "the dataset's default, 4 for photos, 2 for digits)", "data")
     flip: bool | None = _field(None, "random horizontal flips (None: the dataset's default, "
                                "off for digits, on for photos)", "data")
+    augment: str = _field("pad-crop", "how training images are cropped: pad-crop (small images "
+                          "of one size, in memory, padded and cropped in batches: digits, CIFAR); "
+                          "paper (He et al. 3.4: shorter side random in [256, 480], random "
+                          "224 crop); random-resized (torchvision: 8-100% of the area, aspect "
+                          "3/4-4/3, resized to 224). The last two stream folder:PATH trees of "
+                          "any size", "data", choices=AUGMENTS)
+    crop_size: int = _field(224, "side of the square the model sees with augment paper | "
+                            "random-resized, in training and evaluation", "data")
+    # The paper and torchvision evaluate on the centre 224 of a 256 resize; torchvision's
+    # newer weights (IMAGENET1K_V2) are evaluated at 232.
+    resize_size: int | None = _field(None, "evaluation with augment paper | random-resized: "
+                                     "shorter side resized to this, then the centre crop "
+                                     "(None: crop_size x 8/7, 256 for 224)", "data")
+    lighting: float | None = _field(None, "std of AlexNet's PCA colour noise (None: 0.1 with "
+                                    "augment paper, as the paper; else 0)", "data")
+    skip_bad_images: bool = _field(False, "leave out image files that cannot be decoded, "
+                                   "counted in the summary (default: stop, naming the file)",
+                                   "data")
     # --- optimisation
     epochs: float | None = _field(None, "length of training in epochs (exactly one of "
                                   "epochs / iters)", "optim")
@@ -90,7 +109,15 @@ class Config:
     schedule: str = _field("cosine", "learning-rate decay after warm-up", "optim",
                            choices=SCHEDULES)
     milestones: list = _field([], "steps at which `step` multiplies lr by gamma (empty: at "
-                              "50% and 75% of training)", "optim")
+                              "50% and 75% of training, or milestone_epochs)", "optim")
+    milestone_epochs: list = _field([], "epochs at which `step` multiplies lr by gamma, "
+                                    "instead of milestones in steps (torchvision: 30,60)",
+                                    "optim")
+    # torchvision's recipe gives lr 0.1 for batch 256 and scales it linearly with the batch
+    # (Goyal et al. 2017), so one preset serves any batch size.
+    lr_reference_batch: int | None = _field(None, "batch size lr is given for: the lr used "
+                                            "is lr x batch_size / this (None: lr as given)",
+                                            "optim")
     gamma: float = _field(0.1, "lr factor at each milestone", "optim")
     warmup: int = _field(0, "warm-up length in steps (0: none)", "optim")
     warmup_mode: str = _field("linear", "linear: ramp from lr/warmup to lr; constant: hold "
@@ -118,6 +145,9 @@ class Config:
     eval_every: int = _field(0, "steps between validation/test evaluations (0: once per "
                              "epoch)", "run")
     eval_batch_size: int = _field(500, "images per evaluation batch", "run")
+    workers: int | None = _field(None, "DataLoader worker processes decoding images streamed "
+                                 "from disk (None: one per CPU core, at most 8); the batches "
+                                 "do not depend on it", "run")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict by field name (what config.json and checkpoints store)."""
@@ -374,7 +404,7 @@ def _validate(config: Config) -> None:
         if not getattr(config, name) > 0:
             raise UserError(f"{name} must be > 0, got {getattr(config, name)}")
     for name in ("momentum", "wd", "warmup", "warmup_min_depth", "pad", "log_every",
-                 "eval_every"):
+                 "eval_every", "lighting", "workers"):
         if getattr(config, name) is not None and getattr(config, name) < 0:
             raise UserError(f"{name} must be >= 0, got {getattr(config, name)}")
     if not 0 <= config.momentum < 1:
@@ -387,6 +417,21 @@ def _validate(config: Config) -> None:
         raise UserError(f"image_size must be >= 1, got {config.image_size}")
     if any(m < 1 for m in config.milestones) or config.milestones != sorted(config.milestones):
         raise UserError(f"milestones must be increasing positive steps, got {config.milestones}")
+    if any(m < 1 for m in config.milestone_epochs) or \
+            config.milestone_epochs != sorted(config.milestone_epochs):
+        raise UserError(f"milestone_epochs must be increasing positive epochs, got "
+                        f"{config.milestone_epochs}")
+    if config.milestones and config.milestone_epochs:
+        raise UserError("give milestones (steps) or milestone_epochs, not both")
+    for name in ("crop_size", "lr_reference_batch"):
+        if getattr(config, name) is not None and getattr(config, name) < 1:
+            raise UserError(f"{name} must be >= 1, got {getattr(config, name)}")
+    if config.resize_size is not None and config.resize_size < config.crop_size:
+        raise UserError(f"resize_size must be >= crop_size ({config.crop_size}), got "
+                        f"{config.resize_size}")
+    if config.augment != "pad-crop" and config.image_size is not None:
+        raise UserError(f"image_size applies to augment pad-crop; augment {config.augment} cuts "
+                        f"crop_size views from images of any size: drop image_size")
     check_device_name(config.device)
     if config.name is not None and (not config.name or "/" in config.name or
                                     config.name in (".", "..")):

@@ -37,6 +37,14 @@ class Trained:
     checkpoint: dict
     path: Path
     device: torch.device
+    class_names: list[str] | None = None  # display names (an image folder's classes.txt)
+
+    def label(self, index: int) -> str:
+        """Class `index` as a person reads it: its display name with the folder name, when the
+        two differ ("tench, Tinca tinca (n01440764)"), else its name."""
+        name = self.classes[index]
+        shown = self.class_names[index] if self.class_names else name
+        return name if shown == name else f"{shown} ({name})"
 
 
 def load_trained(path: str | Path, device: str = "cpu", parts: Parts | None = None) -> Trained:
@@ -48,22 +56,40 @@ def load_trained(path: str | Path, device: str = "cpu", parts: Parts | None = No
     state.model.to(device_).eval()
     return Trained(model=state.model, normalizer=state.normalizer, classes=state.classes,
                    input_size=state.input_size, config=state.config, checkpoint=checkpoint,
-                   path=path, device=device_)
+                   path=path, device=device_, class_names=state.class_names)
 
 
 def evaluate_checkpoint(trained: Trained, *, data: str | None = None,
                         data_dir: str | None = None, split: str = "test",
                         batch_size: int = 500, precision: str = "fp32",
-                        parts: Parts | None = None) -> dict[str, Any]:
+                        parts: Parts | None = None, crops: int = 1,
+                        resize_size: int | None = None,
+                        workers: int | None = None) -> dict[str, Any]:
     """Top-1/top-5/per-class error of a trained model on a dataset split (by default the
-    dataset and split options it was trained with)."""
+    dataset and split options it was trained with).
+
+    crops: 1, or 10 for the paper's 10-crop testing (four corners and centre and their flips,
+    softmax averaged); resize_size: the shorter side before cropping (default: the run's).
+    Both apply to models trained with augment paper | random-resized (images of any size).
+    batch_size counts images (10 crops each with crops=10); workers: decoding processes.
+    """
     parts = parts or parts_module.default_parts()
     config = trained.config
+    changes: dict[str, Any] = {}
     if data is not None or data_dir is not None:
         changes = {k: v for k, v in {"data": data, "data_dir": data_dir}.items() if v is not None}
-        if data is not None and data.startswith("folder:") and config.image_size is None:
+        if data is not None and data.startswith("folder:") and config.image_size is None \
+                and config.augment == "pad-crop":
             # another tree is resized to what the model was trained on (its H; square crops)
             changes["image_size"] = trained.input_size[1]
+    if config.augment == "pad-crop" and (crops != 1 or resize_size is not None):
+        flag = f"--crops {crops}" if crops != 1 else f"--resize-size {resize_size}"
+        raise UserError(f"{flag} cuts views from images of any size: it applies to models "
+                        f"trained with --augment paper or random-resized on folder:PATH; "
+                        f"this one was trained with augment pad-crop on {config.data}")
+    if resize_size is not None:
+        changes["resize_size"] = resize_size
+    if changes:
         config = config.replace(**changes)
     dataset = parts.load_dataset(config, split)
     if len(dataset) == 0:
@@ -75,12 +101,17 @@ def evaluate_checkpoint(trained: Trained, *, data: str | None = None,
     if list(dataset.classes) != trained.classes:
         raise UserError(f"{config.data} has classes {_short(dataset.classes)}, the "
                         f"checkpoint {_short(trained.classes)}")
+    options = {} if crops == 1 else {"crops": crops}
     loader = parts.make_loader(dataset, batch_size, shuffle=False, pad=0, flip=False,
                                normalizer=trained.normalizer, device=trained.device,
-                               seed=0, drop_last=False, channels_last=False)
+                               seed=0, drop_last=False, channels_last=False,
+                               workers=workers if workers is not None else config.workers,
+                               **options)
     result = evaluate(trained.model, loader, precision=precision,
                       num_classes=len(trained.classes))
-    return {**result, "data": config.data, "split": split}
+    skipped = list(getattr(loader, "skipped", ()))
+    return {**result, "data": config.data, "split": split, "crops": crops,
+            "skipped_images": skipped}
 
 
 def _short(names: Sequence[str]) -> str:
@@ -95,7 +126,7 @@ def image_paths(items: Sequence[str | Path]) -> list[Path]:
     without images."""
     import glob
 
-    from resnets.data.folder import image_extensions
+    from resnets.data.images import image_extensions
 
     paths: list[Path] = []
     for item in items:
@@ -112,18 +143,19 @@ def image_paths(items: Sequence[str | Path]) -> list[Path]:
     return paths
 
 
-def load_image(path: str | Path, input_size: Sequence[int], max_pixels: int | None = None
-               ) -> torch.Tensor:
+def load_image(path: str | Path, input_size: Sequence[int], max_pixels: int | None = None,
+               resize_size: int | None = None) -> torch.Tensor:
     """An image file as a uint8 (C, H, W) tensor in the model's input format.
 
     Any mode is converted to L (1 channel) or RGB (3 channels), 16-bit images scaled to 8 bits;
-    the shorter side is resized to the training size and the centre cropped, so any size and
-    aspect ratio works. An image of more than `max_pixels` pixels (default: Pillow's limit
+    the shorter side is resized to the training size (or to `resize_size`, as a model trained
+    on crops of larger images is evaluated: 256 for 224) and the centre cropped, so any size
+    and aspect ratio works. An image of more than `max_pixels` pixels (default: Pillow's limit
     against decompression bombs, `PIL.Image.MAX_IMAGE_PIXELS`) is refused before it is decoded.
     """
     from PIL import Image, ImageOps
 
-    from resnets.data.folder import pillow_reason, to_8bit
+    from resnets.data.images import pillow_reason, to_8bit
 
     channels, height, width = input_size
     if channels not in (1, 3):
@@ -152,6 +184,8 @@ def load_image(path: str | Path, input_size: Sequence[int], max_pixels: int | No
                 image = Image.alpha_composite(background, rgba)
             image = image.convert("L" if channels == 1 else "RGB")
             scale = max(height / image.height, width / image.width)
+            if resize_size is not None:
+                scale = max(scale, resize_size / min(image.height, image.width))
             size = (max(width, round(image.width * scale)), max(height, round(image.height
                                                                                * scale)))
             image = image.resize(size, Image.Resampling.BILINEAR)
@@ -168,6 +202,16 @@ def load_image(path: str | Path, input_size: Sequence[int], max_pixels: int | No
     return data.view(height, width, channels).permute(2, 0, 1).contiguous()  # (C, H, W)
 
 
+def eval_resize_size(config: Config) -> int | None:
+    """The shorter side a model's evaluation images are resized to before the centre crop:
+    None (the crop's own size) for pad-crop training, else the run's resize_size."""
+    if config.augment == "pad-crop":
+        return None
+    from resnets.data.views import check_sizes
+
+    return check_sizes(config.crop_size, config.resize_size)
+
+
 @torch.no_grad()
 def predict_images(trained: Trained, paths: Sequence[str | Path], top: int = 5, *,
                    return_errors: bool = False, max_pixels: int | None = None,
@@ -178,12 +222,13 @@ def predict_images(trained: Trained, paths: Sequence[str | Path], top: int = 5, 
     list, so the others are still classified. `max_pixels`: see `load_image`.
     """
     k = min(top, len(trained.classes))
+    resize = eval_resize_size(trained.config)
     results: list[list[tuple[str, float]] | UserError] = []
     for start in range(0, len(paths), batch_size):
         loaded: list[torch.Tensor | UserError] = []
         for path in paths[start:start + batch_size]:
             try:
-                loaded.append(load_image(path, trained.input_size, max_pixels))
+                loaded.append(load_image(path, trained.input_size, max_pixels, resize))
             except UserError as error:
                 if not return_errors:
                     raise
@@ -194,7 +239,7 @@ def predict_images(trained: Trained, paths: Sequence[str | Path], top: int = 5, 
             inputs = trained.normalizer(torch.stack(images).float()).to(trained.device)  # (N, C, H, W)
             probabilities = torch.softmax(trained.model(inputs).float(), dim=1)
             values, indices = probabilities.topk(k, dim=1)
-            rows = iter([[(trained.classes[i], float(p)) for p, i in zip(row_p, row_i)]
+            rows = iter([[(trained.label(i), float(p)) for p, i in zip(row_p, row_i)]
                          for row_p, row_i in zip(values.tolist(), indices.tolist())])
         results += [next(rows) if isinstance(x, torch.Tensor) else x for x in loaded]
     return results

@@ -41,13 +41,15 @@ from resnets.train.metrics import MetricsWriter, read_metrics, truncate_metrics
 from resnets.train import parts as parts_module
 from resnets.train.parts import Parts
 from resnets.train.progress import Progress, make_progress
-from resnets.train.schedule import schedule_from_config
+from resnets.train.schedule import peak_lr, schedule_from_config
 from resnets.train.state import (MODEL_KEYS, TRAINING_KEYS, Counters, Meter, TrainState,
                                  load_weights, require)
 
-# Fields that may change when a run is resumed: they do not change what the run computes.
+# Fields that may change when a run is resumed: they do not change what the run computes
+# (skip_bad_images changes only batches that held a file the run could not read: resuming
+# with it is how a run that stopped at a broken file goes on).
 RESUMABLE_CHANGES = frozenset({"device", "compile", "out", "name", "eval_batch_size",
-                               "threads"})
+                               "threads", "workers", "skip_bad_images"})
 TRAIN_LINES_PER_EPOCH = 10  # training lines in metrics.jsonl when log_every is 0
 
 
@@ -78,28 +80,43 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, images: torch
     return loss.detach(), correct
 
 
+def class_scores(model: nn.Module, images: torch.Tensor, precision: str = "fp32"
+                 ) -> torch.Tensor:
+    """Scores (B, classes), fp32, whose softmax is the prediction: the logits of a batch
+    (B, C, H, W); for several crops of each image (B, K, C, H, W), the log of the mean of the
+    K crops' softmax (the paper's 10-crop testing averages the crops' scores)."""
+    if images.ndim == 5:
+        batch, crops = images.shape[:2]
+        with autocast(images.device, precision):
+            logits = model(images.flatten(0, 1))  # (B * K, classes)
+        probabilities = logits.float().softmax(dim=1).view(batch, crops, -1).mean(dim=1)
+        return probabilities.log()
+    with autocast(images.device, precision):
+        logits = model(images)  # (B, classes)
+    return logits.float()
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: Iterable, *, precision: str = "fp32",
              num_classes: int | None = None) -> dict[str, Any]:
     """Loss, top-1 and top-5 error (percent) and per-class top-1 error over `loader`.
 
-    `loader` yields (images, labels) batches already on the model's device. per_class_err is
-    a list indexed by class (None for a class with no images). The model is evaluated in eval
-    mode and left in the mode it had.
+    `loader` yields (images, labels) batches already on the model's device; images of shape
+    (B, K, C, H, W) are K crops of each image, judged by their mean softmax (`class_scores`).
+    per_class_err is a list indexed by class (None for a class with no images). The model is
+    evaluated in eval mode and left in the mode it had.
     """
     loss_sum, count, wrong_top1, wrong_top5 = 0.0, 0, 0, 0
     class_total = class_wrong = None
     with eval_mode(model):
         for images, labels in loader:
-            with autocast(images.device, precision):
-                logits = model(images)
-            logits = logits.float()  # (B, classes)
+            scores = class_scores(model, images, precision)  # (B, classes)
             if class_total is None:
-                n = max(logits.shape[1], num_classes or 0)
+                n = max(scores.shape[1], num_classes or 0)
                 class_total = torch.zeros(n, dtype=torch.long)
                 class_wrong = torch.zeros(n, dtype=torch.long)
-            loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
-            top = logits.topk(min(5, logits.shape[1]), dim=1).indices  # (B, k)
+            loss_sum += F.cross_entropy(scores, labels, reduction="sum").item()
+            top = scores.topk(min(5, scores.shape[1]), dim=1).indices  # (B, k)
             hit1 = top[:, 0] == labels
             wrong_top1 += int((~hit1).sum())
             wrong_top5 += int((~(top == labels[:, None]).any(dim=1)).sum())
@@ -119,6 +136,8 @@ def image_shape(dataset) -> list[int]:
     """[C, H, W] of a dataset's images (in memory, or streamed from disk)."""
     if hasattr(dataset, "images"):
         return list(dataset.images.shape[1:])
+    if getattr(dataset, "image_shape", None) is not None:  # known without decoding a file
+        return list(dataset.image_shape)
     return list(dataset[0][0].shape)
 
 
@@ -283,7 +302,8 @@ class _Training:
         self.state = self._state(parts, train_set, checkpoint, precision)
         self._loaders(parts, train_set, eval_sets)
         self.lr_at = schedule_from_config(config, self.total_steps,
-                                          depth=getattr(self.state.model, "depth", None))
+                                          depth=getattr(self.state.model, "depth", None),
+                                          steps_per_epoch=self.steps_per_epoch)
         if checkpoint is not None:
             self.state.load_state_dict(checkpoint, run.last)
             truncate_metrics(run.metrics, self.state.step)
@@ -335,10 +355,11 @@ class _Training:
         model = model.to(self.device)
         if config.channels_last:
             model = model.to(memory_format=torch.channels_last)
-        optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+        optimizer = torch.optim.SGD(model.parameters(), lr=peak_lr(config), momentum=config.momentum,
                                     weight_decay=config.wd, nesterov=config.nesterov)
         return TrainState(config=config, model=model, model_kwargs=model_kwargs,
                           normalizer=normalizer, classes=list(train_set.classes),
+                          class_names=getattr(train_set, "class_names", None),
                           input_size=input_size, precision=precision, optimizer=optimizer,
                           meter=Meter.zero(self.device), counters=Counters())
 
@@ -363,9 +384,11 @@ class _Training:
         config, normalizer = self.config, self.state.normalizer
         pad, flip = augmentation(config, train_set)
         common = {"normalizer": normalizer, "device": self.device, "seed": config.seed,
-                  "channels_last": config.channels_last}
+                  "channels_last": config.channels_last, "workers": config.workers}
         self.loader = parts.make_loader(train_set, config.batch_size, shuffle=True,
-                                        pad=pad, flip=flip, drop_last=True, **common)
+                                        pad=pad, flip=flip, drop_last=True,
+                                        augment=config.augment, lighting=config.lighting,
+                                        **common)
         self.eval_loaders = {split: parts.make_loader(dataset, config.eval_batch_size,
                                                       shuffle=False, pad=0, flip=False,
                                                       drop_last=False, **common)
@@ -455,7 +478,18 @@ class _Training:
                 best.update(step=state.step, err=result["err"])
                 self._save(self.run.best)
 
+    def _note_skipped(self) -> None:
+        """Add the unreadable images the loaders met since the last call to the counters."""
+        known = self.state.counters.skipped
+        seen = set(known)
+        for loader in (self.loader, *self.eval_loaders.values()):
+            for message in getattr(loader, "skipped", ()):
+                if message not in seen:
+                    seen.add(message)
+                    known.append(message)
+
     def _save(self, path: Path) -> None:
+        self._note_skipped()
         self.state.counters.time = self._elapsed()
         self.state.save(path, self.lr_at(self.state.step))
 
@@ -476,7 +510,12 @@ class _Training:
     # -------------------------------------------------------------------- the finish
     def finish(self, display: Progress) -> dict[str, Any]:
         """Write summary.json (the run is then finished) and the plots; return the summary."""
+        self._note_skipped()
         summary = self._summary(read_metrics(self.run.metrics))
+        skipped = self.state.counters.skipped
+        if skipped:
+            display.message(f"warning: skipped {len(skipped)} unreadable image"
+                            f"{'s' if len(skipped) > 1 else ''} (e.g. {skipped[0]})")
         try:
             from resnets.train.plots import plot_runs
 
@@ -500,6 +539,7 @@ class _Training:
                       "test_err_top5": test and test["err_top5"]},
             "best": {"step": state.best["step"], "val_err": state.best["err"],
                      "split": state.best["split"]},
+            "skipped_images": len(counters.skipped),
         }
 
 

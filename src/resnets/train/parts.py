@@ -21,15 +21,20 @@ class Parts:
     load_dataset: Callable[[Any, str], Any]       # (config, split) -> Dataset
     fit_normalizer: Callable[[str, Any], Any]     # (kind, dataset) -> Normalizer
     normalizer_from_state: Callable[[dict], Any]  # (state dict) -> Normalizer
-    make_loader: Callable[..., Any]               # (dataset, batch_size, **options) -> Loader
+    # (dataset, batch_size, **options) -> Loader; options: shuffle, pad, flip, normalizer,
+    # device, seed, drop_last, channels_last, workers, and augment, lighting (training) or
+    # crops (evaluation): see resnets.data.Loader
+    make_loader: Callable[..., Any]
 
 
 def load_dataset(config, split: str):
-    """One split of the config's dataset, with its split and image-size settings."""
+    """One split of the config's dataset, with its split, image-size and cropping settings."""
     from resnets.data import load
 
     return load(config.data, split, root=config.data_dir, seed=config.split_seed,
-                val_fraction=config.val_fraction, image_size=config.image_size)
+                val_fraction=config.val_fraction, image_size=config.image_size,
+                augment=config.augment, crop_size=config.crop_size,
+                resize_size=config.resize_size, skip_bad_images=config.skip_bad_images)
 
 
 def default_parts() -> Parts:

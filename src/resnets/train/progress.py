@@ -294,6 +294,8 @@ def summary_rows(summary: dict) -> list[tuple[str, str]]:
                                          f"{pct(final.get('test_err_top5'))}"),
             ("test accuracy (top-1 / top-5)", f"{pct(accuracy(final.get('test_err')))} / "
                                               f"{pct(accuracy(final.get('test_err_top5')))}")]
+    if summary.get("skipped_images"):
+        rows.append(("skipped images", f"{summary['skipped_images']} unreadable"))
     best = summary.get("best") or {}
     if best.get("step") is not None:
         rows.append(("best", f"step {best['step']}: {best.get('split', 'val')} err "

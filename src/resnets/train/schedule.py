@@ -50,16 +50,36 @@ def default_milestones(total_steps: int) -> list[int]:
     return [total_steps // 2, total_steps * 3 // 4]
 
 
-def schedule_from_config(config, total_steps: int, depth: int | None = None
-                         ) -> Callable[[int], float]:
+def peak_lr(config) -> float:
+    """The learning rate a config trains at: `lr`, scaled linearly with the batch size when
+    `lr_reference_batch` says which batch `lr` is for (torchvision's 0.1 x batch / 256)."""
+    if getattr(config, "lr_reference_batch", None):
+        return config.lr * config.batch_size / config.lr_reference_batch
+    return config.lr
+
+
+def config_milestones(config, steps_per_epoch: int | None) -> tuple[int, ...]:
+    """The config's milestones in steps: `milestones`, or `milestone_epochs` times the epoch
+    length (steps_per_epoch, needed then)."""
+    epochs = getattr(config, "milestone_epochs", None)
+    if not epochs:
+        return tuple(config.milestones)
+    if not steps_per_epoch:
+        raise ValueError("milestone_epochs needs the number of steps per epoch")
+    return tuple(round(epoch * steps_per_epoch) for epoch in epochs)
+
+
+def schedule_from_config(config, total_steps: int, depth: int | None = None,
+                         steps_per_epoch: int | None = None) -> Callable[[int], float]:
     """`lr_at` with the config's settings bound: a function of the step alone.
 
     The warm-up is dropped for models shallower than `warmup_min_depth` (the paper warms up
     only ResNet-110 and deeper); `depth` is the built model's (`model.depth`), None if unknown.
+    `steps_per_epoch` turns `milestone_epochs` into steps.
     """
     warmup = config.warmup
     if config.warmup_min_depth and (depth is None or depth < config.warmup_min_depth):
         warmup = 0
-    return partial(lr_at, lr=config.lr, total_steps=total_steps, schedule=config.schedule,
-                   milestones=tuple(config.milestones), gamma=config.gamma, warmup=warmup,
-                   warmup_mode=config.warmup_mode, warmup_lr=config.warmup_lr)
+    return partial(lr_at, lr=peak_lr(config), total_steps=total_steps, schedule=config.schedule,
+                   milestones=config_milestones(config, steps_per_epoch), gamma=config.gamma,
+                   warmup=warmup, warmup_mode=config.warmup_mode, warmup_lr=config.warmup_lr)

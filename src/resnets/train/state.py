@@ -13,6 +13,7 @@ A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts (so i
     config                 the resolved config (Config.to_dict())
     normalizer             the normaliser's state dict
     classes, input_size    class names and the [C, H, W] of the training images
+    class_names            display names of the classes (an image folder's classes.txt), or None
     data                   the dataset's name
     progress               {"counters", "meter"}: the running figures of the metrics file
     best                   {"step", "err", "split"}: the best evaluation so far
@@ -82,6 +83,7 @@ class Counters:
     time: float = 0.0           # seconds since the run started
     train_seconds: float = 0.0  # of which in training steps (not evaluation)
     train_images: int = 0
+    skipped: list = field(default_factory=list)  # messages of unreadable images left out
 
 
 @dataclass
@@ -95,6 +97,7 @@ class TrainState:
     classes: list[str]
     input_size: list[int]     # [C, H, W] of the training images
     precision: str            # "bf16" | "fp32"
+    class_names: list[str] | None = None  # display names, when the dataset has them
     optimizer: torch.optim.Optimizer | None = None
     step: int = 0
     best: dict = field(default_factory=lambda: {"step": None, "err": None, "split": None})
@@ -109,8 +112,10 @@ class TrainState:
                 "step": self.step, "schedule": {"step": self.step, "lr": lr},
                 "rng": rng_state(), "config": self.config.to_dict(),
                 "normalizer": self.normalizer.state_dict(), "classes": list(self.classes),
+                "class_names": None if self.class_names is None else list(self.class_names),
                 "input_size": list(self.input_size), "data": self.config.data,
-                "progress": {"counters": vars(self.counters).copy(),
+                "progress": {"counters": {**vars(self.counters),
+                                          "skipped": list(self.counters.skipped)},
                              "meter": self.meter.state_dict()},
                 "best": dict(self.best), "precision": self.precision}
 
@@ -134,6 +139,7 @@ class TrainState:
 
     def _load_progress(self, progress: dict) -> None:
         self.counters = Counters(**progress["counters"])
+        self.counters.skipped = list(self.counters.skipped)
         device = self.meter.loss_sum.device if self.meter is not None else torch.device("cpu")
         self.meter = Meter.from_state_dict(progress["meter"], device)
 
@@ -155,6 +161,7 @@ class TrainState:
         return cls(config=config, model=model, model_kwargs=dict(checkpoint["model_kwargs"]),
                    normalizer=_normalizer(checkpoint, parts, path),
                    classes=list(checkpoint["classes"]),
+                   class_names=checkpoint.get("class_names"),
                    input_size=list(checkpoint["input_size"]),
                    precision=checkpoint.get("precision", "fp32"),
                    step=checkpoint.get("step", 0))
