@@ -115,7 +115,7 @@ def test_a_batch_larger_than_the_training_set_is_refused_not_a_hang(capsys):
     assert main(["diagnose", "plain8", "--steps", "1", "--batch-size", "3601"]) == 2
     assert "larger than the training set (3600 images)" in capsys.readouterr().err
     assert main(["diagnose", "plain8", "--lr", "-1"]) == 2
-    assert "lr must be a positive number" in capsys.readouterr().err
+    assert "argument --lr: must be a finite number > 0" in capsys.readouterr().err
 
 
 def test_diagnose_measures_with_the_threads_asked_for(monkeypatch, capsys):
