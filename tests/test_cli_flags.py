@@ -38,6 +38,7 @@ BAD_TEXT = {
     "train --name": ["a/b", "..", "."],
     "train --device": ["abc", "gpu", "cuda:x"],
     "train --milestones": ["abc", "-5", "0", "5,3", "1.5", str(2**63)],
+    "train --milestone-epochs": ["abc", "-5", "0", "5,3", "1.5"],
     "train --model-args": ["abc", "=1", "num_classes=3", "in_channels=1"],
     "study --config": ["no-such-study"],
     "study --name": ["a/b", ".hidden"],

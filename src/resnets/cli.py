@@ -393,7 +393,7 @@ def _add_checkpoint_commands(sub) -> None:
     evaluate.add_argument("--resize-size", type=_positive_int, metavar="N",
                           help="shorter side before cropping (default: the run's, 256 for 224 "
                           "crops; torchvision's newer weights use 232)")
-    evaluate.add_argument("--workers", type=int, metavar="N",
+    evaluate.add_argument("--workers", type=_integer(0), metavar="N",
                           help="processes decoding images (default: the run's setting)")
     evaluate.set_defaults(run=_cmd_eval)
 
