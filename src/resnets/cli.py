@@ -369,7 +369,8 @@ def _add_training_commands(sub) -> None:
 
 
 def _add_checkpoint_commands(sub) -> None:
-    """eval, predict, export, plot: the commands that read what training wrote."""
+    """eval, predict, export, plot: the commands that read what training wrote. (Long but
+    flat: one declaration per flag of four commands.)"""
     from resnets.data.dataset import SPLITS
     from resnets.data.views import CROPS
     from resnets.train.device import PRECISIONS

@@ -34,7 +34,8 @@ def load(
     resize_size: int | None = None,
     skip_bad_images: bool = False,
 ):
-    """Load one split of a dataset by name.
+    """Load one split of a dataset by name. (Over a screen for its parameters' documentation;
+    the body only dispatches to the readers.)
 
     name: "bundled" (5,000 MNIST digits shipped in the package), "cifar10", "cifar100",
         "cifar100-coarse" (CIFAR-100 with its 20 superclass labels), or "folder:PATH"
