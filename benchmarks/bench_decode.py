@@ -32,19 +32,17 @@ from __future__ import annotations
 import argparse
 import platform
 import random
-import shlex
 import statistics
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from hardware import describe as hardware  # noqa: E402 (benchmarks/hardware.py)
+from hardware import append, command_line, describe as hardware, utc_date  # noqa: E402 (benchmarks/hardware.py)
 from jpeg_tree import parse_size, write_tree  # noqa: E402
 from resnets.data.augment import IMAGENET_EIGENVALUES, IMAGENET_EIGENVECTORS, flip, lighting  # noqa: E402
 from resnets.data.views import View, paper_sides  # noqa: E402
@@ -167,8 +165,8 @@ def main(argv: list[str] | None = None) -> int:
         mean_kb = sum(path.stat().st_size for path in paths) / len(paths) / 1000
 
     if args.results:
-        command = "python3 " + " ".join(shlex.quote(a) for a in [sys.argv[0], *sys.argv[1:]])
-        date = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        command = command_line()
+        date = utc_date()
         block = "\n".join([
             f"\n## bench_decode: decode + training augmentation at 224, images/s per worker ({date})\n",
             f"- hardware: {hardware()} (timed with 1 torch thread, one process)",
@@ -178,9 +176,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{args.smallest} to {args.largest}, a quarter portrait; median of {args.repeats} "
             f"passes (min-max) after one untimed pass\n",
             header, *rows, ""])
-        with open(args.results, "a") as file:
-            file.write(block)
-        print(f"appended to {args.results}")
+        append(args.results, block)
     return 0
 
 

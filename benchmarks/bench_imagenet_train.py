@@ -25,19 +25,17 @@ from __future__ import annotations
 
 import argparse
 import platform
-import shlex
 import statistics
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from hardware import describe as hardware  # noqa: E402 (benchmarks/hardware.py)
+from hardware import append, command_line, describe as hardware, utc_date  # noqa: E402 (benchmarks/hardware.py)
 from jpeg_tree import write_tree  # noqa: E402
 from resnets import create_model  # noqa: E402
 from resnets.data import Loader, Normalizer, load  # noqa: E402
@@ -125,8 +123,8 @@ def main(argv: list[str] | None = None) -> int:
             print(rows[-1], flush=True)
 
     if args.results:
-        command = "python3 " + " ".join(shlex.quote(a) for a in [sys.argv[0], *sys.argv[1:]])
-        date = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        command = command_line()
+        date = utc_date()
         block = "\n".join([
             f"\n## bench_imagenet_train: ResNet training images/s at 224, loader share with "
             f"{args.workers} worker ({date})\n",
@@ -137,9 +135,7 @@ def main(argv: list[str] | None = None) -> int:
             f"loader share = total wait / total time); {count} generated JPEGs 400x350 to "
             f"500x375, augment paper, channels_last, 1,000 classes\n",
             header, *rows, ""])
-        with open(args.results, "a") as file:
-            file.write(block)
-        print(f"appended to {args.results}")
+        append(args.results, block)
     return 0
 
 

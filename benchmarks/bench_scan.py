@@ -27,7 +27,6 @@ import argparse
 import gc
 import os
 import platform
-import shlex
 import shutil
 import statistics
 import sys
@@ -35,12 +34,11 @@ import tempfile
 import time
 import tracemalloc
 import warnings
-from datetime import datetime, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from hardware import describe as hardware  # noqa: E402 (benchmarks/hardware.py)
+from hardware import append, command_line, describe as hardware, utc_date  # noqa: E402 (benchmarks/hardware.py)
 from resnets.data import load  # noqa: E402
 
 IMAGENET_TRAIN = 1_281_167
@@ -124,8 +122,8 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(root, ignore_errors=True)
 
     if args.results:
-        command = "python3 " + " ".join(shlex.quote(a) for a in [sys.argv[0], *sys.argv[1:]])
-        date = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        command = command_line()
+        date = utc_date()
         block = "\n".join([
             f"\n## bench_scan: scanning an ImageNet-sized tree ({date})\n",
             f"- hardware: {hardware()}; file system of the tree: {filesystem(root)}",
@@ -135,9 +133,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{args.val_per_class} per class in val/; warm directory cache; median of "
             f"{args.repeats} scans (min-max); memory traced in one more, untimed, load\n",
             header, *rows, ""])
-        with open(args.results, "a") as file:
-            file.write(block)
-        print(f"appended to {args.results}")
+        append(args.results, block)
     return 0
 
 

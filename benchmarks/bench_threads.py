@@ -25,12 +25,10 @@ import argparse
 import json
 import os
 import platform
-import shlex
 import statistics
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
@@ -147,10 +145,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.results:
         import torch
+        from hardware import append, command_line, utc_date
         from hardware import describe as hardware
 
-        command = "python3 " + " ".join(shlex.quote(a) for a in [sys.argv[0], *sys.argv[1:]])
-        date = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        command = command_line()
+        date = utc_date()
         block = "\n".join([
             f"\n## bench_threads: {args.processes} trainings at once, threads per process "
             f"({date})\n",
@@ -162,9 +161,7 @@ def main(argv: list[str] | None = None) -> int:
             f"once; median of {args.rounds} rounds (order alternating); load average before "
             f"/ after {load_before:.2f} / {load_after:.2f}\n",
             header, *rows, ""])
-        with open(args.results, "a", encoding="utf-8") as f:
-            f.write(block)
-        print(f"appended to {args.results}")
+        append(args.results, block)
     return 0
 
 

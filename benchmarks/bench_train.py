@@ -15,18 +15,16 @@ from __future__ import annotations
 
 import argparse
 import platform
-import shlex
 import statistics
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from hardware import describe  # noqa: E402 (benchmarks/hardware.py)
+from hardware import append, command_line, describe, utc_date  # noqa: E402 (benchmarks/hardware.py)
 
 from resnets import create_model  # noqa: E402
 from resnets.train.device import autocast  # noqa: E402
@@ -114,8 +112,8 @@ def main(argv: list[str] | None = None) -> int:
         print(row, flush=True)
 
     if args.results:
-        command = "python3 " + " ".join(shlex.quote(a) for a in [sys.argv[0], *sys.argv[1:]])
-        date = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        command = command_line()
+        date = utc_date()
         block = "\n".join([
             f"\n## bench_train: training images/s, bf16+channels_last vs fp32 ({date})\n",
             f"- hardware: {describe()}",
@@ -126,9 +124,7 @@ def main(argv: list[str] | None = None) -> int:
             f"steps on random {args.image_size}x{args.image_size} RGB batches; median run "
             f"(min-max)\n",
             header, *rows, ""])
-        with open(args.results, "a", encoding="utf-8") as f:
-            f.write(block)
-        print(f"appended to {args.results}")
+        append(args.results, block)
     return 0
 
 

@@ -1,13 +1,18 @@
-"""What every benchmark record names: the machine it ran on.
+"""What every benchmark record names and how it is written.
 
 `describe()` gives the CPU model with the flags that decide precision `auto` (AMX, AVX-512
-bf16), the logical CPUs, torch's thread count, and the GPU when there is one.
+bf16), the logical CPUs, torch's thread count, and the GPU when there is one;
+`command_line()`, `utc_date()` and `append(path, block)` are the rest of a record's mechanics.
 """
 
 from __future__ import annotations
 
 import os
 import platform
+import shlex
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
 
 import torch
 
@@ -27,3 +32,19 @@ def describe() -> str:
     if torch.cuda.is_available():
         text += f"; GPU {torch.cuda.get_device_name()}"
     return text
+
+
+def command_line() -> str:
+    """The command that is running, as a user would type it again."""
+    return "python3 " + " ".join(shlex.quote(a) for a in sys.argv)
+
+
+def utc_date() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def append(path: str | Path, block: str) -> None:
+    """Append a record (a markdown block) to `path`, usually benchmarks/RESULTS.md."""
+    with open(path, "a", encoding="utf-8") as file:
+        file.write(block)
+    print(f"appended to {path}")
