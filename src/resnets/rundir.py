@@ -25,6 +25,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterator
 
+from resnets.atomic import writable_folder, write_text
 from resnets.errors import UserError
 
 try:
@@ -122,15 +123,15 @@ class RunDir:
         if self.path.is_dir() and not self.ours() and any(self.path.iterdir()):
             raise UserError(f"{self.path} is a folder resnets did not make (no {MARKER} "
                             f"marker); refusing to write into it: choose another --name/--out")
-        _mkdir(self.path)
-        _touch(self.path / MARKER)
+        writable_folder(self.path)
+        write_text(self.path / MARKER, "")
         return self
 
     @classmethod
     def claim_new(cls, parent: str | Path, base: str) -> "RunDir":
         """A new run directory `parent/base` (or `base-2`, `base-3`, ... if taken), created
         atomically, so that processes started at the same second never share one."""
-        _mkdir(Path(parent))
+        writable_folder(parent)
         for number in range(1, 10_000):
             path = Path(parent) / (base if number == 1 else f"{base}-{number}")
             try:
@@ -196,18 +197,3 @@ def _read_json(path: Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise UserError(f"{path} cannot be read ({type(error).__name__})") from None
 
-
-def _mkdir(path: Path) -> None:
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except FileExistsError:
-        raise UserError(f"{path} (or a folder above it) is a file, not a folder") from None
-    except OSError as error:
-        raise UserError(f"cannot create {path}: {error.strerror}") from None
-
-
-def _touch(path: Path) -> None:
-    try:
-        path.touch(exist_ok=True)
-    except OSError as error:
-        raise UserError(f"cannot write in {path.parent}: {error.strerror}") from None

@@ -29,13 +29,12 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
     """Write `state` to `path` atomically (temporary file + fsync + rename).
 
     A failed write (full disk, file-size limit, read-only folder) raises `UserError` naming
-    the path and the cause, and leaves the previous file at `path` as it was.
+    the path and the cause (`atomic_open`'s `WriteError` for what the OS reports), and leaves
+    the previous file at `path` as it was.
     """
     try:
         with atomic_open(path, "wb") as file:
             torch.save({"format": FORMAT, "version": VERSION, **state}, file)
-    except OSError as error:
-        raise UserError(f"cannot write {path}: {error.strerror or error}") from None
     except RuntimeError as error:  # torch's zip writer reports a short write this way
         if "unexpected pos" not in str(error) and "write" not in str(error).lower():
             raise
