@@ -166,10 +166,7 @@ def resume_config(run_dir: str | Path, overrides: dict | None = None) -> Config:
     run = RunDir(run_dir)
     if not run.exists():
         raise UserError(f"cannot resume: run directory not found: {run}")
-    if not run.config.is_file():
-        raise UserError(f"cannot resume {run}: no config.json (not a resnets run directory)")
-    saved = Config.from_dict({k: v for k, v in run.read_config().items()
-                              if k != "environment"})
+    saved = _saved_config(run)
     given = saved.replace(**(overrides or {}))
     check_resumable(saved, given, run)
     return given
@@ -208,8 +205,7 @@ def fit(config: Config, run_dir: str | Path, *, resume: bool = False,
         run.create()  # refuses a folder resnets did not make
     with run.lock():
         if resume and run.finished():  # nothing to train, but no silent changes either
-            if run.last.is_file():
-                _check_checkpoint_config(config, load_checkpoint(run.last), run.last)
+            check_resumable(_saved_config(run), config, run)
             return run.read_summary()
         checkpoint = _resume_checkpoint(run, config) if resume else None
         if checkpoint is None and run.has_metrics():
@@ -228,6 +224,13 @@ def fit(config: Config, run_dir: str | Path, *, resume: bool = False,
             finally:
                 display.close()
         return training.finish(display)
+
+
+def _saved_config(run: RunDir) -> Config:
+    """The config a run was started with (its config.json, less the environment entry)."""
+    if not run.config.is_file():
+        raise UserError(f"cannot resume {run}: no config.json (not a resnets run directory)")
+    return Config.from_dict({k: v for k, v in run.read_config().items() if k != "environment"})
 
 
 def _resume_checkpoint(run: RunDir, config: Config) -> dict:
