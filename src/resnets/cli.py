@@ -356,7 +356,13 @@ def _add_training_commands(sub) -> None:
             help_text += f" ({' | '.join(field.metadata['choices'])})"
         help_text += f" [quick: {defaults[name]}]".replace("%", "%%")
         kind, _ = field_type(name)
-        if kind is bool:
+        if name == "compile":  # --compile, --compile auto, --no-compile
+            train.add_argument(flag, dest=name, nargs="?", const=True, default=None,
+                               choices=field.metadata["choices"], metavar="auto",
+                               help=help_text)
+            train.add_argument("--no-compile", dest=name, action="store_const", const=False,
+                               help="never compile (the same as --compile false)")
+        elif kind is bool:
             train.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction,
                                default=None, help=help_text)
         else:
@@ -385,8 +391,10 @@ def _add_checkpoint_commands(sub) -> None:
     evaluate.add_argument("--batch-size", type=_positive_int, default=500,
                           help="images per batch (with --crops 10, ten crops each) (default: 500)")
     evaluate.add_argument("--device", type=_device, default="auto")
-    evaluate.add_argument("--precision", choices=[p for p in PRECISIONS if p != "auto"],
-                          default="fp32")
+    evaluate.add_argument("--precision", choices=PRECISIONS, default="auto",
+                          help="auto: bf16 where it is faster (CUDA, CPUs with AVX-512 BF16 "
+                          "or AMX), else fp32; BatchNorm is folded into the convolutions "
+                          "either way (default: auto)")
     evaluate.add_argument("--crops", type=int, choices=CROPS, default=1,
                           help="1: the centre crop; 10: the paper's 10-crop testing (four "
                           "corners and centre, and their flips; softmax averaged). For models "
@@ -416,6 +424,8 @@ def _add_checkpoint_commands(sub) -> None:
                          help="refuse larger images, a guard against decompression bombs "
                          "(default: Pillow's limit, about 89 million)")
     predict.add_argument("--device", type=_device, default="cpu")
+    predict.add_argument("--precision", choices=PRECISIONS, default="auto",
+                         help="as for eval (default: auto)")
     predict.set_defaults(run=_cmd_predict)
 
     export = sub.add_parser("export", help="export a checkpoint to ONNX or torchvision format",
@@ -550,7 +560,7 @@ def _cmd_eval(args) -> int:
     crops = f", {args.crops} crops" if args.crops != 1 else ""
     print(f"{trained.checkpoint['model']} on {result['data']} {args.split} ({result['n']} "
           f"images{crops}): top-1 error {result['err']:.2f}%, top-5 error "
-          f"{result['err_top5']:.2f}%, loss {result['loss']:.4f}")
+          f"{result['err_top5']:.2f}%, loss {result['loss']:.4f} ({result['precision']})")
     labels = [trained.label(i) for i in range(len(trained.classes))]
     width = max(len("class"), *(len(label) for label in labels))
     print(f"{'class':<{width}}  error")
@@ -572,7 +582,7 @@ def _cmd_predict(args) -> int:
     trained = load_trained(args.checkpoint, device=args.device)
     paths = image_paths(args.images)
     results = predict_images(trained, paths, top=args.top, return_errors=True,
-                             max_pixels=args.max_pixels)
+                             max_pixels=args.max_pixels, precision=args.precision)
     done = [(str(path), top) for path, top in zip(paths, results) if not isinstance(top, UserError)]
     failed = [error for error in results if isinstance(error, UserError)]
     if not done:

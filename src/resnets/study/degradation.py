@@ -62,6 +62,7 @@ def run_study(
     """Train every unfinished run of `study`, then write its report. Returns the study dir."""
     from resnets.study.report import write_report
     from resnets.train import TrainingInterrupted, fit
+    from resnets.train.compile import planned_runs
     from resnets.train.progress import format_duration
 
     log = log or (lambda line: print(line, file=sys.stderr, flush=True))
@@ -81,8 +82,13 @@ def run_study(
         estimate = f", about {format_duration(elapsed / trained_layers * sum(left))} left" if trained_layers else ""
         verb = "resuming" if resume else "training"
         log(f"[{index}/{len(runs)}] {verb} {run.name} (elapsed {format_duration(elapsed)}{estimate})")
+        # The runs left, this one first: compile "auto" counts those that reuse its compiled
+        # units (the same kind at any depth), which share its compile time.
+        plan = [study.config_for(r).model for r in runs[index - 1:]
+                if not directories[r].finished()]
         try:
-            fit(study.config_for(run), run_dir.path, resume=resume, progress=progress)
+            with planned_runs(plan):
+                fit(study.config_for(run), run_dir.path, resume=resume, progress=progress)
         except TrainingInterrupted:
             raise TrainingInterrupted(
                 f"study interrupted during {run.name} (run {index}/{len(runs)}); its checkpoint is "

@@ -29,6 +29,7 @@ except ModuleNotFoundError:  # Python 3.10
 from resnets.data.normalize import KINDS as NORMALIZERS
 from resnets.data.views import AUGMENTS
 from resnets.errors import UserError
+from resnets.train.compile import check_setting as check_compile_setting
 from resnets.train.device import PRECISIONS, check_device_name
 from resnets.train.schedule import SCHEDULES, WARMUP_MODES
 
@@ -36,6 +37,7 @@ PRESET_DIR = Path(__file__).with_name("presets")
 GROUPS = ("model", "data", "optim", "run")  # TOML tables that may hold the fields below
 MAX_SEED = 2**63 - 1  # seeds are 0..MAX_SEED: torch.manual_seed takes no more than 64 bits
 MAX_INT = 2**63 - 1   # no integer setting may overflow torch's int64
+COMPILE_CHOICES = ("auto", "true", "false")  # the compile setting as a flag's value
 
 
 def _field(default, help: str, group: str, choices: tuple | None = None,
@@ -132,7 +134,11 @@ class Config:
                             "bf16: autocast with fp32 weights; fp32: plain", "run",
                             choices=PRECISIONS)
     channels_last: bool = _field(True, "NHWC memory format (faster convolutions)", "run")
-    compile: bool = _field(False, "torch.compile the model", "run")
+    # "auto", True or False (older files: true/false); resnets.train.compile decides "auto".
+    compile: bool | str = _field(
+        "auto", "torch.compile the training step (BN, ReLU and additions fused): auto "
+        "compiles a run long enough to pay back the compile time, never one of a few hundred "
+        "steps; --compile always, --no-compile never", "run", choices=COMPILE_CHOICES)
     # torch's default is every core: two trainings on one machine then fight over them.
     threads: int | None = _field(None, "CPU threads for torch (None: this process's share of "
                                  "the cores under torchrun, else torch's default, every "
@@ -275,12 +281,17 @@ def field_type(name: str) -> tuple[type, bool]:
     hint = _TYPES[name]
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
         args = [arg for arg in typing.get_args(hint) if arg is not type(None)]
-        return args[0], True
+        return args[0], len(args) < len(typing.get_args(hint))
     return hint, False
 
 
 def _coerce(name: str, value: Any) -> Any:
     """`value` as the type of field `name`: strings (from flags) parsed, numbers checked."""
+    if name == "compile":  # "auto", True or False
+        try:
+            return check_compile_setting(value)
+        except ValueError as error:
+            raise UserError(str(error)) from None
     kind, optional = field_type(name)
     if value is None:
         if optional or kind in (dict, list):

@@ -49,13 +49,19 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def cpu_has_amx() -> bool:
-    """True where the CPU reports AMX bf16 tiles (Linux /proc/cpuinfo flag `amx_bf16`)."""
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags as Linux reports them (/proc/cpuinfo); empty elsewhere."""
     try:
         with open("/proc/cpuinfo") as cpuinfo:
-            return any("amx_bf16" in line.split() for line in cpuinfo if line.startswith("flags"))
+            line = next((line for line in cpuinfo if line.startswith("flags")), "")
     except OSError:
-        return False
+        return set()
+    return set(line.partition(":")[2].split())
+
+
+def cpu_has_amx() -> bool:
+    """True where the CPU reports AMX bf16 tiles (Linux /proc/cpuinfo flag `amx_bf16`)."""
+    return "amx_bf16" in cpu_flags()
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:

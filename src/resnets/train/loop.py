@@ -3,7 +3,8 @@
 The loop is deliberately plain: one step is forward under autocast, cross-entropy in fp32,
 backward, SGD. The learning rate is set from `lr_at(step)` before every step, and the loader's
 batch `i` of epoch `e` depends only on (seed, e, i), so the step counter is the whole position
-of a run: a resumed run replays exactly what an uninterrupted one would have done.
+of a run: a resumed run replays exactly what an uninterrupted one would have done. Whether the
+steps run compiled is `resnets.train.compile`'s business (`_Training._wrap_model`).
 
 `fit` is three parts: build (`_Training.__init__`: data, model, optimizer, loaders, state,
 restored from a checkpoint when resuming), loop (`_Training.loop`), finish (summary, plots).
@@ -34,6 +35,7 @@ from resnets.models.summary import activation_bytes, count_parameters
 from resnets.modes import eval_mode
 from resnets.rundir import RunDir
 from resnets.train.checkpoint import load_checkpoint
+from resnets.train.compile import StepCompiler
 from resnets.train.config import Config
 from resnets.train.device import (autocast, cpu_threads, machine_busy_warning, memory_limit,
                                   resolve_device, resolve_precision, resolve_threads)
@@ -315,13 +317,27 @@ class _Training:
             write_json(run.config, {**config.to_dict(), "environment": {
                 **_environment(), "device": str(self.device), "precision": precision,
                 "threads": self.threads}})
-        self.forward_model = torch.compile(self.state.model) if config.compile \
-            else self.state.model
+        self._wrap_model(checkpoint)
         self.started = time.perf_counter() - self.state.counters.time
         self.lr = self.lr_at(self.state.step)
         busy = machine_busy_warning()
         if busy:  # last, so a mistake in the settings is reported first; before the display
             warnings.warn(busy)
+
+    def _wrap_model(self, checkpoint: dict | None) -> None:
+        """`forward_model`, what a training step calls, and `compiler`, which compiles its
+        units in place when `config.compile` says so (True, or "auto" and the run is long
+        enough: resnets.train.compile); a resumed run keeps its checkpoint's decision."""
+        state = self.state
+        self.forward_model = state.model
+        self.compiler = StepCompiler(
+            state.model, self.config.compile, device=self.device,
+            total_steps=self.total_steps, start_step=state.step, model_name=self.config.model,
+            run_key=(self.config.model, state.model_kwargs, state.input_size,
+                     self.config.batch_size, state.precision, self.config.channels_last,
+                     self.threads),
+            saved=checkpoint.get("compiled") if checkpoint else None,
+            on_decision=lambda on: setattr(state, "compiled", on))
 
     def _datasets(self, parts: Parts):
         train_set = parts.load_dataset(self.config, "train")
@@ -409,6 +425,7 @@ class _Training:
         """Train until total_steps, writing metrics, evaluating and checkpointing as set."""
         state = self.state
         with _StopRequests() as stop, cpu_threads(self.threads):
+            self.compiler.begin(display.message)  # says whether it compiles, and why
             while state.step < self.total_steps:
                 epoch, start = divmod(state.step, self.steps_per_epoch)
                 tick = time.perf_counter()
@@ -416,8 +433,9 @@ class _Training:
                     self.lr = self.lr_at(state.step)
                     for group in state.optimizer.param_groups:
                         group["lr"] = self.lr
-                    loss, correct = train_step(self.forward_model, state.optimizer, images,
-                                               labels, precision=state.precision)
+                    loss, correct = self.compiler.run(train_step, self.forward_model,
+                                                      state.optimizer, images, labels,
+                                                      precision=state.precision)
                     state.step += 1
                     state.meter.add(loss, correct, len(labels))
                     state.counters.train_images += len(labels)
@@ -468,8 +486,9 @@ class _Training:
     def _evaluate(self, metrics: MetricsWriter, display: Progress) -> None:
         state = self.state
         for split, loader in self.eval_loaders.items():
-            result = evaluate(self.forward_model, loader, precision=state.precision,
-                              num_classes=len(state.classes))
+            with self.compiler.eager():  # compiling eval-mode graphs would not pay
+                result = evaluate(self.forward_model, loader, precision=state.precision,
+                                  num_classes=len(state.classes))
             record = {"split": split, "step": state.step,
                       "epoch": state.step / self.steps_per_epoch, "loss": result["loss"],
                       "err": result["err"], "err_top5": result["err_top5"],

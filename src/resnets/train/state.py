@@ -18,6 +18,8 @@ A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts (so i
     progress               {"counters", "meter"}: the running figures of the metrics file
     best                   {"step", "err", "split"}: the best evaluation so far
     precision              the arithmetic the run trains in ("bf16" | "fp32")
+    compiled               whether training steps run compiled (True | False), once decided
+                           (resnets.train.compile); None before
 """
 
 from __future__ import annotations
@@ -103,9 +105,13 @@ class TrainState:
     best: dict = field(default_factory=lambda: {"step": None, "err": None, "split": None})
     counters: Counters = field(default_factory=Counters)
     meter: Meter | None = None
+    compiled: bool | None = None  # the compile decision, once final
 
     def state_dict(self, lr: float) -> dict[str, Any]:
         """The checkpoint (see the module docstring); `lr` is the rate at `self.step`."""
+        from resnets.models.fold import check_not_folded
+
+        check_not_folded(self.model)  # an inference copy never becomes a checkpoint
         return {"model": self.config.model, "model_kwargs": self.model_kwargs,
                 "model_state": self.model.state_dict(),
                 "optimizer_state": self.optimizer.state_dict(),
@@ -117,7 +123,8 @@ class TrainState:
                 "progress": {"counters": {**vars(self.counters),
                                           "skipped": list(self.counters.skipped)},
                              "meter": self.meter.state_dict()},
-                "best": dict(self.best), "precision": self.precision}
+                "best": dict(self.best), "precision": self.precision,
+                "compiled": self.compiled}
 
     def save(self, path: str | Path, lr: float) -> Path:
         return save_checkpoint(self.state_dict(lr), path)
@@ -212,6 +219,8 @@ def _check_fields(checkpoint: dict, path: str | Path) -> None:
     trained_in = [p for p in PRECISIONS if p != "auto"]  # what "auto" was resolved to
     if wrong("precision", lambda v: v in trained_in):
         refuse("precision", " or ".join(trained_in))
+    if wrong("compiled", lambda v: v is None or isinstance(v, bool)):
+        refuse("compiled", "true, false or none")
     if wrong("progress", lambda v: isinstance(v, dict) and isinstance(v.get("counters"), dict)
              and isinstance(v.get("meter"), dict)):
         refuse("progress", "a dict of counters and meter")

@@ -1,0 +1,172 @@
+"""Inference images/s: resnets' default inference path against the same model in onnxruntime.
+
+For each model and batch size, the same network (random weights, BatchNorm statistics of a
+calibration batch: speed does not depend on the values) on the same normalised float batches:
+
+- resnets default: what `resnets eval`, `resnets predict` and `Trained.inference_model()` run:
+  BatchNorm folded into the convolutions, channels_last, precision auto (bf16 on a CPU with
+  AVX-512 BF16 or AMX, else fp32), under torch.inference_mode; the input handed over as a
+  user has it (contiguous fp32);
+- resnets fp32: the same path forced to fp32 (`--precision fp32`);
+- onnxruntime: the model exported as `resnets export --onnx` exports it (torch.onnx.export,
+  dynamo, dynamic batch), run by onnxruntime's CPU provider with its default graph
+  optimisations (which fold BatchNorm and fuse convolution with ReLU and additions), as many
+  intra-op threads as torch uses.
+
+Models: resnet20 on 3x32x32 (10 classes) and resnet50 on 3x224x224 (1,000 classes) at batch 1
+and 64. Each cell: --warmup untimed calls, then --runs timed runs of about --seconds each
+(at least one call); the median run (min-max). The goal this answers: resnets' default at or above
+onnxruntime at batch 64. Prints the table and appends it, with the hardware, versions, command,
+date and load average before and after, to benchmarks/RESULTS.md (--results '' for none).
+
+    python3 benchmarks/bench_inference.py               # resnet20 and resnet50, batch 1 and 64
+    python3 benchmarks/bench_inference.py --quick       # tiny sizes: proves it runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from hardware import append, command_line, describe, utc_date  # noqa: E402
+
+from resnets import create_model  # noqa: E402
+from resnets.export import _onnx_export  # noqa: E402 (what `resnets export --onnx` runs)
+from resnets.train.device import cpu_flags  # noqa: E402
+from resnets.train.inference import InferenceModel, inference_precision  # noqa: E402
+
+# (model, input size, classes)
+MODELS = {"resnet20": (32, 10), "resnet50": (224, 1000)}
+
+
+def _model(name: str, size: int, classes: int) -> nn.Module:
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=classes)
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.momentum = None  # running statistics of one calibration batch
+    with torch.no_grad():
+        model.train()(torch.randn(8, 3, size, size))
+    return model.eval()
+
+
+def _rates(call, batch: torch.Tensor, *, seconds: float, warmup: int, runs: int
+           ) -> list[float]:
+    """Images/s of `runs` timed runs, each of as many calls as the last warm-up call says fill
+    `seconds` (at least one)."""
+    for _ in range(max(1, warmup)):
+        start = time.perf_counter()
+        call(batch)
+        last = time.perf_counter() - start
+    calls = max(1, round(seconds / max(last, 1e-9)))
+    rates = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        for _ in range(calls):
+            call(batch)
+        rates.append(calls * len(batch) / (time.perf_counter() - start))
+    return rates
+
+
+def _session(model: nn.Module, size: int):
+    import onnxruntime
+
+    example = torch.randn(2, 3, size, size)
+    proto = _onnx_export(model, example)
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    session = onnxruntime.InferenceSession(proto.SerializeToString(), options,
+                                           providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return lambda batch: session.run(None, {name: batch.numpy()})[0], onnxruntime.__version__
+
+
+def _cell(rates: list[float]) -> str:
+    return f"{statistics.median(rates):,.0f} ({min(rates):,.0f}-{max(rates):,.0f})"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="resnet20,resnet50")
+    parser.add_argument("--batch-sizes", default="1,64")
+    parser.add_argument("--seconds", type=float, default=3.0,
+                        help="length of a timed run (at least one call)")
+    parser.add_argument("--runs", type=int, default=5, help="timed runs (median reported)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed calls first")
+    parser.add_argument("--quick", action="store_true",
+                        help="resnet20 at 32 and resnet50 at 64x64, batch 1 and 4, 1 run, not "
+                        "recorded: proves the script runs, measures nothing")
+    parser.add_argument("--results", default=None,
+                        help="markdown file the record is appended to ('' for none; default "
+                        "benchmarks/RESULTS.md, none with --quick)")
+    args = parser.parse_args(argv)
+    sizes = dict(MODELS)
+    if args.quick:
+        sizes["resnet50"] = (64, 1000)
+        args.batch_sizes, args.seconds, args.runs, args.warmup = "1,4", 0.01, 1, 1
+    results = args.results if args.results is not None else (
+        "" if args.quick else str(Path(__file__).with_name("RESULTS.md")))
+    cpu = torch.device("cpu")
+    auto = inference_precision("auto", cpu)
+    load_before = os.getloadavg()[0]
+
+    header = (f"| model | input | batch | resnets default ({auto}) img/s | resnets fp32 img/s | "
+              f"onnxruntime img/s | default / onnxruntime | max logit diff vs onnxruntime |\n"
+              f"|---|---|---:|---:|---:|---:|---:|---:|")
+    print(header, flush=True)
+    rows, goals, ort_version = [], [], "?"
+    for name in args.models.split(","):
+        size, classes = sizes[name]
+        model = _model(name, size, classes)
+        default, fp32 = InferenceModel(model, cpu, auto), InferenceModel(model, cpu, "fp32")
+        run_ort, ort_version = _session(model, size)
+        for batch_size in (int(b) for b in args.batch_sizes.split(",")):
+            batch = torch.randn(batch_size, 3, size, size)
+            diff = float((default(batch) - torch.from_numpy(run_ort(batch))).abs().max())
+            timed = {label: _rates(call, batch, seconds=args.seconds, warmup=args.warmup,
+                                   runs=args.runs)
+                     for label, call in (("default", default), ("fp32", fp32),
+                                         ("ort", run_ort))}
+            ratio = statistics.median(timed["default"]) / statistics.median(timed["ort"])
+            row = (f"| {name} | 3x{size}x{size} | {batch_size} | {_cell(timed['default'])} | "
+                   f"{_cell(timed['fp32'])} | {_cell(timed['ort'])} | {ratio:.2f}x | "
+                   f"{diff:.2g} |")
+            rows.append(row)
+            print(row, flush=True)
+            if batch_size == max(int(b) for b in args.batch_sizes.split(",")):
+                goals.append(f"{name} {ratio:.2f}x")
+    load_after = os.getloadavg()[0]
+    flags = cpu_flags()
+    verdict = (f"- goal: resnets' default at or above onnxruntime at the largest batch: "
+               f"{', '.join(goals)} (precision auto chose {auto}: this CPU "
+               f"{'has' if {'avx512_bf16', 'amx_bf16'} & flags else 'has no'} native bf16)")
+    print("\n" + verdict)
+    if results:
+        block = "\n".join([
+            f"\n## bench_inference: inference images/s, resnets default path vs onnxruntime "
+            f"({utc_date()})\n",
+            f"- hardware: {describe()}",
+            f"- torch {torch.__version__}, onnxruntime {ort_version}, Python "
+            f"{platform.python_version()}, device cpu",
+            f"- load average before/after (1 min): {load_before:.2f} / {load_after:.2f}",
+            f"- command: `{command_line()}`",
+            f"- method: random weights with calibrated BatchNorm statistics; random normalised "
+            f"inputs; {args.warmup} warm-up calls, then {args.runs} runs of about "
+            f"{args.seconds:g} s (at least one call); median run (min-max); the bf16 path's "
+            f"logits differ from fp32 ones by bf16 rounding\n",
+            header, *rows, "", verdict, ""])
+        append(results, block)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

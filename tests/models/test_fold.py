@@ -1,0 +1,119 @@
+"""BatchNorm folding: the folded copy computes what the model computes, for every registered
+CIFAR model and resnet18/50 (in fp32 within FP32_TOLERANCE plus what fp32 rounding already does
+to the model, and in fp64 all but exactly), the model it was made from is left as it was, and a
+folded copy never becomes a checkpoint."""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from resnets.models import create_model, list_models
+from resnets.models.fold import check_not_folded, fold_batchnorm, is_folded
+from resnets.models.zoo import describe
+from resnets.train.inference import FP32_TOLERANCE
+
+CIFAR_MODELS = [name for name in list_models() if describe(name)["family"] == "cifar"]
+
+
+@pytest.fixture(autouse=True)
+def no_denormals():
+    """Tiny values flushed to zero: in a 1202-layer plain net at random weights some
+    activations underflow, and denormal arithmetic would make the test minutes long."""
+    torch.set_flush_denormal(True)
+    yield
+    torch.set_flush_denormal(False)
+
+
+def _trained_looking(model: nn.Module, images: torch.Tensor) -> nn.Module:
+    """`model` with BN scales and shifts away from 1 and 0 and running statistics of real
+    activations (a forward pass in training mode with cumulative averages), in eval mode."""
+    generator = torch.Generator().manual_seed(1)
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            with torch.no_grad():
+                module.weight.copy_(torch.rand(module.num_features, generator=generator) + 0.5)
+                module.bias.copy_(torch.randn(module.num_features, generator=generator) * 0.2)
+            module.reset_running_stats()
+            module.momentum = None  # a cumulative average over the calibration pass
+    with torch.no_grad():
+        model.train()(images)
+    return model.eval()
+
+
+def _check_fold(name: str, size: int) -> None:
+    """Folded against unfolded logits, in fp32 and in fp64 (folded from fp64 weights)."""
+    torch.manual_seed(0)
+    model = _trained_looking(create_model(name, num_classes=10), torch.randn(32, 3, size, size))
+    images = torch.randn(4, 3, size, size)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    double = copy.deepcopy(model).double()
+    with torch.no_grad():
+        expected, got = model(images), fold_batchnorm(model)(images)
+        exact, got64 = double(images.double()), fold_batchnorm(double)(images.double())
+    scale = max(1.0, exact.abs().max().item())
+    # What fp32 rounding alone does to this model's logits: tiny for residual networks, large
+    # for deep plain ones, whose forward pass amplifies any rounding (plain110: ~20%).
+    own = (expected.double() - exact).abs().max().item() / scale
+    assert (got - expected).abs().max().item() / scale <= FP32_TOLERANCE + 2 * own, name
+    if own < 1e-2:  # the arithmetic is the same up to rounding: in fp64, all but equal
+        assert (got64 - exact).abs().max().item() / scale <= 1e-8, name
+    # The model itself is untouched, BN and all.
+    assert model.state_dict().keys() == before.keys()
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
+    folded = fold_batchnorm(model)
+    assert is_folded(folded) and not is_folded(model) and not folded.training
+
+
+@pytest.mark.parametrize("name", CIFAR_MODELS)
+def test_folded_cifar_models_give_the_same_logits(name):
+    _check_fold(name, size=8)  # any size works for the CIFAR family; 8x8 keeps 1202 quick
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50"])
+def test_folded_resnet18_and_50_give_the_same_logits(name):
+    _check_fold(name, size=32)
+
+
+def test_residual_networks_fold_within_the_stated_fp32_tolerance():
+    # Where fp32 rounding is small, the bound above is FP32_TOLERANCE itself.
+    for name, size in (("resnet110", 8), ("preact_resnet56", 8), ("resnet50", 32)):
+        torch.manual_seed(0)
+        model = _trained_looking(create_model(name, num_classes=10),
+                                 torch.randn(16, 3, size, size))
+        images = torch.randn(4, 3, size, size)
+        with torch.no_grad():
+            expected, got = model(images), fold_batchnorm(model)(images)
+        scale = max(1.0, expected.abs().max().item())
+        assert (got - expected).abs().max().item() <= FP32_TOLERANCE * scale, name
+
+
+def test_what_is_folded_and_what_stays():
+    post = fold_batchnorm(create_model("resnet20"))
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in post.modules())
+    assert all(m.bias is not None for m in post.modules() if isinstance(m, nn.Conv2d))
+    # Pre-activation: the BN after each inner conv folds; the one before it (after an
+    # addition) and bn_final stay.
+    pre = fold_batchnorm(create_model("preact_resnet20"))
+    unit = pre.layer1[0]
+    assert isinstance(unit.bn1, nn.BatchNorm2d) and isinstance(unit.bn2, nn.Identity)
+    assert isinstance(pre.bn_final, nn.BatchNorm2d)
+    projection = fold_batchnorm(create_model("resnet50")).layer1[0].downsample
+    assert isinstance(projection[1], nn.Identity) and projection[0].bias is not None
+
+
+def test_a_folded_model_is_never_checkpointed(tmp_path):
+    from resnets.train.config import resolve_config
+    from resnets.train.state import Counters, Meter, TrainState
+
+    model = fold_batchnorm(create_model("resnet8", num_classes=4, in_channels=1))
+    with pytest.raises(ValueError, match="never written to a checkpoint"):
+        check_not_folded(model)
+    state = TrainState(config=resolve_config("quick"), model=model, model_kwargs={},
+                       normalizer=None, classes=["a", "b", "c", "d"], input_size=[1, 8, 8],
+                       precision="fp32", optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+                       meter=Meter.zero(torch.device("cpu")), counters=Counters())
+    with pytest.raises(ValueError, match="never written to a checkpoint"):
+        state.save(tmp_path / "folded.pt", lr=0.1)
+    assert not (tmp_path / "folded.pt").exists()

@@ -1,0 +1,134 @@
+"""The fast inference path of eval, predict and the library: BatchNorm folded, channels_last,
+bf16 where it is faster (a CPU capability rule), under inference_mode; its logits against
+the model's; and a trained model left as it was."""
+
+import pytest
+import torch
+from torch import nn
+
+import resnets.train.inference as inference
+from resnets.cli import main
+from resnets.train import fit
+from resnets.train.inference import (BF16_TOLERANCE, FP32_TOLERANCE, InferenceModel,
+                                     evaluate_checkpoint, inference_precision, load_trained,
+                                     predict_images)
+from resnets.train.parts import Parts
+
+from train_fakes import (FakeLoader, FakeNormalizer, fake_load_dataset, make_dataset,
+                         tiny_config)
+
+CPU = torch.device("cpu")
+
+
+@pytest.mark.parametrize("flags, expected", [({"avx512_bf16", "avx512f"}, "bf16"),
+                                             ({"amx_bf16", "avx512_bf16"}, "bf16"),
+                                             ({"avx512f", "avx2"}, "fp32"), ({"avx2"}, "fp32"),
+                                             (set(), "fp32")])
+def test_auto_is_bf16_only_on_cpus_with_native_bf16(monkeypatch, flags, expected):
+    monkeypatch.setattr(inference, "cpu_flags", lambda: flags)
+    assert inference_precision("auto", CPU) == expected
+    assert inference_precision("fp32", CPU) == "fp32"  # forcible either way
+    assert inference_precision("bf16", CPU) == "bf16"
+
+
+def _resnet(name="resnet20", size=8):
+    """A model with trained-looking BatchNorm statistics, in eval mode."""
+    from resnets.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=10)
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.momentum = None
+            with torch.no_grad():
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.normal_(0, 0.2)
+    with torch.no_grad():
+        model.train()(torch.randn(16, 3, size, size))
+    return model.eval()
+
+
+def test_the_fp32_path_is_the_model_folded_in_channels_last_under_inference_mode():
+    model = _resnet()
+    fast = InferenceModel(model, CPU, "fp32")
+    images = torch.randn(4, 3, 8, 8)  # contiguous: the model converts
+    logits = fast(images)
+    with torch.no_grad():
+        expected = model(images)
+    assert logits.dtype == torch.float32 and logits.is_inference() and not logits.requires_grad
+    assert (logits - expected).abs().max() <= FP32_TOLERANCE * max(1.0, expected.abs().max())
+    conv = fast.model.conv1
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in fast.modules())
+    assert not fast.training
+    with pytest.raises(ValueError, match="for inference only"):
+        fast.train()
+
+
+@pytest.mark.parametrize("name, size", [("resnet20", 8), ("resnet18", 32)])
+def test_the_bf16_path_agrees_within_the_stated_tolerance(name, size):
+    model = _resnet(name, size)
+    images = torch.randn(8, 3, size, size)
+    fast = InferenceModel(model, CPU, "bf16")
+    assert next(fast.model.parameters()).dtype == torch.bfloat16
+    logits = fast(images)
+    with torch.no_grad():
+        expected = model(images)
+    assert logits.dtype == torch.float32
+    assert (logits - expected).abs().max() <= BF16_TOLERANCE * max(1.0, expected.abs().max())
+
+
+def _resnet_parts():
+    from resnets.models import cifar_resnet
+
+    return Parts(create_model=lambda name, **kwargs: cifar_resnet(depth=8, width=4, **kwargs),
+                 load_dataset=fake_load_dataset, fit_normalizer=FakeNormalizer.fit,
+                 normalizer_from_state=FakeNormalizer.from_state_dict, make_loader=FakeLoader)
+
+
+@pytest.fixture
+def resnet_run(tmp_path):
+    parts = _resnet_parts()
+    fit(tiny_config(model="resnet8", iters=12, compile=False), tmp_path / "run",
+        progress="none", parts=parts)
+    return tmp_path / "run", parts
+
+
+def test_eval_and_predict_run_the_fast_path_and_leave_the_model_alone(resnet_run, tmp_path,
+                                                                      monkeypatch):
+    monkeypatch.setattr(inference, "cpu_flags", lambda: set())  # auto: fp32 here
+    run, parts = resnet_run
+    trained = load_trained(run, parts=parts)
+    state = {k: v.clone() for k, v in trained.model.state_dict().items()}
+    fast = evaluate_checkpoint(trained, parts=parts)
+    plain = evaluate_checkpoint(trained, parts=parts, fast=False)
+    assert fast["precision"] == "fp32, BatchNorm folded" and plain["precision"] == "fp32"
+    assert fast["err"] == plain["err"] and fast["loss"] == pytest.approx(plain["loss"], rel=1e-4)
+    assert trained.inference_model("auto") is trained.inference_model("fp32")  # made once
+    assert trained.model.state_dict().keys() == state.keys()
+    assert all(torch.equal(trained.model.state_dict()[k], v) for k, v in state.items())
+    assert any(isinstance(m, nn.BatchNorm2d) for m in trained.model.modules())
+
+    from PIL import Image
+
+    paths = []
+    for index, image in enumerate(make_dataset(6, seed=3).images[:, 0].numpy()):
+        paths.append(tmp_path / f"{index}.png")
+        Image.fromarray(image).save(paths[-1])
+    ours = predict_images(trained, paths, top=2)
+    reference = predict_images(trained, paths, top=2, fast=False)
+    for got, want in zip(ours, reference):
+        assert [name for name, _ in got] == [name for name, _ in want]
+        assert [p for _, p in got] == pytest.approx([p for _, p in want], abs=1e-4)
+
+
+def test_eval_says_how_it_computed(resnet_run, monkeypatch, capsys):
+    import resnets.train.parts as parts_module
+
+    run, parts = resnet_run
+    monkeypatch.setattr(parts_module, "default_parts", lambda: parts)
+    monkeypatch.setattr(inference, "cpu_flags", lambda: {"avx512_bf16"})
+    assert main(["eval", str(run), "--device", "cpu"]) == 0
+    assert capsys.readouterr().out.splitlines()[0].endswith("(bf16, BatchNorm folded)")
+    assert main(["eval", str(run), "--device", "cpu", "--precision", "fp32"]) == 0
+    assert capsys.readouterr().out.splitlines()[0].endswith("(fp32, BatchNorm folded)")
