@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from resnets.errors import UserError
+from resnets.errors import DistributedFailure, UserError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -505,6 +505,7 @@ def _cmd_train(args) -> int:
     from resnets.train import TrainingInterrupted, fit, resolve_config, resume_config
     from resnets.train.config import FIELDS
     from resnets.train.checkpoint import resolve_checkpoint_path
+    from resnets.train.distributed import session
     from resnets.train.loop import new_run_dir
     from resnets.train.progress import print_summary, run_directory_line
 
@@ -526,12 +527,18 @@ def _cmd_train(args) -> int:
         if args.print_config:
             print(config.to_toml(), end="")
             return 0
-        run_dir = new_run_dir(config).path
-    try:
-        summary = fit(config, run_dir, resume=bool(args.resume), progress=args.progress)
-    except TrainingInterrupted as interrupted:
-        print(str(interrupted), file=sys.stderr)
-        return 128 + interrupted.signal_number
+    # Under torchrun every process runs this; rank 0 names the run and prints.
+    with session(config.device, config.dist_timeout) as (world, _):
+        if not args.resume:
+            run_dir = new_run_dir(config, world).path
+        try:
+            summary = fit(config, run_dir, resume=bool(args.resume), progress=args.progress)
+        except TrainingInterrupted as interrupted:
+            if world.main:
+                print(str(interrupted), file=sys.stderr)
+            return 128 + interrupted.signal_number
+    if not world.main:
+        return 0
     if args.progress != "none":
         print_summary(summary, run_dir)
     else:  # quiet, but a script still learns where the run went
@@ -681,6 +688,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except DistributedFailure as error:  # not the user's mistake, but not a bug here either
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt as interrupted:  # a command's own cleanup has run; say what it left
         print(str(interrupted) or "interrupted", file=sys.stderr)
         return 130

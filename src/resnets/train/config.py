@@ -145,6 +145,17 @@ class Config:
     eval_every: int = _field(0, "steps between validation/test evaluations (0: once per "
                              "epoch)", "run")
     eval_batch_size: int = _field(500, "images per evaluation batch", "run")
+    # A checkpoint is written at every evaluation; a long run on many processes may want one
+    # more often, since a restarted process group goes back to the last one.
+    checkpoint_every: int = _field(0, "steps between checkpoints besides those written at "
+                                   "each evaluation (0: only at evaluations)", "run")
+    sync_bn: bool = _field(False, "under torchrun, BatchNorm statistics over the whole global "
+                           "batch (SyncBatchNorm; needs CUDA: not on CPU)", "run")
+    # torch's own default for gloo and NCCL is 30 minutes too; a rank that hangs longer ends
+    # the job with an error instead of holding every process forever.
+    dist_timeout: float = _field(1800.0, "seconds a process under torchrun waits for the "
+                                 "others at a collective before the run stops with an error",
+                                 "run")
     workers: int | None = _field(None, "DataLoader worker processes decoding images streamed "
                                  "from disk (None: one per CPU core, at most 8); the batches "
                                  "do not depend on it", "run")
@@ -400,11 +411,11 @@ def _validate(config: Config) -> None:
     for name, low in positive.items():
         if getattr(config, name) < low:
             raise UserError(f"{name} must be >= {low}, got {getattr(config, name)}")
-    for name in ("lr", "warmup_lr", "gamma"):
+    for name in ("lr", "warmup_lr", "gamma", "dist_timeout"):
         if not getattr(config, name) > 0:
             raise UserError(f"{name} must be > 0, got {getattr(config, name)}")
     for name in ("momentum", "wd", "warmup", "warmup_min_depth", "pad", "log_every",
-                 "eval_every", "lighting", "workers"):
+                 "eval_every", "lighting", "workers", "checkpoint_every"):
         if getattr(config, name) is not None and getattr(config, name) < 0:
             raise UserError(f"{name} must be >= 0, got {getattr(config, name)}")
     if not 0 <= config.momentum < 1:

@@ -18,6 +18,8 @@ A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts (so i
     progress               {"counters", "meter"}: the running figures of the metrics file
     best                   {"step", "err", "split"}: the best evaluation so far
     precision              the arithmetic the run trains in ("bf16" | "fp32")
+    world_size             the processes that trained it (torchrun; 1 without); rank 0's
+                           meter holds all of theirs (optional: 1 when absent)
 """
 
 from __future__ import annotations
@@ -103,6 +105,7 @@ class TrainState:
     best: dict = field(default_factory=lambda: {"step": None, "err": None, "split": None})
     counters: Counters = field(default_factory=Counters)
     meter: Meter | None = None
+    world_size: int = 1       # processes training it together (torchrun)
 
     def state_dict(self, lr: float) -> dict[str, Any]:
         """The checkpoint (see the module docstring); `lr` is the rate at `self.step`."""
@@ -117,7 +120,8 @@ class TrainState:
                 "progress": {"counters": {**vars(self.counters),
                                           "skipped": list(self.counters.skipped)},
                              "meter": self.meter.state_dict()},
-                "best": dict(self.best), "precision": self.precision}
+                "best": dict(self.best), "precision": self.precision,
+                "world_size": self.world_size}
 
     def save(self, path: str | Path, lr: float) -> Path:
         return save_checkpoint(self.state_dict(lr), path)
