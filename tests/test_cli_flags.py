@@ -45,6 +45,7 @@ BAD_TEXT = {
     "study --kinds": ["abc"],
     "study --preset": ["abc"],
     "study --set": ["abc", "=1", "seed=1", "model=resnet20", "lr=fast", "nope=1"],
+    "study --shard": ["abc", "0/2", "3/2", "1/0", "2", "-1/2", "1/2/3"],
     "eval --device": ["abc", "cuda:x"],
     "predict --device": ["abc", "cuda:x"],
     "lesion --device": ["abc", "cuda:x"], "landscape --device": ["abc", "cuda:x"],
@@ -64,7 +65,7 @@ OUT_OF_RANGE = {
     "info --input-size": ["0"], "info --num-classes": ["0"], "info --in-channels": ["0"],
     "info --depth": ["0"],
     "study --depths": ["0", "4"], "study --seeds": [str(2**63)], "study --epochs": ["0"],
-    "study --iters": ["0"],
+    "study --iters": ["0"], "study --jobs": ["0"],
     "diagnose --batch-size": ["1"], "diagnose --lr": ["0"], "diagnose --seed": [str(2**63)],
     "landscape --points": ["1", "4"], "landscape --span": ["0"], "lesion --seed": [str(2**63)],
 }

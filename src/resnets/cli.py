@@ -108,6 +108,7 @@ def _cmd_download(args) -> int:
 
 
 def _add_study_commands(sub) -> None:
+    from resnets.study.parallel import DEFAULT_JOBS_HELP
     from resnets.train.progress import MODES as PROGRESS_MODES
 
     study = sub.add_parser(
@@ -132,6 +133,15 @@ def _add_study_commands(sub) -> None:
                        help="any other training setting for every run (repeatable), e.g. --set lr=0.05")
     study.add_argument("--out", default="studies", help="parent folder of study folders (default: studies)")
     study.add_argument("--progress", default="auto", choices=PROGRESS_MODES)
+    study.add_argument("--jobs", type=_positive_int, metavar="N",
+                       help="train N runs at once, each in a process of its own with its share "
+                       "of the CPU cores (and a GPU each, round robin, when there are several); "
+                       f"their output goes to DIR/logs/ (default: {DEFAULT_JOBS_HELP})")
+    study.add_argument("--shard", type=_shard, metavar="I/N",
+                       help="be worker I of N (I from 1) sharing the study folder, e.g. on N "
+                       "machines: take every N-th run first, then help with any run nobody is "
+                       "training; the last worker to finish writes the report. Combines with "
+                       "--jobs")
     study.set_defaults(run=_cmd_study)
     actions = study.add_subparsers(dest="study_action", metavar="ACTION", parser_class=_Parser)
     report = actions.add_parser("report", help="redraw a study's figure and table from its metrics",
@@ -231,7 +241,8 @@ def _add_measurement_options(parser) -> None:
 
 
 def _cmd_study(args) -> int:
-    from resnets.study.degradation import resolve_study, run_study
+    from resnets.study.degradation import all_finished, resolve_study, run_study
+    from resnets.train import TrainingInterrupted
 
     changes = {key: value for key, value in (("kinds", args.kinds), ("depths", args.depths),
                                              ("seeds", args.seeds), ("preset", args.preset))
@@ -246,8 +257,14 @@ def _cmd_study(args) -> int:
         train[key.strip()] = value.strip()
     study = resolve_study(args.config, name=args.name, root=args.out, changes=changes,
                           train=train)
-    study_dir = run_study(study, args.out, progress=args.progress)
-    print((study_dir / "report" / "table.md").read_text(), end="")  # the table run_study wrote
+    try:
+        study_dir = run_study(study, args.out, progress=args.progress, jobs=args.jobs,
+                              shard=args.shard)
+    except TrainingInterrupted as interrupted:
+        print(str(interrupted), file=sys.stderr)
+        return 128 + interrupted.signal_number
+    if all_finished(study_dir, study):  # else other workers still train: the last one reports
+        print((study_dir / "report" / "table.md").read_text(), end="")  # what run_study wrote
     return 0
 
 
@@ -490,6 +507,15 @@ def _seed(text: str) -> int:
     from resnets.train.config import MAX_SEED
 
     return _integer(0, MAX_SEED)(text)
+
+
+def _shard(text: str):
+    from resnets.study.parallel import parse_shard
+
+    try:
+        return parse_shard(text)
+    except UserError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _device(text: str) -> str:
