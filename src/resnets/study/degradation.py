@@ -366,6 +366,7 @@ def _train_in_workers(session: _Session, jobs: int, cores: int, progress: str) -
         number = stop.received[0]
         what = "interrupted" if number == signal.SIGINT else \
             f"stopped by {signal.Signals(number).name}"
+        stopped.sort(key=session.runs.index)  # in the study's order, not the order they ended
         runs = f" ({', '.join(run.name for run in stopped)} stopped, each keeping its last " \
                f"checkpoint)" if stopped else ""
         raise TrainingInterrupted(f"study {what}{runs}: run the same `resnets study` command "
