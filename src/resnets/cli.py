@@ -337,7 +337,8 @@ def _add_training_commands(sub) -> None:
     train = sub.add_parser(
         "train", help="train a model (default: resnet20 on the bundled digits, ~2 min on CPU)",
         description="Train a model into a run directory (config.json, metrics.jsonl, "
-        "checkpoints/, summary.json, plots/). Settings come from a preset (default: quick), "
+        "checkpoints/, summary.json, plots/). Settings come from a preset (default: quick; "
+        "finetune with --weights torchvision), "
         "then --config FILE.toml, then flags; TOML keys and flags share their names "
         "(--batch-size is batch_size).")
     train.add_argument("--preset", help=f"named preset: {', '.join(list_presets())} "
