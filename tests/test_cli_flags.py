@@ -34,7 +34,7 @@ BAD_TEXT = {
     "train --preset": ["abc", "../quick"],
     "train --config": ["no-such-file.toml"],
     "train --resume": ["no-such-run"],
-    "train --init-from": ["no-such-checkpoint"],
+    "train --weights": ["no-such-checkpoint", "torchvision:v9", "torchvision:v2"],  # resnet18: v1 only
     "train --name": ["a/b", "..", "."],
     "train --device": ["abc", "gpu", "cuda:x"],
     "train --milestones": ["abc", "-5", "0", "5,3", "1.5", str(2**63)],
@@ -47,6 +47,10 @@ BAD_TEXT = {
     "study --set": ["abc", "=1", "seed=1", "model=resnet20", "lr=fast", "nope=1"],
     "study --shard": ["abc", "0/2", "3/2", "1/0", "2", "-1/2", "1/2/3"],
     "eval --device": ["abc", "cuda:x"],
+    # --model goes with --weights; --weights with no checkpoint: these are given one
+    "eval --model": ["abc"], "predict --model": ["abc"],
+    "eval --weights": ["torchvision", "no-such-weights.pth"],
+    "predict --weights": ["torchvision:v9", "no-such-weights.pth"],
     "predict --device": ["abc", "cuda:x"],
     "lesion --device": ["abc", "cuda:x"], "landscape --device": ["abc", "cuda:x"],
     "download --url": ["abc"],
@@ -56,6 +60,7 @@ BAD_TEXT = {
 # Out-of-range values beyond those every numeric flag is given (WRONG below).
 OUT_OF_RANGE = {
     "train --lr": ["0"], "train --warmup-lr": ["0"], "train --gamma": ["0"],
+    "train --backbone-lr-scale": ["0"],
     "train --momentum": ["1", "1.5"], "train --val-fraction": ["1", "2"],
     "train --batch-size": ["0"], "train --eval-batch-size": ["0"], "train --image-size": ["0"],
     "train --iters": ["0", str(2**63)], "train --epochs": ["0"],
@@ -82,6 +87,7 @@ POSITIONALS = {
     "study": [], "study report": ["no-such-study"], "diagnose": ["resnet8"],
     "eval": ["no-such.pt"], "predict": ["no-such.pt", "no-such.png"], "export": ["no-such.pt"],
     "plot": ["no-such-run"], "lesion": ["no-such-run"], "landscape": ["no-such-run"],
+    "weights": [],
 }
 
 

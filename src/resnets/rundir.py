@@ -10,6 +10,7 @@
       checkpoints/     last.pt, best.pt
       summary.json     final figures; its presence means the run is finished
       plots/           PNGs drawn from metrics.jsonl
+      events.out.tfevents.*  TensorBoard event files (with --tensorboard): a view of metrics.jsonl
 
 Everything else (training, studies, reports, plots, the CLI) asks a `RunDir` for these paths
 and for the answers to "finished?", "resumable?", "empty?", "ours?".
@@ -195,12 +196,18 @@ class RunDir:
         with self.try_lock() as mine:
             return not mine
 
+    def event_files(self) -> list[Path]:
+        """The TensorBoard event files training wrote here (with --tensorboard)."""
+        return sorted(self.path.glob("events.out.tfevents.*")) if self.path.is_dir() else []
+
     def clear_partial(self) -> None:
-        """Remove what a run that died before its first checkpoint left (its metrics), so the
-        run can start again. Only in a folder that is ours."""
+        """Remove what a run that died before its first checkpoint left (its metrics and
+        TensorBoard events), so the run can start again. Only in a folder that is ours."""
         if not self.ours():
             raise UserError(f"{self.path} is not a resnets run directory; not clearing it")
         self.metrics.unlink(missing_ok=True)
+        for path in self.event_files():
+            path.unlink(missing_ok=True)
 
     def remove_empty(self) -> None:
         """Remove a run directory that holds nothing but its marker and lock (a run refused

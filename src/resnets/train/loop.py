@@ -37,6 +37,7 @@ from resnets.modes import eval_mode
 from resnets.rundir import RunDir
 from resnets.train.checkpoint import load_checkpoint
 from resnets.train.config import Config
+from resnets.train import finetune
 from resnets.train.device import (autocast, cpu_threads, machine_busy_warning, memory_limit,
                                   resolve_device, resolve_precision, resolve_threads)
 from resnets.train.distributed import (World, any_rank, average_buffers, broadcast_checkpoint,
@@ -47,15 +48,15 @@ from resnets.train import parts as parts_module
 from resnets.train.parts import Parts
 from resnets.train.progress import Progress, make_progress
 from resnets.train.schedule import peak_lr, schedule_from_config
-from resnets.train.state import (MODEL_KEYS, TRAINING_KEYS, Counters, Meter, TrainState,
-                                 load_weights, require)
+from resnets.train.state import TRAINING_KEYS, Counters, Meter, TrainState, require
+from resnets.train.tensorboard import Board, check_available as check_tensorboard
 
 # Fields that may change when a run is resumed: they do not change what the run computes
 # (skip_bad_images changes only batches that held a file the run could not read: resuming
 # with it is how a run that stopped at a broken file goes on).
 RESUMABLE_CHANGES = frozenset({"device", "compile", "out", "name", "eval_batch_size",
                                "threads", "workers", "skip_bad_images", "checkpoint_every",
-                               "dist_timeout"})
+                               "dist_timeout", "tensorboard"})
 TRAIN_LINES_PER_EPOCH = 10  # training lines in metrics.jsonl when log_every is 0
 
 
@@ -105,7 +106,9 @@ def class_scores(model: nn.Module, images: torch.Tensor, precision: str = "fp32"
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: Iterable, *, precision: str = "fp32",
              num_classes: int | None = None,
-             combine: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict[str, Any]:
+             combine: Callable[[torch.Tensor], torch.Tensor] | None = None,
+             on_batch: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None] | None = None
+             ) -> dict[str, Any]:
     """Loss, top-1 and top-5 error (percent) and per-class top-1 error over `loader`.
 
     `loader` yields (images, labels) batches already on the model's device; images of shape
@@ -113,6 +116,8 @@ def evaluate(model: nn.Module, loader: Iterable, *, precision: str = "fp32",
     per_class_err is a list indexed by class (None for a class with no images). The model is
     evaluated in eval mode and left in the mode it had. combine: sums the counts of several
     processes that each saw part of every batch (torchrun); it needs `num_classes`.
+    `on_batch(images, labels, scores)` is called with every batch (TensorBoard keeps a few
+    misclassified images this way).
     """
     totals = torch.zeros(4, dtype=torch.float64)  # loss sum, images, top-1 wrong, top-5 wrong
     class_total = class_wrong = None
@@ -124,6 +129,8 @@ def evaluate(model: nn.Module, loader: Iterable, *, precision: str = "fp32",
             if len(labels) == 0:  # this process's part of a last, small batch
                 continue
             scores = class_scores(model, images, precision)  # (B, classes)
+            if on_batch is not None:
+                on_batch(images, labels, scores)
             if class_total is None or scores.shape[1] > len(class_total):
                 grown = max(scores.shape[1], num_classes or 0)
                 class_total = _grown(class_total, grown)
@@ -244,6 +251,8 @@ def fit(config: Config, run_dir: str | Path | None = None, *, resume: bool = Fal
     checkpoint is written, and `TrainingDiverged` (a UserError) when the loss stops being
     finite. Two processes never train in one run directory: the second is refused.
     """
+    if config.tensorboard:
+        check_tensorboard()  # before the run directory is made
     with session(config.device, config.dist_timeout) as (world, device):
         run = RunDir(run_dir) if run_dir is not None else new_run_dir(config, world)
         if world.restarts and run.ours() and (run.finished() or run.last.exists()):
@@ -289,7 +298,7 @@ def _fit(config: Config, run: RunDir, resume: bool, progress, parts: Parts | Non
         progress = "none"
     display = progress if isinstance(progress, Progress) else make_progress(progress)
     metrics = MetricsWriter(run.metrics) if world.main else _NoMetrics()
-    with metrics, collective_errors(world, lambda: _after_failure(run)):
+    with metrics, training.board, collective_errors(world, lambda: _after_failure(run)):
         try:
             display.start(training.total_steps, training.steps_per_epoch, training.state.step)
             for note in training.notes:
@@ -328,15 +337,6 @@ def _resume_checkpoint(run: RunDir, config: Config) -> dict:
     require(checkpoint, TRAINING_KEYS, run.last)  # a hand-edited one: one line, not a KeyError
     _check_checkpoint_config(config, checkpoint, run.last)
     return checkpoint
-
-
-def _initial_weights(init_from: str | None) -> dict | None:
-    """The checkpoint a new run starts from (`init_from`), checked to hold a model."""
-    if init_from is None:
-        return None
-    start = load_checkpoint(init_from)
-    require(start, MODEL_KEYS, init_from)
-    return start
 
 
 def _check_checkpoint_config(config: Config, checkpoint: dict, path: Path) -> None:
@@ -407,6 +407,8 @@ class _Training:
                     **_environment(), "device": str(self.device), "precision": precision,
                     "threads": self.threads, "processes": self.world.size}})
         self.forward_model = self._forward_model()
+        self.board = Board.open(config.tensorboard and self.world.main, run.path,
+                                self.state.step, self.state.normalizer, self.state.labels())
         self.started = time.perf_counter() - self.state.counters.time
         self.lr = self.lr_at(self.state.step)
         busy = machine_busy_warning() if self.world.main else None
@@ -453,30 +455,27 @@ class _Training:
                ) -> TrainState:
         config = self.config
         input_size = image_shape(train_set)  # [C, H, W]
-        model_kwargs = {"num_classes": len(train_set.classes), "in_channels": input_size[0],
-                        **config.model_args}
+        base_kwargs = {"num_classes": len(train_set.classes), "in_channels": input_size[0],
+                       **config.model_args}
+        start = None
         if checkpoint is not None:
-            if checkpoint["model"] != config.model or checkpoint["model_kwargs"] != model_kwargs:
-                raise UserError(f"{self.run.last}: checkpoint is for {checkpoint['model']} "
-                                f"{checkpoint['model_kwargs']}, not {config.model} "
-                                f"{model_kwargs}")
+            model_kwargs = finetune.resumed_kwargs(config, checkpoint, base_kwargs, self.run.last)
             normalizer = parts.normalizer_from_state(checkpoint["normalizer"])
-        start = _initial_weights(config.init_from) if checkpoint is None else None
-        if start is not None:  # the inputs the weights were trained on
-            normalizer = parts.normalizer_from_state(start["normalizer"])
-        elif checkpoint is None:
-            normalizer = parts.fit_normalizer(config.normalize, train_set)
+        else:  # from --weights (with the inputs they were trained on), or a fresh start
+            start, model_kwargs = finetune.start_weights(config, base_kwargs)
+            normalizer = (parts.normalizer_from_state(start.normalizer) if start is not None
+                          else parts.fit_normalizer(config.normalize, train_set))
         self._check_memory(parts, model_kwargs, input_size)
         model = parts.create_model(config.model, **model_kwargs)
         if start is not None:
-            load_weights(model, start, config.init_from)
+            finetune.load_start(model, start, config.model, list(train_set.classes))
         if config.sync_bn:
             model = convert_sync_bn(model, self.device, self.world)
+        finetune.freeze(model, config.freeze)
         model = model.to(self.device)
         if config.channels_last:
             model = model.to(memory_format=torch.channels_last)
-        optimizer = torch.optim.SGD(model.parameters(), lr=peak_lr(config), momentum=config.momentum,
-                                    weight_decay=config.wd, nesterov=config.nesterov)
+        optimizer = finetune.optimizer(model, config, peak_lr(config))
         return TrainState(config=config, model=model, model_kwargs=model_kwargs,
                           normalizer=normalizer, classes=list(train_set.classes),
                           class_names=getattr(train_set, "class_names", None),
@@ -535,8 +534,8 @@ class _Training:
                 tick = time.perf_counter()
                 for images, labels in self.loader.batches(epoch, start):
                     self.lr = self.lr_at(state.step)
-                    for group in state.optimizer.param_groups:
-                        group["lr"] = self.lr
+                    for group in state.optimizer.param_groups:  # the backbone's may be scaled
+                        group["lr"] = self.lr * group.get("lr_scale", 1.0)
                     loss, correct = train_step(self.forward_model, state.optimizer, images,
                                                labels, precision=state.precision)
                     state.step += 1
@@ -588,6 +587,7 @@ class _Training:
                   "err": 100.0 * (1 - correct / images), "lr": self.lr,
                   "img_s": images / max(meter.seconds, 1e-9), "time": self._elapsed()}
         metrics.write(record)
+        self.board.train(record)
         display.train(record)
         state.meter = Meter.zero(self.device)
 
@@ -621,13 +621,15 @@ class _Training:
         combine = (lambda counts: sum_over_ranks(counts, self.world)) \
             if self.world.distributed else None
         for split, loader in self.eval_loaders.items():
+            wrong = self.board.collector()
             result = evaluate(self.eval_model, loader, precision=state.precision,
-                              num_classes=len(state.classes), combine=combine)
+                              num_classes=len(state.classes), combine=combine, on_batch=wrong)
             record = {"split": split, "step": state.step,
                       "epoch": state.step / self.steps_per_epoch, "loss": result["loss"],
                       "err": result["err"], "err_top5": result["err_top5"],
                       "time": self._elapsed()}
             metrics.write(record)
+            self.board.evaluation(record, wrong)
             display.evaluation(record)
             best = state.best
             if split == self.best_split and (best["err"] is None or result["err"] < best["err"]):

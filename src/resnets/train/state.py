@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from resnets.errors import UserError
+from resnets.models.weights import describe_mismatch
 from resnets.train.checkpoint import rng_state, save_checkpoint, set_rng_state
 from resnets.train.config import Config
 from resnets.train.device import PRECISIONS
@@ -122,6 +123,10 @@ class TrainState:
                              "meter": self.meter.state_dict()},
                 "best": dict(self.best), "precision": self.precision,
                 "world_size": self.world_size}
+
+    def labels(self) -> list[str]:
+        """The classes as a person reads them: display names where the dataset has them."""
+        return list(self.class_names) if self.class_names else list(self.classes)
 
     def save(self, path: str | Path, lr: float) -> Path:
         return save_checkpoint(self.state_dict(lr), path)
@@ -256,23 +261,3 @@ def load_weights(model: nn.Module, checkpoint: dict, path: str | Path) -> None:
         raise UserError(f"{path}: the checkpoint does not fit model {checkpoint.get('model')!r} "
                         f"({problem})")
     model.load_state_dict(state)
-
-
-def describe_mismatch(expected: dict, given: dict, shown: int = 3) -> str | None:
-    """One line naming the first keys where a checkpoint's state dict (`given`) differs from a
-    model's (`expected`): missing keys, unexpected keys, `key: checkpoint (a, b) vs model
-    (c, d)`; None when they fit."""
-    def shape(tensor) -> str:
-        return f"({', '.join(map(str, getattr(tensor, 'shape', ())))})"
-
-    missing = [key for key in expected if key not in given]
-    unexpected = [key for key in given if key not in expected]
-    shapes = [f"{key}: checkpoint {shape(given[key])} vs model {shape(expected[key])}"
-              for key in expected if key in given and shape(given[key]) != shape(expected[key])]
-    found = []
-    for label, items in (("missing keys", missing), ("unexpected keys", unexpected),
-                         ("shapes differ", shapes)):
-        if items:
-            more = f" (and {len(items) - shown} more)" if len(items) > shown else ""
-            found.append(f"{label}: {', '.join(items[:shown])}{more}")
-    return "; ".join(found) or None
