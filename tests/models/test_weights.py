@@ -115,7 +115,11 @@ def server(payload):
         def log_message(self, *args):
             pass
 
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    class Server(http.server.ThreadingHTTPServer):
+        def handle_error(self, request, client_address):
+            pass  # a client that hung up mid-file (the interrupted downloads): nothing to report
+
+    httpd = Server(("127.0.0.1", 0), Handler)
     thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02},
                               daemon=True)
     thread.start()
@@ -168,6 +172,28 @@ def test_a_connection_dropped_midway_leaves_no_file(server, payload, torch_home)
     assert files_in(torch_home) == []
     fetch_state_dict(served(server, payload))  # a retry starts clean
     assert files_in(torch_home) == [payload["name"]]
+
+
+def test_a_download_interrupted_by_ctrl_c_leaves_no_file(server, payload, torch_home, monkeypatch):
+    real_urlopen = torch.hub.urlopen
+
+    def urlopen_then_ctrl_c(*args, **kwargs):
+        response = real_urlopen(*args, **kwargs)
+        real_read, calls = response.read, []
+
+        def read(*a):
+            calls.append(1)
+            if len(calls) == 2:  # a chunk is written, the next never comes
+                raise KeyboardInterrupt
+            return real_read(*a)
+
+        response.read = read
+        return response
+
+    monkeypatch.setattr(torch.hub, "urlopen", urlopen_then_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        fetch_state_dict(served(server, payload))
+    assert files_in(torch_home) == []
 
 
 def test_offline_without_the_file_says_which_file_to_put_where(payload, torch_home):

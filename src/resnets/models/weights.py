@@ -26,6 +26,7 @@ import contextlib
 import functools
 import http.client
 import pickle
+import socket
 import sys
 import time
 import urllib.error
@@ -47,6 +48,7 @@ TABLE = Path(__file__).with_name("torchvision_weights.toml")
 TORCHVISION = "torchvision"
 HEAD = "fc"  # the classifier's module name, torchvision's
 STALE_PARTIAL_S = 600  # a torch.hub temporary file untouched this long belongs to a killed download
+TIMEOUT_S = 60  # a connection that answers nothing this long counts as no network
 SPECS_HELP = ("torchvision, torchvision:v2, a checkpoint or run directory, or a state-dict file "
               "in torchvision's layout")
 
@@ -155,7 +157,8 @@ def fetch_state_dict(entry: Release, *, progress: bool | None = None) -> dict[st
         writable_folder(folder)  # before any byte is fetched
         _remove_stale_partials(path)
     try:
-        with contextlib.redirect_stdout(sys.stderr):  # torch.hub says "Downloading: ..." on stdout
+        # torch.hub says "Downloading: ..." on stdout, and its urlopen takes no timeout
+        with contextlib.redirect_stdout(sys.stderr), _socket_timeout(TIMEOUT_S):
             state = torch.hub.load_state_dict_from_url(
                 entry.url, model_dir=str(folder), map_location="cpu", check_hash=True,
                 weights_only=True,
@@ -177,6 +180,17 @@ def fetch_state_dict(entry: Release, *, progress: bool | None = None) -> dict[st
     except Exception as error:  # torch.load of a cached file: truncated, not torch's, code
         raise _unreadable(path, error) from None
     return as_state_dict(state, path)
+
+
+@contextlib.contextmanager
+def _socket_timeout(seconds: float):
+    """New sockets time out after `seconds` (of silence) inside the block."""
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(seconds)
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(previous)
 
 
 def _offline(entry: Release, path: Path, error: Exception) -> UserError:
