@@ -116,20 +116,6 @@ def test_only_rank_0_writes_files(two_process_run):
     assert load_checkpoint(run)["world_size"] == 2
 
 
-def test_a_killed_rank_under_max_restarts_continues_from_its_checkpoint(two_process_run,
-                                                                         tmp_path):
-    report, _ = two_process_run
-    result = _torchrun("--nproc-per-node", "2", "--max-restarts", "1", "--rdzv-backend", "c10d",
-                       "--rdzv-endpoint", f"127.0.0.1:{_free_port()}",
-                       script_args=[*RUN, "--checkpoint-every", "4", "--out", str(tmp_path),
-                                    "--name", "killed"],
-                       env=_environment(tmp_path / "report", DDP_TEST_KILL="1:7"))
-    assert result.returncode == 0, _our_lines(result.stdout + result.stderr)
-    records = [json.loads(line) for line in (tmp_path / "killed" / "metrics.jsonl").open()]
-    assert [r["step"] for r in records if r["split"] == "test"] == [6, 12]  # each once
-    assert _max_difference(_parameters(report), _parameters(tmp_path / "report")) == 0.0
-
-
 def test_a_hung_rank_ends_the_job_with_one_line_and_a_loadable_checkpoint(tmp_path):
     started = time.monotonic()
     result = _torchrun("--standalone", "--nproc-per-node", "2",

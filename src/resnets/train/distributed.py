@@ -142,10 +142,10 @@ def process_group(world: World, device: torch.device, timeout_s: float) -> Itera
     except (RuntimeError, ValueError) as error:
         raise DistributedFailure(f"rank {world.rank}: cannot join the other {world.size - 1} "
                                  f"process(es): {_first_line(error)}") from None
-    try:
-        yield world
-    finally:
-        dist.destroy_process_group()
+    yield world
+    # Only on success: after a failed collective, leaving the group can wait forever on the
+    # dead or hung peer; the process is about to exit, which frees everything anyway.
+    dist.destroy_process_group()
 
 
 @contextlib.contextmanager
