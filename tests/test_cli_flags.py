@@ -34,7 +34,7 @@ BAD_TEXT = {
     "train --preset": ["abc", "../quick"],
     "train --config": ["no-such-file.toml"],
     "train --resume": ["no-such-run"],
-    "train --init-from": ["no-such-checkpoint"],
+    "train --weights": ["no-such-checkpoint", "torchvision:v9", "torchvision:v2"],  # resnet18: v1 only
     "train --name": ["a/b", "..", "."],
     "train --device": ["abc", "gpu", "cuda:x"],
     "train --milestones": ["abc", "-5", "0", "5,3", "1.5", str(2**63)],
@@ -45,7 +45,12 @@ BAD_TEXT = {
     "study --kinds": ["abc"],
     "study --preset": ["abc"],
     "study --set": ["abc", "=1", "seed=1", "model=resnet20", "lr=fast", "nope=1"],
+    "study --shard": ["abc", "0/2", "3/2", "1/0", "2", "-1/2", "1/2/3"],
     "eval --device": ["abc", "cuda:x"],
+    # --model goes with --weights; --weights with no checkpoint: these are given one
+    "eval --model": ["abc"], "predict --model": ["abc"],
+    "eval --weights": ["torchvision", "no-such-weights.pth"],
+    "predict --weights": ["torchvision:v9", "no-such-weights.pth"],
     "predict --device": ["abc", "cuda:x"],
     "lesion --device": ["abc", "cuda:x"], "landscape --device": ["abc", "cuda:x"],
     "download --url": ["abc"],
@@ -55,6 +60,7 @@ BAD_TEXT = {
 # Out-of-range values beyond those every numeric flag is given (WRONG below).
 OUT_OF_RANGE = {
     "train --lr": ["0"], "train --warmup-lr": ["0"], "train --gamma": ["0"],
+    "train --backbone-lr-scale": ["0"],
     "train --momentum": ["1", "1.5"], "train --val-fraction": ["1", "2"],
     "train --batch-size": ["0"], "train --eval-batch-size": ["0"], "train --image-size": ["0"],
     "train --iters": ["0", str(2**63)], "train --epochs": ["0"],
@@ -64,7 +70,7 @@ OUT_OF_RANGE = {
     "info --input-size": ["0"], "info --num-classes": ["0"], "info --in-channels": ["0"],
     "info --depth": ["0"],
     "study --depths": ["0", "4"], "study --seeds": [str(2**63)], "study --epochs": ["0"],
-    "study --iters": ["0"],
+    "study --iters": ["0"], "study --jobs": ["0"],
     "diagnose --batch-size": ["1"], "diagnose --lr": ["0"], "diagnose --seed": [str(2**63)],
     "landscape --points": ["1", "4"], "landscape --span": ["0"], "lesion --seed": [str(2**63)],
 }
@@ -81,6 +87,7 @@ POSITIONALS = {
     "study": [], "study report": ["no-such-study"], "diagnose": ["resnet8"],
     "eval": ["no-such.pt"], "predict": ["no-such.pt", "no-such.png"], "export": ["no-such.pt"],
     "plot": ["no-such-run"], "lesion": ["no-such-run"], "landscape": ["no-such-run"],
+    "weights": [],
 }
 
 

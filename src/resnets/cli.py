@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from resnets.errors import UserError
+from resnets.errors import DistributedFailure, UserError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -35,6 +35,7 @@ def _build_parser() -> argparse.ArgumentParser:
     sub.required = True
     _add_training_commands(sub)
     _add_model_commands(sub)
+    _add_weights_command(sub)
     _add_data_commands(sub)
     _add_study_commands(sub)
     _add_trained_run_studies(sub)
@@ -108,6 +109,7 @@ def _cmd_download(args) -> int:
 
 
 def _add_study_commands(sub) -> None:
+    from resnets.study.parallel import DEFAULT_JOBS_HELP
     from resnets.train.progress import MODES as PROGRESS_MODES
 
     study = sub.add_parser(
@@ -132,6 +134,15 @@ def _add_study_commands(sub) -> None:
                        help="any other training setting for every run (repeatable), e.g. --set lr=0.05")
     study.add_argument("--out", default="studies", help="parent folder of study folders (default: studies)")
     study.add_argument("--progress", default="auto", choices=PROGRESS_MODES)
+    study.add_argument("--jobs", type=_positive_int, metavar="N",
+                       help="train N runs at once, each in a process of its own with its share "
+                       "of the CPU cores (and a GPU each, round robin, when there are several); "
+                       f"their output goes to DIR/logs/ (default: {DEFAULT_JOBS_HELP})")
+    study.add_argument("--shard", type=_shard, metavar="I/N",
+                       help="be worker I of N (I from 1) sharing the study folder, e.g. on N "
+                       "machines: take every N-th run first, then help with any run nobody is "
+                       "training; the last worker to finish writes the report. Combines with "
+                       "--jobs")
     study.set_defaults(run=_cmd_study)
     actions = study.add_subparsers(dest="study_action", metavar="ACTION", parser_class=_Parser)
     report = actions.add_parser("report", help="redraw a study's figure and table from its metrics",
@@ -231,7 +242,8 @@ def _add_measurement_options(parser) -> None:
 
 
 def _cmd_study(args) -> int:
-    from resnets.study.degradation import resolve_study, run_study
+    from resnets.study.degradation import all_finished, resolve_study, run_study
+    from resnets.train import TrainingInterrupted
 
     changes = {key: value for key, value in (("kinds", args.kinds), ("depths", args.depths),
                                              ("seeds", args.seeds), ("preset", args.preset))
@@ -246,8 +258,14 @@ def _cmd_study(args) -> int:
         train[key.strip()] = value.strip()
     study = resolve_study(args.config, name=args.name, root=args.out, changes=changes,
                           train=train)
-    study_dir = run_study(study, args.out, progress=args.progress)
-    print((study_dir / "report" / "table.md").read_text(), end="")  # the table run_study wrote
+    try:
+        study_dir = run_study(study, args.out, progress=args.progress, jobs=args.jobs,
+                              shard=args.shard)
+    except TrainingInterrupted as interrupted:
+        print(str(interrupted), file=sys.stderr)
+        return 128 + interrupted.signal_number
+    if all_finished(study_dir, study):  # else other workers still train: the last one reports
+        print((study_dir / "report" / "table.md").read_text(), end="")  # what run_study wrote
     return 0
 
 
@@ -336,11 +354,13 @@ def _add_training_commands(sub) -> None:
     train = sub.add_parser(
         "train", help="train a model (default: resnet20 on the bundled digits, ~2 min on CPU)",
         description="Train a model into a run directory (config.json, metrics.jsonl, "
-        "checkpoints/, summary.json, plots/). Settings come from a preset (default: quick), "
+        "checkpoints/, summary.json, plots/). Settings come from a preset (default: quick; "
+        "finetune with --weights torchvision), "
         "then --config FILE.toml, then flags; TOML keys and flags share their names "
         "(--batch-size is batch_size).")
     train.add_argument("--preset", help=f"named preset: {', '.join(list_presets())} "
-                       "(default: quick, unless --config is given)")
+                       "(default: quick; finetune with --weights torchvision[:v2]; none with "
+                       "--config)")
     train.add_argument("--config", metavar="FILE.toml", help="TOML file of settings")
     train.add_argument("--resume", metavar="RUN_DIR",
                        help="continue an interrupted run exactly where it stopped")
@@ -384,8 +404,11 @@ def _add_checkpoint_commands(sub) -> None:
     evaluate = sub.add_parser("eval", help="top-1/top-5 and per-class error of a checkpoint",
                               description="Evaluate a checkpoint (or a run directory's last "
                               "checkpoint) on a dataset split.")
-    evaluate.add_argument("checkpoint", help="checkpoint file or run directory")
-    evaluate.add_argument("--data", help="dataset (default: the one it was trained on)")
+    evaluate.add_argument("checkpoint", nargs="?", help="checkpoint file or run directory (or "
+                          "--model and --weights)")
+    _add_weights_options(evaluate)
+    evaluate.add_argument("--data", help="dataset (default: the one it was trained on; with "
+                          "--weights: needed, e.g. folder:PATH of ImageNet)")
     evaluate.add_argument("--data-dir", help="where datasets are stored")
     evaluate.add_argument("--split", default="test", choices=SPLITS, help="(default: test)")
     evaluate.add_argument("--batch-size", type=_positive_int, default=500,
@@ -406,17 +429,24 @@ def _add_checkpoint_commands(sub) -> None:
                           help="processes decoding images (default: the run's setting)")
     evaluate.set_defaults(run=_cmd_eval)
 
-    predict = sub.add_parser("predict", help="classify image files with a checkpoint",
+    predict = sub.add_parser("predict", help="classify image files with a checkpoint or "
+                             "pretrained weights",
+                             usage="resnets predict [options] CHECKPOINT IMAGE [IMAGE ...]\n"
+                             "       resnets predict [options] --model NAME --weights WEIGHTS "
+                             "IMAGE [IMAGE ...]",
                              description="Print the most likely classes of each image. Images "
                              "of any size and mode are converted to the model's channels, "
                              "resized and centre-cropped to its input size, and normalised "
-                             "as in training. Unreadable images are skipped and reported at "
-                             "the end; the exit status is 2 only when none could be classified.")
-    predict.add_argument("checkpoint", help="checkpoint file or run directory")
-    predict.add_argument("images", nargs="+", metavar="IMAGE",
-                         help="image files, folders (the images in them) or quoted glob "
-                         "patterns such as 'photos/*.jpg'")
-    predict.add_argument("--top", type=_positive_int, default=3, help="classes shown (3)")
+                             "as in training (or as the weights expect). Unreadable images are "
+                             "skipped and reported at the end; the exit status is 2 only when "
+                             "none could be classified.")
+    predict.add_argument("inputs", nargs="+", metavar="IMAGE",
+                         help="a checkpoint file or run directory (not with --weights), then "
+                         "image files, folders (the images in them) or quoted glob patterns "
+                         "such as 'photos/*.jpg'")
+    _add_weights_options(predict)
+    predict.add_argument("--top", type=_positive_int, help="classes shown (default: 5 with "
+                         "--weights, else 3)")
     predict.add_argument("--format", choices=("text", "json", "csv"), default="text",
                          help="text (default), json (a list of {path, top}) or csv (path, "
                          "rank, class, probability)")
@@ -452,6 +482,38 @@ def _add_checkpoint_commands(sub) -> None:
                       "./plots for several)")
     plot.add_argument("--labels", help="comma-separated legend labels, one per run")
     plot.set_defaults(run=_cmd_plot)
+
+
+def _add_weights_options(parser) -> None:
+    parser.add_argument("--model", metavar="NAME", help="with --weights: the model to build "
+                        "(resnet18, resnet34, resnet50, resnet101, resnet152 for torchvision's)")
+    parser.add_argument("--weights", metavar="WEIGHTS", help="instead of a checkpoint: "
+                        "torchvision (torchvision's ImageNet weights, v1), torchvision:v2, or a "
+                        "state-dict file; downloaded once into torch's hub cache")
+
+
+def _add_weights_command(sub) -> None:
+    cmd = sub.add_parser("weights", help="torchvision's ImageNet weights: accuracy, file, cached?",
+                         description="The pretrained weights `--weights torchvision[:v2]` "
+                         "names, with torchvision's published ImageNet accuracy and evaluation "
+                         "resize, and whether each file is in torch's hub cache (where to put "
+                         "it by hand on a machine without network).")
+    cmd.set_defaults(run=_cmd_weights)
+
+
+def _cmd_weights(args) -> int:
+    from resnets.models.weights import cache_folder, cached_file, releases
+
+    print(f"{'model':<10} {'--weights':<15} {'torchvision':<14} {'top-1':>7} {'top-5':>7} "
+          f"{'resize':>6}  {'file':<24} cached")
+    for entry in releases():
+        spec = "torchvision" if entry.version == "v1" else entry.spec
+        print(f"{entry.model:<10} {spec:<15} {entry.torchvision_name:<14} {entry.acc1:>7.3f} "
+              f"{entry.acc5:>7.3f} {entry.resize_size:>6}  {entry.file_name:<24} "
+              f"{'yes' if cached_file(entry).is_file() else 'no'}")
+    print(f"accuracy: torchvision's published ImageNet validation figures (%, centre "
+          f"{releases()[0].crop_size} crop); cache: {cache_folder()}")
+    return 0
 
 
 # argparse types: a flag's value is refused in one line naming the flag before any file is
@@ -502,6 +564,15 @@ def _seed(text: str) -> int:
     return _integer(0, MAX_SEED)(text)
 
 
+def _shard(text: str):
+    from resnets.study.parallel import parse_shard
+
+    try:
+        return parse_shard(text)
+    except UserError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def _device(text: str) -> str:
     from resnets.train.device import check_device_name
 
@@ -512,10 +583,12 @@ def _device(text: str) -> str:
 
 
 def _cmd_train(args) -> int:
+    from resnets.models.weights import check_weights
     from resnets.train import TrainingInterrupted, fit, resolve_config, resume_config
     from resnets.train.config import FIELDS
-    from resnets.train.checkpoint import resolve_checkpoint_path
+    from resnets.train.distributed import session
     from resnets.train.loop import new_run_dir
+    from resnets.train.tensorboard import check_available as check_tensorboard
     from resnets.train.progress import print_summary, run_directory_line
 
     overrides = {name: getattr(args, name) for name in FIELDS
@@ -529,19 +602,26 @@ def _cmd_train(args) -> int:
             print(config.to_toml(), end="")
             return 0
     else:
-        preset = args.preset or ("quick" if args.config is None else None)
-        config = resolve_config(preset, args.config, overrides)
-        if config.init_from is not None:  # refused now, not after the data is loaded
-            resolve_checkpoint_path(config.init_from)
+        config = resolve_config(_default_preset(args), args.config, overrides)
+        if config.weights is not None:  # refused now, not after the data is loaded
+            check_weights(config.weights, config.model, config.model_args)
         if args.print_config:
             print(config.to_toml(), end="")
             return 0
-        run_dir = new_run_dir(config).path
-    try:
-        summary = fit(config, run_dir, resume=bool(args.resume), progress=args.progress)
-    except TrainingInterrupted as interrupted:
-        print(str(interrupted), file=sys.stderr)
-        return 128 + interrupted.signal_number
+    if config.tensorboard:
+        check_tensorboard()
+    # Under torchrun every process runs this; rank 0 names the run and prints.
+    with session(config.device, config.dist_timeout) as (world, _):
+        if not args.resume:
+            run_dir = new_run_dir(config, world).path
+        try:
+            summary = fit(config, run_dir, resume=bool(args.resume), progress=args.progress)
+        except TrainingInterrupted as interrupted:
+            if world.main:
+                print(str(interrupted), file=sys.stderr)
+            return 128 + interrupted.signal_number
+    if not world.main:
+        return 0
     if args.progress != "none":
         print_summary(summary, run_dir)
     else:  # quiet, but a script still learns where the run went
@@ -549,10 +629,47 @@ def _cmd_train(args) -> int:
     return 0
 
 
-def _cmd_eval(args) -> int:
-    from resnets.train.inference import evaluate_checkpoint, load_trained
+def _default_preset(args) -> str | None:
+    """The preset a new run starts from: --preset; else none under --config; else finetune
+    for torchvision's weights (a model trained on ImageNet, fine-tuned gently on photos); else
+    quick."""
+    from resnets.models.weights import torchvision_version
 
-    trained = load_trained(args.checkpoint, device=args.device)
+    if args.preset or args.config is not None:
+        return args.preset
+    return "finetune" if args.weights and torchvision_version(args.weights) else "quick"
+
+
+def _trained_from_args(args, images: list[str] | None = None):
+    """The model `eval` or `predict` uses: a checkpoint or run directory, or --weights (with
+    --model for torchvision's)."""
+    from resnets.train.inference import load_trained, load_weights_for_inference
+
+    checkpoint = getattr(args, "checkpoint", None)
+    if args.weights is None:
+        if args.model is not None:
+            raise UserError(f"--model {args.model} goes with --weights (a checkpoint knows its "
+                            f"model): give --weights, or leave out --model")
+        if checkpoint is None:
+            raise UserError(f"{args.command} needs a checkpoint or run directory, or --model "
+                            f"NAME --weights torchvision")
+        return load_trained(checkpoint, device=args.device)
+    if checkpoint is not None:
+        raise UserError(f"give a checkpoint ({checkpoint}) or --weights {args.weights}, not both")
+    if args.model is not None:
+        from resnets.models.zoo import get_entry
+
+        get_entry(args.model)  # an unknown name before anything is read
+    if args.command == "eval" and args.data is None:
+        raise UserError(f"--weights {args.weights}: give --data, e.g. folder:PATH (an ImageNet "
+                        f"tree, train/ and val/ with one folder per WordNet id)")
+    return load_weights_for_inference(args.model, args.weights, device=args.device)
+
+
+def _cmd_eval(args) -> int:
+    from resnets.train.inference import evaluate_checkpoint
+
+    trained = _trained_from_args(args)
     result = evaluate_checkpoint(trained, data=args.data, data_dir=args.data_dir,
                                  split=args.split, batch_size=args.batch_size,
                                  precision=args.precision, crops=args.crops,
@@ -577,11 +694,18 @@ def _cmd_predict(args) -> int:
     import csv
     import json
 
-    from resnets.train.inference import image_paths, load_trained, predict_images
+    from resnets.train.inference import image_paths, predict_images
 
-    trained = load_trained(args.checkpoint, device=args.device)
-    paths = image_paths(args.images)
-    results = predict_images(trained, paths, top=args.top, return_errors=True,
+    inputs = list(args.inputs)
+    if args.weights is None:
+        args.checkpoint = inputs.pop(0)
+        if not inputs:
+            raise UserError("predict needs a checkpoint (or run directory) and image files, or "
+                            "--model NAME --weights torchvision and image files")
+    trained = _trained_from_args(args)
+    paths = image_paths(inputs)
+    top = args.top or (5 if args.weights is not None else 3)
+    results = predict_images(trained, paths, top=top, return_errors=True,
                              max_pixels=args.max_pixels, precision=args.precision)
     done = [(str(path), top) for path, top in zip(paths, results) if not isinstance(top, UserError)]
     failed = [error for error in results if isinstance(error, UserError)]
@@ -691,6 +815,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except DistributedFailure as error:  # not the user's mistake, but not a bug here either
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt as interrupted:  # a command's own cleanup has run; say what it left
         print(str(interrupted) or "interrupted", file=sys.stderr)
         return 130

@@ -1,10 +1,17 @@
-"""The one exception type for errors a user can cause.
+"""The exception types the CLI reports as one line instead of a traceback.
 
 Bad depth, unknown model, missing or corrupt data, bad config value: each raises `UserError`
 with a message that names the value and what would be valid. The CLI prints it on one line and
-exits with status 2. Any other exception is a bug and keeps its traceback.
+exits with status 2. A process of a torchrun job that loses the others raises
+`DistributedFailure` (one line, status 1: torchrun restarts a group whose worker failed). Any
+other exception is a bug and keeps its traceback.
 """
 
 
 class UserError(ValueError):
     """A mistake in the user's input (name, value, path, file), described in one line."""
+
+
+class DistributedFailure(RuntimeError):
+    """A collective failed or timed out under torchrun: another process died or hung. The
+    message is one line that says where the last checkpoint is."""

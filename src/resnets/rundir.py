@@ -10,6 +10,7 @@
       checkpoints/     last.pt, best.pt
       summary.json     final figures; its presence means the run is finished
       plots/           PNGs drawn from metrics.jsonl
+      events.out.tfevents.*  TensorBoard event files (with --tensorboard): a view of metrics.jsonl
 
 Everything else (training, studies, reports, plots, the CLI) asks a `RunDir` for these paths
 and for the answers to "finished?", "resumable?", "empty?", "ours?".
@@ -20,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import threading
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -36,6 +38,7 @@ except ImportError:  # Windows: no advisory locks; a run directory is then not g
 MARKER = ".resnets-run"
 LOCK = ".lock"
 NAME_DATA_CHARS = 40  # the dataset part of a default run name keeps its last 40 characters
+_HELD: set = set()  # (thread, lock file) this process holds: `try_lock` inside it is a no-op
 
 
 class RunDir:
@@ -148,8 +151,24 @@ class RunDir:
     def lock(self) -> Iterator["RunDir"]:
         """Hold the run directory for this process until the block ends (or the process dies).
         A run directory another live process holds is refused in one line."""
-        if fcntl is None:
+        with self.try_lock() as mine:
+            if not mine:
+                raise UserError(f"{self.path} is in use by another resnets process (a run is "
+                                f"training there); wait for it, or use another --name")
             yield self
+
+    @contextmanager
+    def try_lock(self) -> Iterator[bool]:
+        """Hold the run directory if no other process does: yields True while this process
+        holds it (taken now, or already held by this thread further up: a study that claimed a
+        run and then calls `fit`, which locks it too), False if another live process holds it.
+        The folder must exist. Nothing is waited for, so a worker can skip to another run."""
+        if fcntl is None:
+            yield True
+            return
+        key = (threading.get_ident(), os.path.realpath(self.path / LOCK))
+        if key in _HELD:  # flock would refuse this process's second open file of the lock
+            yield True
             return
         try:
             handle = open(self.path / LOCK, "a")
@@ -159,18 +178,36 @@ class RunDir:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                raise UserError(f"{self.path} is in use by another resnets process (a run is "
-                                f"training there); wait for it, or use another --name") from None
-            yield self
+                mine = False
+            else:
+                mine = True
+                _HELD.add(key)
+            try:
+                yield mine
+            finally:
+                _HELD.discard(key)
         finally:
             handle.close()  # closing releases the lock
 
+    def held_elsewhere(self) -> bool:
+        """Another live process holds the run directory now (it is training there)."""
+        if not self.path.is_dir():
+            return False
+        with self.try_lock() as mine:
+            return not mine
+
+    def event_files(self) -> list[Path]:
+        """The TensorBoard event files training wrote here (with --tensorboard)."""
+        return sorted(self.path.glob("events.out.tfevents.*")) if self.path.is_dir() else []
+
     def clear_partial(self) -> None:
-        """Remove what a run that died before its first checkpoint left (its metrics), so the
-        run can start again. Only in a folder that is ours."""
+        """Remove what a run that died before its first checkpoint left (its metrics and
+        TensorBoard events), so the run can start again. Only in a folder that is ours."""
         if not self.ours():
             raise UserError(f"{self.path} is not a resnets run directory; not clearing it")
         self.metrics.unlink(missing_ok=True)
+        for path in self.event_files():
+            path.unlink(missing_ok=True)
 
     def remove_empty(self) -> None:
         """Remove a run directory that holds nothing but its marker and lock (a run refused

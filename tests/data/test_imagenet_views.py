@@ -409,3 +409,17 @@ def test_fitting_a_normaliser_on_large_images_works_in_small_chunks(monkeypatch)
     for kind, expected in whole.items():
         chunked = Normalizer.fit(kind, images)
         assert torch.equal(chunked.mean, expected.mean) and torch.equal(chunked.std, expected.std)
+
+
+def test_processes_parts_of_streamed_batches_are_the_whole_batches(photo_tree):
+    # torchrun: each process decodes only its part, with the whole batch's crops, flips and
+    # colour noise, so the parts put together are what one process would train on.
+    train = _load(photo_tree, crop_size=32)
+    options = dict(shuffle=True, flip=True, augment="paper", normalizer=None, workers=0)
+    whole = _batches(Loader(train, 8, **options), epoch=1)
+    parts = [_batches(Loader(train, 8, part=(rank, 2), **options), epoch=1) for rank in (0, 1)]
+    assert [len(p) for p in parts] == [len(whole)] * 2
+    for i, (images, labels) in enumerate(whole):
+        assert [len(p[i][1]) for p in parts] == [4, 4]
+        assert torch.allclose(torch.cat([p[i][0] for p in parts]), images)
+        assert torch.equal(torch.cat([p[i][1] for p in parts]), labels)

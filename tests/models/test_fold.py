@@ -60,8 +60,9 @@ def _check_fold(name: str, size: int) -> None:
     if own < 1e-2:  # the arithmetic is the same up to rounding: in fp64, all but equal
         assert (got64 - exact).abs().max().item() / scale <= 1e-8, name
     # The model itself is untouched, BN and all.
-    assert model.state_dict().keys() == before.keys()
-    assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
+    after = model.state_dict()
+    assert after.keys() == before.keys()
+    assert all(torch.equal(after[k], v) for k, v in before.items())
     folded = fold_batchnorm(model)
     assert is_folded(folded) and not is_folded(model) and not folded.training
 

@@ -127,7 +127,7 @@ def test_resume_with_a_changed_setting_is_refused_before_any_checkpoint_is_read(
     (["eval", "no/such.pt"], "checkpoint not found"),
     (["export", "no/such.pt"], "needs --onnx FILE and/or --torchvision FILE"),
     (["plot", "no/such/run"], "not a run directory"),
-    (["predict", "x.pt"], "the following arguments are required: IMAGE"),
+    (["predict", "x.pt"], "predict needs a checkpoint (or run directory) and image files"),
 ])
 def test_bad_input_exits_2_with_one_line(argv, words, capsys):
     assert main(argv) == 2
@@ -323,22 +323,22 @@ def test_help_shows_what_each_flag_defaults_to_under_the_default_preset(capsys):
     assert "peak learning rate [quick: 0.2]" in out and "[quick: resnet20]" in out
 
 
-def test_init_from_starts_a_new_run_from_trained_weights(run_dir, tmp_path, fake_rooms):
+def test_weights_of_a_run_start_a_new_run_from_trained_weights(run_dir, tmp_path, fake_rooms):
     # lr ~ 0, no momentum or decay: two steps leave the weights where the first run ended.
-    assert main(["train", *TINY, "--iters", "2", "--init-from", str(run_dir), "--lr", "1e-12",
+    assert main(["train", *TINY, "--iters", "2", "--weights", str(run_dir), "--lr", "1e-12",
                  "--momentum", "0", "--no-nesterov", "--wd", "0", "--warmup", "0", "--out", str(tmp_path),
                  "--name", "tuned"]) == 0
     before = load_checkpoint(run_dir)["model_state"]
     after = load_checkpoint(tmp_path / "tuned")
-    assert after["step"] == 2 and after["config"]["init_from"] == str(run_dir)
+    assert after["step"] == 2 and after["config"]["weights"] == str(run_dir)
     for key in ("conv.weight", "fc.weight", "fc.bias"):
         assert torch.allclose(after["model_state"][key], before[key], atol=1e-9)
     assert not torch.equal(load_checkpoint(tmp_path / "tuned")["model_state"]["fc.weight"],
                            fake_rooms.create_model("tiny").fc.weight)  # not a fresh init
 
 
-def test_init_from_a_different_architecture_is_one_line(run_dir, tmp_path, fake_rooms,
-                                                        one_error_line):
-    assert main(["train", *TINY, "--iters", "2", "--init-from", str(run_dir), "--model-args",
+def test_weights_of_a_different_architecture_are_one_line(run_dir, tmp_path, fake_rooms,
+                                                          one_error_line):
+    assert main(["train", *TINY, "--iters", "2", "--weights", str(run_dir), "--model-args",
                  "width=4", "--out", str(tmp_path), "--name", "other"]) == 2
-    assert "does not fit model 'tiny'" in one_error_line()
+    assert "the weights do not fit model 'tiny'" in one_error_line()

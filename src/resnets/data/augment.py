@@ -3,12 +3,27 @@
 Each function draws its random numbers from the CPU `torch.Generator` it is given (a handful
 per batch), so one seed gives the same augmentation on a CPU and on a GPU. Images are
 (B, C, H, W) of any dtype; shape, dtype and device are kept.
+
+`within=(rows, total)` says the images are rows `rows` (a slice or an index tensor) of a batch
+of `total` images: the numbers are drawn for the whole batch and those rows' are used, so a
+process that holds one slice of a batch (torchrun) augments it exactly as one process holding
+the whole batch would.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+Within = tuple  # (rows: slice | torch.Tensor, total: int)
+
+
+def _draw(draw, batch: int, within: Within | None) -> torch.Tensor:
+    """`draw(n)` for the whole batch, then the rows of this part (`within`)."""
+    if within is None:
+        return draw(batch)
+    rows, total = within
+    return draw(total)[rows]
 
 
 def flip(images: torch.Tensor, generator: torch.Generator, p: float = 0.5) -> torch.Tensor:
@@ -38,7 +53,8 @@ def pad_crop(images: torch.Tensor, generator: torch.Generator, pad: int = 4) -> 
     return band.gather(3, cols.expand(batch, channels, height, width))  # (B, C, H, W)
 
 
-def pad_crop_flip(images: torch.Tensor, generator: torch.Generator, pad: int = 4, flip: bool = True) -> torch.Tensor:
+def pad_crop_flip(images: torch.Tensor, generator: torch.Generator, pad: int = 4, flip: bool = True,
+                  within: Within | None = None) -> torch.Tensor:
     """`flip(pad_crop(images, generator, pad), generator)` in one gather (the Loader's path).
 
     Draws the same random numbers in the same order, so it gives exactly the same images as
@@ -50,12 +66,14 @@ def pad_crop_flip(images: torch.Tensor, generator: torch.Generator, pad: int = 4
     rows = torch.arange(height, device=device).expand(batch, height)  # (B, H) source row of each output row
     cols = torch.arange(width, device=device).expand(batch, width)  # (B, W)
     if pad:
-        top = torch.randint(0, 2 * pad + 1, (batch,), generator=generator).to(device)
-        left = torch.randint(0, 2 * pad + 1, (batch,), generator=generator).to(device)
+        offsets = lambda n: torch.randint(0, 2 * pad + 1, (n,), generator=generator)  # noqa: E731
+        top = _draw(offsets, batch, within).to(device)
+        left = _draw(offsets, batch, within).to(device)
         rows = rows + (top - pad).view(-1, 1)
         cols = cols + (left - pad).view(-1, 1)
     if flip:
-        chosen = (torch.rand(batch, generator=generator) < 0.5).to(device).view(-1, 1)
+        chosen = (_draw(lambda n: torch.rand(n, generator=generator), batch, within) < 0.5)
+        chosen = chosen.to(device).view(-1, 1)
         cols = torch.where(chosen, cols.flip(-1), cols)
     inside = ((rows >= 0) & (rows < height)).view(batch, 1, height, 1) & ((cols >= 0) & (cols < width)).view(batch, 1, 1, width)
     source = rows.clamp(0, height - 1).view(batch, 1, height, 1) * width + cols.clamp(0, width - 1).view(batch, 1, 1, width)
@@ -74,7 +92,7 @@ IMAGENET_EIGENVECTORS = ((-0.5675, 0.7192, 0.4009),
 
 
 def lighting(images: torch.Tensor, generator: torch.Generator, std: float = 0.1,
-             scale: torch.Tensor | None = None) -> torch.Tensor:
+             scale: torch.Tensor | None = None, within: Within | None = None) -> torch.Tensor:
     """AlexNet's PCA colour augmentation (Krizhevsky et al. 2012, section 4.1): add to every
     pixel of each image sum_j alpha_j * eigenvalue_j * eigenvector_j, alpha_j ~ N(0, std).
 
@@ -83,7 +101,7 @@ def lighting(images: torch.Tensor, generator: torch.Generator, std: float = 0.1,
     as adding it before normalising. Images are (B, 3, H, W) floats; a new tensor is returned.
     """
     batch = images.shape[0]
-    alpha = torch.randn(batch, 3, generator=generator) * std  # (B, 3)
+    alpha = _draw(lambda n: torch.randn(n, 3, generator=generator), batch, within) * std  # (B, 3)
     values = torch.tensor(IMAGENET_EIGENVALUES)
     vectors = torch.tensor(IMAGENET_EIGENVECTORS)  # (3 channels, 3 components)
     offset = (alpha * values) @ vectors.T  # (B, 3): offset[b, c] = sum_j V[c, j] alpha[b, j] lambda_j

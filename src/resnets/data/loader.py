@@ -48,6 +48,13 @@ def _generator(*key: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed_of(*key))
 
 
+def part_rows(count: int, part: tuple[int, int]) -> slice:
+    """Rows of a batch of `count` images that process `rank` of `processes` takes (`part`):
+    contiguous, sizes differing by at most one (equal when `processes` divides `count`)."""
+    rank, processes = part
+    return slice(rank * count // processes, (rank + 1) * count // processes)
+
+
 def default_workers() -> int:
     """DataLoader workers when none are asked for: one per CPU core this process may use, at
     most MAX_DEFAULT_WORKERS."""
@@ -78,6 +85,11 @@ class Loader:
     lighting: std of AlexNet's PCA colour noise, on the device (None: the augment's default,
         0.1 for "paper", else 0).
 
+    part: (rank, processes): under torchrun, each process takes its slice of every batch
+        (`part_rows`), augmented exactly as in the whole batch, so
+        N processes together see exactly the images one process would. `batch_size` stays the
+        whole (global) batch and `len(loader)` its number of batches.
+
     A dataset that skips unreadable files (`skip_bad`) leaves them out of their batch (which is
     then smaller) and records each one's message, once, in `skipped`.
     """
@@ -99,6 +111,7 @@ class Loader:
         augment: str | None = None,
         crops: int = 1,
         lighting: float | None = None,
+        part: tuple[int, int] = (0, 1),
     ):
         if not isinstance(batch_size, int) or batch_size < 1:
             raise UserError(f"batch_size {batch_size!r} is invalid: expected a positive integer")
@@ -106,6 +119,14 @@ class Loader:
             raise UserError(f"pad {pad!r} is invalid: expected an integer >= 0")
         if workers is not None and (not isinstance(workers, int) or workers < 0):
             raise UserError(f"workers {workers!r} is invalid: expected an integer >= 0")
+        rank, processes = part
+        if not (isinstance(processes, int) and isinstance(rank, int) and 0 <= rank < processes):
+            raise UserError(f"part {part!r} is invalid: expected (rank, processes) with "
+                            f"0 <= rank < processes")
+        if drop_last and batch_size % processes:
+            raise UserError(f"batch_size {batch_size} does not divide among {processes} "
+                            f"processes: it is the global batch; give a multiple of {processes}")
+        self.part = (rank, processes)
         self.dataset = dataset
         self.batch_size = batch_size
         self.shuffle = shuffle
@@ -177,31 +198,45 @@ class Loader:
         order = self.order(epoch)
         device_order = order.to(self.device)
         steps = range(start, len(self))
-        slices = [slice(i * self.batch_size, (i + 1) * self.batch_size) for i in steps]
+        n = len(order)
+        # Batch i is order[i*B : (i+1)*B] (the last may be smaller); this process takes its
+        # part of it: rows `mine` of the batch's `total`.
+        parts = []
+        for i in steps:
+            total = min(n, (i + 1) * self.batch_size) - i * self.batch_size
+            mine = part_rows(total, self.part)
+            parts.append((slice(i * self.batch_size + mine.start, i * self.batch_size + mine.stop),
+                          mine, total))
         if not self.streaming:
-            for i, rows in zip(steps, slices):
-                images = self.images[device_order[rows]]  # (B, C, H, W) uint8, gathered on the device
-                yield self._finish(images, epoch, i), self.labels[device_order[rows]]
+            for i, (rows, mine, total) in zip(steps, parts):
+                images = self.images[device_order[rows]]  # (b, C, H, W) uint8, gathered on the device
+                yield self._finish(images, epoch, i, (mine, total)), self.labels[device_order[rows]]
             return
-        for i, rows, (images, kept) in zip(steps, slices, self._stream(epoch, order, slices)):
+        slices = [rows for rows, _, _ in parts]
+        for i, (rows, mine, total), (images, kept) in zip(steps, parts,
+                                                          self._stream(epoch, order, slices)):
             labels = self.labels[device_order[rows]]
+            within = (mine, total)
             if kept is not None:  # unreadable files were left out
                 labels = labels[kept.to(self.device)]
-            images = images.to(self.device, non_blocking=True)  # (B, C, H, W) or (B, 5, C, H, W) uint8
-            yield self._finish(images, epoch, i), labels
+                within = (torch.arange(mine.start, mine.stop)[kept], total)
+            images = images.to(self.device, non_blocking=True)  # (b, C, H, W) or (b, 5, C, H, W) uint8
+            yield self._finish(images, epoch, i, within), labels
 
-    def _finish(self, images: torch.Tensor, epoch: int, index: int) -> torch.Tensor:
+    def _finish(self, images: torch.Tensor, epoch: int, index: int, within: tuple) -> torch.Tensor:
         """Normalise and augment one uint8 batch (B, C, H, W) on the device (five crops
-        (B, 5, C, H, W) become ten, (B, 10, C, H, W), with their flips)."""
+        (B, 5, C, H, W) become ten, (B, 10, C, H, W), with their flips). `within`: which rows
+        of batch `index` these are (the random draws are made for the whole batch)."""
         images = self.normalizer(images)
         if self.crops == 10:
             return torch.cat([images, images.flip(-1)], dim=1)  # (B, 10, C, H, W)
         generator = _generator(self.seed, epoch, index) if (self.pad or self.flip or self.lighting) else None
         if self.pad or self.flip:
-            images = pad_crop_flip(images, generator, self.pad, self.flip)
+            images = pad_crop_flip(images, generator, self.pad, self.flip, within=within)
         if self.lighting:  # drawn after pad and flip: the pad-crop batches stay what they were
             # in normalised units: the same as adding it to the pixels before normalising
-            images = add_lighting(images, generator, self.lighting, scale=255.0 / self.normalizer.std.flatten())
+            images = add_lighting(images, generator, self.lighting, scale=255.0 / self.normalizer.std.flatten(),
+                                  within=within)
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         return images

@@ -11,6 +11,7 @@ from resnets.models.zoo import (
     imagenet_resnet,
     list_models,
 )
+from resnets.models.weights import imagenet_classes
 
 __all__ = [
     "BasicUnit",
@@ -24,6 +25,7 @@ __all__ = [
     "count_parameters",
     "create_model",
     "format_info",
+    "imagenet_classes",
     "imagenet_plain",
     "imagenet_resnet",
     "list_models",

@@ -31,10 +31,13 @@ from resnets.data.views import AUGMENTS
 from resnets.errors import UserError
 from resnets.train.compile import check_setting as check_compile_setting
 from resnets.train.device import PRECISIONS, check_device_name
+from resnets.train.finetune import FREEZE
 from resnets.train.schedule import SCHEDULES, WARMUP_MODES
 
 PRESET_DIR = Path(__file__).with_name("presets")
 GROUPS = ("model", "data", "optim", "run")  # TOML tables that may hold the fields below
+# Names a field had before: read as the new name (config files and runs written earlier).
+RENAMED = {"init_from": "weights"}
 MAX_SEED = 2**63 - 1  # seeds are 0..MAX_SEED: torch.manual_seed takes no more than 64 bits
 MAX_INT = 2**63 - 1   # no integer setting may overflow torch's int64
 COMPILE_CHOICES = ("auto", "true", "false")  # the compile setting as a flag's value
@@ -59,9 +62,16 @@ class Config:
     # in_channels always come from the dataset.
     model_args: dict = _field({}, "extra create_model keyword arguments (TOML inline table; "
                               "CLI: KEY=VALUE,KEY=VALUE)", "model")
-    init_from: str | None = _field(None, "start from the weights of this checkpoint or run "
-                                   "directory (a new run; --resume continues one)", "model",
-                                   metavar="CHECKPOINT")
+    weights: str | None = _field(None, "start from trained weights: torchvision (torchvision's "
+                                 "ImageNet weights, v1), torchvision:v2, a checkpoint or run "
+                                 "directory, or a state-dict file; the classifier is new when "
+                                 "the classes differ, the normalisation is the weights' own "
+                                 "(none: random initialisation; --resume continues a run)",
+                                 "model", metavar="WEIGHTS")
+    freeze: str = _field("none", "keep these layers as the weights have them: none, stem "
+                         "(conv1, bn1), layerK (the stem and stages 1..K), backbone (all but "
+                         "the classifier fc); BatchNorm statistics included", "model",
+                         choices=FREEZE)
     # --- data
     data: str = _field("bundled", "dataset: bundled | cifar10 | cifar100 | cifar100-coarse | "
                        "folder:PATH", "data")
@@ -108,6 +118,9 @@ class Config:
     nesterov: bool = _field(False, "Nesterov momentum", "optim")
     wd: float = _field(5e-4, "weight decay (L2, applied to every parameter, as in the paper)",
                        "optim")
+    backbone_lr_scale: float = _field(1.0, "the learning rate of every layer but the "
+                                      "classifier fc is lr x this (e.g. 0.1 to fine-tune "
+                                      "pretrained weights gently)", "optim")
     schedule: str = _field("cosine", "learning-rate decay after warm-up", "optim",
                            choices=SCHEDULES)
     milestones: list = _field([], "steps at which `step` multiplies lr by gamma (empty: at "
@@ -151,6 +164,20 @@ class Config:
     eval_every: int = _field(0, "steps between validation/test evaluations (0: once per "
                              "epoch)", "run")
     eval_batch_size: int = _field(500, "images per evaluation batch", "run")
+    # A checkpoint is written at every evaluation; a long run on many processes may want one
+    # more often, since a restarted process group goes back to the last one.
+    checkpoint_every: int = _field(0, "steps between checkpoints besides those written at "
+                                   "each evaluation (0: only at evaluations)", "run")
+    sync_bn: bool = _field(False, "under torchrun, BatchNorm statistics over the whole global "
+                           "batch (SyncBatchNorm; needs CUDA: not on CPU)", "run")
+    # torch's own default for gloo and NCCL is 30 minutes too; a rank that hangs longer ends
+    # the job with an error instead of holding every process forever.
+    dist_timeout: float = _field(1800.0, "seconds a process under torchrun waits for the "
+                                 "others at a collective before the run stops with an error",
+                                 "run")
+    tensorboard: bool = _field(False, "also write TensorBoard event files into the run "
+                               "directory (tensorboard --logdir runs/; pip install "
+                               "'resnets[tensorboard]')", "run")
     workers: int | None = _field(None, "DataLoader worker processes decoding images streamed "
                                  "from disk (None: one per CPU core, at most 8); the batches "
                                  "do not depend on it", "run")
@@ -258,8 +285,8 @@ def _flatten(data: dict, source: str) -> dict[str, Any]:
     for key, value in data.items():
         if key in GROUPS and isinstance(value, dict):
             flat.update(_flatten(value, source))
-        elif key in FIELDS:
-            flat[key] = value
+        elif key in FIELDS or key in RENAMED:
+            flat[RENAMED.get(key, key)] = value
         else:
             raise UserError(f"{source}: unknown config key {key!r}; valid keys: "
                             f"{', '.join(sorted(FIELDS))}")
@@ -272,6 +299,8 @@ def _build(values: dict[str, Any]) -> Config:
         config.model_args = {}
     if config.milestones is None:
         config.milestones = []
+    if isinstance(config.weights, str) and config.weights.lower() == "none":
+        config.weights = None  # a preset's weights undone from the command line
     _validate(config)
     return config
 
@@ -411,11 +440,11 @@ def _validate(config: Config) -> None:
     for name, low in positive.items():
         if getattr(config, name) < low:
             raise UserError(f"{name} must be >= {low}, got {getattr(config, name)}")
-    for name in ("lr", "warmup_lr", "gamma"):
+    for name in ("lr", "warmup_lr", "gamma", "dist_timeout", "backbone_lr_scale"):
         if not getattr(config, name) > 0:
             raise UserError(f"{name} must be > 0, got {getattr(config, name)}")
     for name in ("momentum", "wd", "warmup", "warmup_min_depth", "pad", "log_every",
-                 "eval_every", "lighting", "workers"):
+                 "eval_every", "lighting", "workers", "checkpoint_every"):
         if getattr(config, name) is not None and getattr(config, name) < 0:
             raise UserError(f"{name} must be >= 0, got {getattr(config, name)}")
     if not 0 <= config.momentum < 1:
@@ -447,6 +476,9 @@ def _validate(config: Config) -> None:
     if config.name is not None and (not config.name or "/" in config.name or
                                     config.name in (".", "..")):
         raise UserError(f"name must be a plain folder name, got {config.name!r}")
+    if config.weights == "":
+        raise UserError("weights must not be empty: torchvision, torchvision:v2, a checkpoint, "
+                        "a run directory or a state-dict file (none: random initialisation)")
     for key in ("num_classes", "in_channels"):
         if key in config.model_args:
             raise UserError(f"model_args must not set {key}: it comes from the dataset")

@@ -1,9 +1,11 @@
 """Using a trained checkpoint: rebuild its model, evaluate it on a dataset, classify images.
 
 `load_trained(path)` gives the model (eval mode, fp32), the saved normalizer, the class names
-and the input size; `predict_images` reads image files of any size and mode, converts them to
-the model's channels, resizes the shorter side and centre-crops to the training size, applies
-the saved normalizer and returns the top classes with their probabilities.
+and the input size; `load_weights_for_inference(model, weights)` gives the same for pretrained
+weights (torchvision's ImageNet releases: their classes, normalisation and evaluation resize);
+`predict_images` reads image files of any size and mode, converts them to the model's channels,
+resizes the shorter side and centre-crops to the training size, applies the saved normalizer
+and returns the top classes with their probabilities.
 
 The fast path. `evaluate_checkpoint` and `predict_images` (so `resnets eval` and `resnets
 predict`) run `Trained.inference_model(precision)`, an `InferenceModel`: a copy of the model
@@ -38,6 +40,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from resnets.data.normalize import Normalizer
 from resnets.errors import UserError
 from resnets.train.checkpoint import load_checkpoint, resolve_checkpoint_path
 from resnets.train.config import Config
@@ -62,6 +65,9 @@ class Trained:
     path: Path
     device: torch.device
     class_names: list[str] | None = None  # display names (an image folder's classes.txt)
+    # False for weights whose classes are names, not folders (torchvision's ImageNet classes):
+    # a dataset then needs as many classes, in the same (sorted folder) order.
+    classes_are_folders: bool = True
     _inference: dict = field(default_factory=dict, repr=False, compare=False)
 
     def inference_model(self, precision: str = "auto") -> "InferenceModel":
@@ -149,12 +155,55 @@ def load_trained(path: str | Path, device: str = "cpu", parts: Parts | None = No
     """Rebuild the model of a checkpoint file (or of a run directory's last checkpoint)."""
     path = resolve_checkpoint_path(path)
     device_ = resolve_device(device)
-    checkpoint = load_checkpoint(path, map_location=device_)
+    return _trained(load_checkpoint(path, map_location=device_), path, device_, parts)
+
+
+def _trained(checkpoint: dict, path: Path, device_: torch.device, parts: Parts | None) -> Trained:
     state = TrainState.from_checkpoint(checkpoint, parts or parts_module.default_parts(), path)
     state.model.to(device_).eval()
     return Trained(model=state.model, normalizer=state.normalizer, classes=state.classes,
                    input_size=state.input_size, config=state.config, checkpoint=checkpoint,
                    path=path, device=device_, class_names=state.class_names)
+
+
+def load_weights_for_inference(model: str | None, weights: str, device: str = "cpu",
+                               parts: Parts | None = None) -> Trained:
+    """A `Trained` from `--model NAME --weights WEIGHTS`: torchvision's ImageNet weights (or a
+    state-dict file in torchvision's layout) built as `model`, with the ImageNet classes,
+    normalisation and evaluation resize of the release; a resnets checkpoint or run directory
+    as `load_trained` gives it (`model`, if given, must be the checkpoint's)."""
+    from resnets.models.weights import (architecture, load_body, load_pretrained,
+                                        torchvision_version)
+    from resnets.train.config import resolve_config
+
+    device_ = resolve_device(device)
+    if model is None and torchvision_version(weights) is not None:
+        raise UserError(f"--weights {weights} needs --model (resnet18, resnet34, resnet50, "
+                        f"resnet101, resnet152)")
+    pretrained = load_pretrained(weights, model)
+    if pretrained.checkpoint is not None:
+        if model is not None and model != pretrained.model:
+            raise UserError(f"{pretrained.source} holds a {pretrained.model}, not {model}: leave "
+                            f"out --model (a checkpoint knows its model)")
+        return _trained(pretrained.checkpoint, pretrained.path, device_, parts)
+    if model is None:
+        raise UserError(f"--weights {weights} (a state dict) needs --model, the model it is for")
+    kwargs = {**architecture(model, pretrained, {}), "num_classes": pretrained.num_classes,
+              "in_channels": pretrained.in_channels}
+    network = (parts or parts_module.default_parts()).create_model(model, **kwargs)
+    load_body(network, pretrained, model, keep_head=True)
+    crop = pretrained.input_size[1]
+    config = resolve_config("torchvision-imagenet", overrides={
+        "model": model, "weights": weights, "crop_size": crop,
+        "resize_size": max(crop, pretrained.resize_size or crop),
+        "model_args": {k: v for k, v in kwargs.items() if k not in ("num_classes", "in_channels")}})
+    normalizer = Normalizer.from_state_dict(pretrained.normalizer)
+    return Trained(model=network.to(device_).eval(), normalizer=normalizer,
+                   classes=list(pretrained.classes), input_size=list(pretrained.input_size),
+                   config=config, checkpoint={"model": model, "model_kwargs": kwargs,
+                                              "weights": weights},
+                   path=pretrained.path or Path(weights), device=device_,
+                   class_names=pretrained.class_names, classes_are_folders=False)
 
 
 def evaluate_checkpoint(trained: Trained, *, data: str | None = None,
@@ -199,7 +248,14 @@ def evaluate_checkpoint(trained: Trained, *, data: str | None = None,
     if shape != trained.input_size:
         raise UserError(f"{config.data} {split} images are {shape} (C, H, W) but the "
                         f"model was trained on {trained.input_size}")
-    if list(dataset.classes) != trained.classes:
+    if not trained.classes_are_folders:
+        if len(dataset.classes) != len(trained.classes):
+            raise UserError(f"the weights predict {len(trained.classes):,} classes "
+                            f"({_short(trained.classes)}); {config.data} has "
+                            f"{len(dataset.classes):,} class folders: expected the same classes, "
+                            f"whose sorted folder names are the weights' order (for ImageNet: "
+                            f"its 1,000 WordNet ids, n01440764 first)")
+    elif list(dataset.classes) != trained.classes:
         raise UserError(f"{config.data} has classes {_short(dataset.classes)}, the "
                         f"checkpoint {_short(trained.classes)}")
     options = {} if crops == 1 else {"crops": crops}

@@ -20,6 +20,8 @@ A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts (so i
     precision              the arithmetic the run trains in ("bf16" | "fp32")
     compiled               whether training steps run compiled (True | False), once decided
                            (resnets.train.compile); None before
+    world_size             the processes that trained it (torchrun; 1 without); rank 0's
+                           meter holds all of theirs (optional: 1 when absent)
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import torch
 from torch import nn
 
 from resnets.errors import UserError
+from resnets.models.weights import describe_mismatch
 from resnets.train.checkpoint import rng_state, save_checkpoint, set_rng_state
 from resnets.train.config import Config
 from resnets.train.device import PRECISIONS
@@ -106,6 +109,7 @@ class TrainState:
     counters: Counters = field(default_factory=Counters)
     meter: Meter | None = None
     compiled: bool | None = None  # the compile decision, once final
+    world_size: int = 1       # processes training it together (torchrun)
 
     def state_dict(self, lr: float) -> dict[str, Any]:
         """The checkpoint (see the module docstring); `lr` is the rate at `self.step`."""
@@ -124,7 +128,11 @@ class TrainState:
                                           "skipped": list(self.counters.skipped)},
                              "meter": self.meter.state_dict()},
                 "best": dict(self.best), "precision": self.precision,
-                "compiled": self.compiled}
+                "compiled": self.compiled, "world_size": self.world_size}
+
+    def labels(self) -> list[str]:
+        """The classes as a person reads them: display names where the dataset has them."""
+        return list(self.class_names) if self.class_names else list(self.classes)
 
     def save(self, path: str | Path, lr: float) -> Path:
         return save_checkpoint(self.state_dict(lr), path)
@@ -261,23 +269,3 @@ def load_weights(model: nn.Module, checkpoint: dict, path: str | Path) -> None:
         raise UserError(f"{path}: the checkpoint does not fit model {checkpoint.get('model')!r} "
                         f"({problem})")
     model.load_state_dict(state)
-
-
-def describe_mismatch(expected: dict, given: dict, shown: int = 3) -> str | None:
-    """One line naming the first keys where a checkpoint's state dict (`given`) differs from a
-    model's (`expected`): missing keys, unexpected keys, `key: checkpoint (a, b) vs model
-    (c, d)`; None when they fit."""
-    def shape(tensor) -> str:
-        return f"({', '.join(map(str, getattr(tensor, 'shape', ())))})"
-
-    missing = [key for key in expected if key not in given]
-    unexpected = [key for key in given if key not in expected]
-    shapes = [f"{key}: checkpoint {shape(given[key])} vs model {shape(expected[key])}"
-              for key in expected if key in given and shape(given[key]) != shape(expected[key])]
-    found = []
-    for label, items in (("missing keys", missing), ("unexpected keys", unexpected),
-                         ("shapes differ", shapes)):
-        if items:
-            more = f" (and {len(items) - shown} more)" if len(items) > shown else ""
-            found.append(f"{label}: {', '.join(items[:shown])}{more}")
-    return "; ".join(found) or None

@@ -1,0 +1,169 @@
+"""A study's wall time with one run at a time against several at once (`resnets study --jobs`).
+
+Each configuration runs a whole `resnets study` from an empty folder as a user would, with
+`--jobs N` (default: 1 and 2): with 1 the runs train one after another, each with torch's
+default threads (every core); with N they train N at once in worker processes, each with its
+share of the cores (`resnets.study.parallel.worker_threads`). The time includes everything a
+user waits for: starting the processes, loading the data, the evaluations, plots and the
+report. Rounds alternate the order of the configurations (A B, B A, ...), so a slow drift in
+outside load falls on both; the table gives the median and the range over rounds.
+
+The small study by default: plain and residual 20 on the bundled digits, seeds 0 and 1 (four
+runs, so two jobs fill their slots twice), 2 epochs each. `--default-study` times the study a
+bare `resnets study` trains (16 runs of 8 epochs: about 25 minutes per round with --jobs 1 on a
+2-core CPU), the figure issue #10's goal is about.
+
+Other load on the machine would be measured too, so the table is appended to
+benchmarks/RESULTS.md only if the load average (1 min) before the first round is at most
+IDLE_LOAD. Where a setting wins, make it the default in `default_jobs`
+(src/resnets/study/parallel.py).
+
+    python3 benchmarks/bench_study_jobs.py                    # on an idle machine
+    python3 benchmarks/bench_study_jobs.py --default-study --rounds 1
+    python3 benchmarks/bench_study_jobs.py --iters 2 --rounds 1 --results ''   # smoke test
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+IDLE_LOAD = 0.5  # 1-minute load average at most this before the first round
+
+
+def study_file(args, folder: Path) -> Path:
+    """The study to time, as a study TOML file."""
+    from resnets.study.spec import default_study, study_from_dict
+
+    if args.default_study:
+        study = default_study()
+    else:
+        budget = {"iters": args.iters} if args.iters else {"epochs": args.epochs}
+        study = study_from_dict({"name": "bench", "kinds": args.kinds, "depths": args.depths,
+                                 "seeds": args.seeds, "preset": "quick",
+                                 "train": {"data": "bundled", **budget,
+                                           "model_args": {"zero_init_last": True}}})
+    path = folder / "study.toml"
+    path.write_text(study.to_toml())
+    return path
+
+
+def run_once(args, study: Path, jobs: int, out: Path, name: str) -> tuple[float, str]:
+    """Wall seconds of one whole `resnets study --jobs N`, and the table it printed."""
+    command = [sys.executable, "-m", "resnets", "study", "--config", str(study), "--name",
+               name, "--out", str(out), "--progress", "none", "--jobs", str(jobs)]
+    environ = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))}
+    started = time.perf_counter()
+    result = subprocess.run(command, capture_output=True, text=True, env=environ)
+    seconds = time.perf_counter() - started
+    if result.returncode != 0:
+        raise SystemExit(f"`{' '.join(command)}` failed:\n{result.stderr}")
+    return seconds, result.stdout
+
+
+def main(argv: list[str] | None = None) -> int:
+    from resnets.study.parallel import worker_threads
+    from resnets.study.spec import read_study
+    from resnets.train.device import available_cores
+    from resnets.train.progress import format_duration
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, nargs="+", default=[1, 2], metavar="N",
+                        help="--jobs values to compare (default: 1 2)")
+    parser.add_argument("--kinds", nargs="+", default=["plain", "resnet"])
+    parser.add_argument("--depths", type=int, nargs="+", default=[20])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--epochs", type=float, default=2.0, help="per run (default: 2)")
+    parser.add_argument("--iters", type=int, help="steps per run instead of --epochs")
+    parser.add_argument("--default-study", action="store_true",
+                        help="time the bundled default study instead (ignores the four above)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds (median reported)")
+    parser.add_argument("--results", default=str(Path(__file__).with_name("RESULTS.md")),
+                        help="markdown file the table is appended to when the machine was "
+                        "idle ('' for none)")
+    args = parser.parse_args(argv)
+    cores = available_cores()
+
+    load_before = os.getloadavg()[0]
+    seconds: dict[int, list[float]] = {jobs: [] for jobs in args.jobs}
+    tables: dict[int, set[str]] = {jobs: set() for jobs in args.jobs}
+    with tempfile.TemporaryDirectory(prefix="bench-study-jobs-") as folder:
+        study = study_file(args, Path(folder))
+        for round_number in range(args.rounds):
+            order = args.jobs if round_number % 2 == 0 else args.jobs[::-1]
+            for jobs in order:
+                wall, table = run_once(args, study, jobs, Path(folder),
+                                       f"jobs{jobs}-round{round_number}")
+                seconds[jobs].append(wall)
+                tables[jobs].add(table)
+                print(f"round {round_number + 1}, --jobs {jobs}: {format_duration(wall)}",
+                      flush=True)
+        runs = len(read_study(study).runs())
+    load_after = os.getloadavg()[0]
+
+    base = statistics.median(seconds[args.jobs[0]])
+    header = ("| --jobs | threads per run | runs | wall time (median) | min-max s | vs --jobs "
+              f"{args.jobs[0]} |\n|---:|---:|---:|---:|---|---:|")
+    rows = []
+    for jobs in args.jobs:
+        median = statistics.median(seconds[jobs])
+        threads = cores if jobs == 1 else worker_threads(min(jobs, runs), cores)
+        rows.append(f"| {jobs} | {threads} | {runs} | {format_duration(median)} "
+                    f"({median:.0f} s) | {min(seconds[jobs]):.0f}-{max(seconds[jobs]):.0f} | "
+                    f"{base / median:.2f}x |")
+    best = min(args.jobs, key=lambda jobs: statistics.median(seconds[jobs]))
+    same = len(set().union(*tables.values())) == 1
+    notes = [f"- fastest: --jobs {best}, {base / statistics.median(seconds[best]):.2f}x the "
+             f"speed of --jobs {args.jobs[0]}",
+             f"- the tables the studies printed were {'identical' if same else 'not all identical'}"
+             f" across configurations and rounds" + ("" if same else
+                                                     " (threads per run differ: float sums in "
+                                                     "another order)")]
+    print(header)
+    print("\n".join(rows))
+    print("\n".join(notes))
+    print(f"load average (1 min) before / after: {load_before:.2f} / {load_after:.2f}; "
+          f"{cores} cores")
+    if load_before > IDLE_LOAD:
+        print(f"NOT IDLE: load {load_before:.2f} > {IDLE_LOAD} before the first round; not "
+              f"recorded")
+        return 0
+    if args.results:
+        import torch
+        from hardware import append, command_line, utc_date
+        from hardware import describe as hardware
+
+        what = ("the default study (`resnets study`: plain/resnet 20, 32, 44, 56, seeds 0 1, "
+                "8 epochs)" if args.default_study else
+                f"kinds {' '.join(args.kinds)}, depths {' '.join(map(str, args.depths))}, seeds "
+                f"{' '.join(map(str, args.seeds))}, "
+                + (f"{args.iters} step(s)" if args.iters else f"{args.epochs:g} epochs")
+                + " per run on the bundled digits, quick preset")
+        block = "\n".join([
+            f"\n## bench_study_jobs: a study's wall time, --jobs {' vs '.join(map(str, args.jobs))}"
+            f" ({utc_date()})\n",
+            f"- hardware: {hardware()}",
+            f"- torch {torch.__version__}, Python {platform.python_version()}, device auto",
+            f"- command: `{command_line()}`",
+            f"- method: {what}; each configuration a whole `resnets study --jobs N` from an "
+            f"empty folder (process start, data, evaluations, plots, report); median of "
+            f"{args.rounds} rounds (order alternating); load average before / after "
+            f"{load_before:.2f} / {load_after:.2f}\n",
+            header, *rows, "", *notes, ""])
+        append(args.results, block)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,265 @@
+"""Data parallelism under torchrun, for real: gloo processes on this CPU.
+
+Each torchrun test starts real processes (tests/train/ddp_worker.py runs the `resnets` command
+in each, and can save its parameters, list the files it writes, die or hang on purpose).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from resnets.cli import main
+from resnets.data import Loader
+from resnets.errors import UserError
+from resnets.train import fit, load_checkpoint
+from resnets.train.distributed import World, rank_device, world_from_environment
+from resnets.train.loop import new_run_dir
+
+from train_fakes import make_dataset, tiny_config
+
+WORKER = Path(__file__).with_name("ddp_worker.py")
+SRC = Path(__file__).resolve().parents[2] / "src"
+# resnet8 on 32 bundled digits a step: a real model and dataset, a few seconds a run
+RUN = ["train", "--model", "resnet8", "--data", "bundled", "--batch-size", "32", "--iters", "12",
+       "--eval-every", "6", "--threads", "1", "--progress", "none"]
+
+
+def _environment(report: Path | None = None, **extra: str) -> dict:
+    env = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+           "OMP_NUM_THREADS": "1", **extra}
+    if report is not None:
+        report.mkdir(parents=True, exist_ok=True)
+        env["DDP_TEST_DIR"] = str(report)
+    return env
+
+
+def _torchrun(*options: str, script_args: list[str], env: dict, timeout: float = 300,
+              wait: bool = True):
+    command = [sys.executable, "-m", "torch.distributed.run", *options, str(WORKER), *script_args]
+    if not wait:
+        return subprocess.Popen(command, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def _one_process(script_args: list[str], env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(WORKER), *script_args], env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def _our_lines(output: str) -> str:
+    """What resnets printed, without torchrun's own warnings."""
+    return "\n".join(line for line in output.splitlines() if not line.startswith(("W1", "E1", "I1")))
+
+
+def _parameters(report: Path, rank: int = 0) -> dict:
+    return torch.load(report / f"params{rank}.pt", weights_only=True)
+
+
+def _max_difference(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys()
+    return max((a[k] - b[k]).abs().max().item() for k in a)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def two_process_run(tmp_path_factory):
+    """An uninterrupted 2-process run: (its report folder, its out folder)."""
+    root = tmp_path_factory.mktemp("ddp")
+    result = _torchrun("--standalone", "--nproc-per-node", "2",
+                       script_args=[*RUN, "--out", str(root), "--name", "straight"],
+                       env=_environment(root / "report"))
+    assert result.returncode == 0, _our_lines(result.stdout + result.stderr)
+    return root / "report", root
+
+
+def test_two_processes_train_exactly_as_one_process_with_per_rank_batchnorm(two_process_run,
+                                                                            tmp_path):
+    report, _ = two_process_run
+    rank0, rank1 = _parameters(report, 0), _parameters(report, 1)
+    assert _max_difference(rank0, rank1) == 0.0  # DDP keeps the ranks identical
+    # One process, each batch's halves through BatchNorm separately: the same arithmetic.
+    single = _one_process([*RUN, "--out", str(tmp_path), "--name", "single"],
+                          _environment(tmp_path / "report-single", DDP_TEST_REFERENCE="2"))
+    assert single.returncode == 0, single.stderr
+    assert _max_difference(rank0, _parameters(tmp_path / "report-single")) < 1e-5
+    # ... and not what one process with whole-batch statistics computes
+    whole = _one_process([*RUN, "--out", str(tmp_path), "--name", "whole"],
+                         _environment(tmp_path / "report-whole"))
+    assert whole.returncode == 0, whole.stderr
+    assert _max_difference(rank0, _parameters(tmp_path / "report-whole")) > 1e-3
+
+
+def test_only_rank_0_writes_files(two_process_run):
+    report, out = two_process_run
+    written = {rank: [line for line in (report / f"writes{rank}.txt").read_text().splitlines()
+                      if line.startswith(str(out))] for rank in (0, 1)}
+    assert written[1] == []
+    assert any(line.startswith(str(out / "straight" / "checkpoints")) for line in written[0])
+    run = out / "straight"
+    assert json.loads((run / "config.json").read_text())["environment"]["processes"] == 2
+    assert load_checkpoint(run)["world_size"] == 2
+
+
+def test_a_hung_rank_ends_the_job_with_one_line_and_a_loadable_checkpoint(tmp_path):
+    started = time.monotonic()
+    result = _torchrun("--standalone", "--nproc-per-node", "2",
+                       script_args=[*RUN, "--eval-every", "4", "--dist-timeout", "3", "--out",
+                                    str(tmp_path), "--name", "hung"],
+                       env=_environment(tmp_path / "report", DDP_TEST_HANG="1:5:15"))
+    assert result.returncode != 0
+    assert time.monotonic() - started < 120  # ended, not held forever
+    errors = [line for line in _our_lines(result.stdout + result.stderr).splitlines()
+              if line.startswith("error: rank 0")]
+    assert len(errors) == 1 and "did not answer in time" in errors[0], result.stderr[-3000:]
+    assert "last.pt (step 4)" in errors[0] and "--resume" in errors[0]
+    assert load_checkpoint(tmp_path / "hung")["step"] == 4
+
+
+def test_ctrl_c_on_the_launcher_stops_every_rank_with_one_checkpoint(tmp_path):
+    report = tmp_path / "report"
+    launcher = _torchrun("--standalone", "--nproc-per-node", "2",
+                         script_args=[*RUN, "--iters", "5000", "--eval-every", "5000", "--out",
+                                      str(tmp_path), "--name", "stopped"],
+                         env=_environment(report), wait=False)
+    try:
+        deadline = time.monotonic() + 120
+        while not (tmp_path / "stopped" / "metrics.jsonl").exists():
+            assert launcher.poll() is None and time.monotonic() < deadline
+            time.sleep(0.1)
+        time.sleep(1.0)
+        os.killpg(launcher.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+        output, _ = launcher.communicate(timeout=120)
+    finally:
+        if launcher.poll() is None:
+            os.killpg(launcher.pid, signal.SIGKILL)
+    assert _our_lines(output).count("interrupted at step") == 1, output[-3000:]
+    checkpoint_writes = [line for line in (report / "writes0.txt").read_text().splitlines()
+                         if "last.pt" in line]
+    assert len(checkpoint_writes) == 1
+    assert "last.pt" not in (report / "writes1.txt").read_text()
+    assert 0 < load_checkpoint(tmp_path / "stopped")["step"] < 5000
+
+
+def test_a_run_resumes_on_another_number_of_processes_and_says_so(tmp_path):
+    # The job dies at step 6 (no restarts allowed); the last checkpoint is step 4.
+    died = _torchrun("--standalone", "--nproc-per-node", "2",
+                     script_args=[*RUN, "--eval-every", "4", "--out", str(tmp_path), "--name",
+                                  "r"],
+                     env=_environment(tmp_path / "report", DDP_TEST_KILL="1:6"))
+    assert died.returncode != 0
+    assert load_checkpoint(tmp_path / "r")["step"] == 4
+    resumed = subprocess.run([sys.executable, "-m", "resnets", "train", "--resume",
+                              str(tmp_path / "r"), "--progress", "lines"], env=_environment(),
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "started on 2 processes and continues on 1" in resumed.stdout + resumed.stderr
+    assert "no longer bit-exact" in resumed.stdout + resumed.stderr
+    assert json.loads((tmp_path / "r" / "summary.json").read_text())["steps"] == 12
+
+
+def test_two_torchrun_nodes_on_one_machine_form_one_job(tmp_path):
+    port = _free_port()
+    nodes = [_torchrun("--nnodes", "2", "--nproc-per-node", "1", "--rdzv-backend", "c10d",
+                       "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "two-nodes",
+                       script_args=[*RUN, "--iters", "6", "--out", str(tmp_path), "--name",
+                                    "nodes"],
+                       env=_environment(tmp_path / "report"), wait=False) for _ in range(2)]
+    outputs = [node.communicate(timeout=300)[0] for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], outputs
+    environment = json.loads((tmp_path / "nodes" / "config.json").read_text())["environment"]
+    assert environment["processes"] == 2
+    assert _max_difference(_parameters(tmp_path / "report", 0),
+                           _parameters(tmp_path / "report", 1)) == 0.0
+
+
+# ------------------------------------------------------------------ in one process
+def test_torchrun_environment_is_read_and_checked():
+    assert world_from_environment({}) == World()
+    world = world_from_environment({"WORLD_SIZE": "4", "RANK": "3", "LOCAL_RANK": "1",
+                                    "LOCAL_WORLD_SIZE": "2", "TORCHELASTIC_RESTART_COUNT": "1",
+                                    "TORCHELASTIC_MAX_RESTARTS": "2",
+                                    "TORCHELASTIC_RUN_ID": "none"})
+    assert (world.rank, world.size, world.local_rank, world.local_size) == (3, 4, 1, 2)
+    assert (world.restarts, world.max_restarts, world.run_id, world.main) == (1, 2, None, False)
+    with pytest.raises(UserError, match="RANK=4 does not fit WORLD_SIZE=4"):
+        world_from_environment({"WORLD_SIZE": "4", "RANK": "4"})
+    with pytest.raises(UserError, match="not a number"):
+        world_from_environment({"WORLD_SIZE": "two"})
+
+
+def test_each_cuda_process_takes_the_gpu_of_its_local_rank(monkeypatch):
+    world = World(rank=3, size=4, local_rank=1, local_size=2, launched=True)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert rank_device("auto", world) == "cuda:1" and rank_device("cuda", world) == "cuda:1"
+    assert rank_device("cpu", world) == "cpu"
+    with pytest.raises(UserError, match="local rank"):
+        rank_device("cuda:0", world)
+    assert rank_device("cuda:0", World()) == "cuda:0"  # one process: as asked
+
+
+@pytest.mark.parametrize("pad, flip", [(2, True), (0, False)])
+def test_the_processes_parts_of_a_batch_are_the_whole_batch(pad, flip):
+    data = make_dataset(50, seed=0, channels=1, size=8)
+    options = dict(shuffle=True, pad=pad, flip=flip, normalizer=None, seed=3, drop_last=False)
+    whole = list(Loader(data, 12, **options).batches(epoch=1))
+    parts = [list(Loader(data, 12, part=(rank, 3), **options).batches(epoch=1))
+             for rank in range(3)]
+    assert all(len(p) == len(whole) == 5 for p in parts)
+    for i, (images, labels) in enumerate(whole):
+        assert torch.equal(torch.cat([p[i][0] for p in parts]), images)
+        assert torch.equal(torch.cat([p[i][1] for p in parts]), labels)
+
+
+def test_a_global_batch_that_does_not_divide_among_the_processes_is_one_line():
+    data = make_dataset(50, seed=0)
+    with pytest.raises(UserError, match="batch_size 10 does not divide among 3 processes"):
+        Loader(data, 10, shuffle=True, normalizer=None, part=(0, 3))
+
+
+def test_sync_bn_on_the_cpu_says_it_needs_cuda(tmp_path, fake_rooms, capsys):
+    args = ["train", "--model", "tiny", "--data", "fake", "--device", "cpu", "--iters", "2",
+            "--batch-size", "16", "--sync-bn", "--out", str(tmp_path), "--progress", "none"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "sync_bn needs CUDA" in err
+
+
+def test_a_restartable_job_names_its_run_so_a_restart_finds_it(tmp_path, monkeypatch):
+    config = tiny_config(out=str(tmp_path))
+    with pytest.raises(UserError, match="give the run a --name"):
+        new_run_dir(config, World(rank=0, size=2, max_restarts=2, launched=True))
+    named = World(rank=0, size=2, max_restarts=2, run_id="job-42", launched=True)
+    monkeypatch.setattr("resnets.train.loop.broadcast_text", lambda text, world, device: text)
+    first, again = new_run_dir(config, named), new_run_dir(config, named)
+    assert first.path == again.path and first.path.name.endswith("-job-42")
+
+
+def test_checkpoint_every_writes_last_pt_between_evaluations(tmp_path, fake_rooms, monkeypatch):
+    from resnets.train.state import TrainState
+
+    saved, real_save = [], TrainState.save
+
+    def save(self, path, lr):
+        saved.append((Path(path).name, self.step))
+        return real_save(self, path, lr)
+
+    monkeypatch.setattr(TrainState, "save", save)
+    fit(tiny_config(iters=8, eval_every=8, checkpoint_every=3), tmp_path / "r",
+        progress="none", parts=fake_rooms)
+    assert [step for name, step in saved if name == "last.pt"] == [3, 6, 8]
