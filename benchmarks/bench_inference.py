@@ -7,7 +7,10 @@ calibration batch: speed does not depend on the values) on the same normalised f
   BatchNorm folded into the convolutions, channels_last, precision auto (bf16 on a CPU with
   AVX-512 BF16 or AMX, else fp32), under torch.inference_mode; the input handed over as a
   user has it (contiguous fp32);
-- resnets fp32: the same path forced to fp32 (`--precision fp32`);
+- model as is: the unchanged eval-mode model (BatchNorm and all, contiguous fp32) under
+  torch.no_grad, what a user runs without the fast path;
+- resnets fp32 or bf16: the same path forced to the precision auto did not pick
+  (`--precision fp32|bf16`), so the table shows what the auto rule gains on this CPU;
 - onnxruntime: the model exported as `resnets export --onnx` exports it (torch.onnx.export,
   dynamo, dynamic batch), run by onnxruntime's CPU provider with its default graph
   optimisations (which fold BatchNorm and fuse convolution with ReLU and additions), as many
@@ -119,26 +122,33 @@ def main(argv: list[str] | None = None) -> int:
     auto = inference_precision("auto", cpu)
     load_before = os.getloadavg()[0]
 
-    header = (f"| model | input | batch | resnets default ({auto}) img/s | resnets fp32 img/s | "
-              f"onnxruntime img/s | default / onnxruntime | max logit diff vs onnxruntime |\n"
-              f"|---|---|---:|---:|---:|---:|---:|---:|")
+    other = "bf16" if auto == "fp32" else "fp32"
+    header = (f"| model | input | batch | model as is (fp32, no_grad) img/s | resnets default "
+              f"({auto}) img/s | resnets {other} img/s | onnxruntime img/s | "
+              f"default / onnxruntime | max logit diff vs onnxruntime |\n"
+              f"|---|---|---:|---:|---:|---:|---:|---:|---:|")
     print(header, flush=True)
     rows, goals, ort_version = [], [], "?"
     for name in args.models.split(","):
         size, classes = sizes[name]
         model = _model(name, size, classes)
-        default, fp32 = InferenceModel(model, cpu, auto), InferenceModel(model, cpu, "fp32")
+        default, second = InferenceModel(model, cpu, auto), InferenceModel(model, cpu, other)
+
+        def as_is(batch, model=model):  # what a user runs without the fast path
+            with torch.no_grad():
+                return model(batch)
         run_ort, ort_version = _session(model, size)
         for batch_size in (int(b) for b in args.batch_sizes.split(",")):
             batch = torch.randn(batch_size, 3, size, size)
             diff = float((default(batch) - torch.from_numpy(run_ort(batch))).abs().max())
             timed = {label: _rates(call, batch, seconds=args.seconds, warmup=args.warmup,
                                    runs=args.runs)
-                     for label, call in (("default", default), ("fp32", fp32),
-                                         ("ort", run_ort))}
+                     for label, call in (("as_is", as_is), ("default", default),
+                                         ("other", second), ("ort", run_ort))}
             ratio = statistics.median(timed["default"]) / statistics.median(timed["ort"])
-            row = (f"| {name} | 3x{size}x{size} | {batch_size} | {_cell(timed['default'])} | "
-                   f"{_cell(timed['fp32'])} | {_cell(timed['ort'])} | {ratio:.2f}x | "
+            row = (f"| {name} | 3x{size}x{size} | {batch_size} | {_cell(timed['as_is'])} | "
+                   f"{_cell(timed['default'])} | {_cell(timed['other'])} | "
+                   f"{_cell(timed['ort'])} | {ratio:.2f}x | "
                    f"{diff:.2g} |")
             rows.append(row)
             print(row, flush=True)

@@ -58,12 +58,14 @@ def study_file(args, folder: Path) -> Path:
     return path
 
 
-def run_once(args, study: Path, jobs: int, out: Path, name: str) -> tuple[float, str]:
-    """Wall seconds of one whole `resnets study --jobs N`, and the table it printed."""
+def run_once(args, study: Path, jobs: int, out: Path, name: str, src: Path = ROOT / "src",
+             environ: dict | None = None) -> tuple[float, str]:
+    """Wall seconds of one whole `resnets study --jobs N` with the package in `src`, and the
+    table it printed."""
     command = [sys.executable, "-m", "resnets", "study", "--config", str(study), "--name",
                name, "--out", str(out), "--progress", "none", "--jobs", str(jobs)]
-    environ = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))}
+    environ = {**os.environ, **(environ or {}), "PYTHONPATH": os.pathsep.join(
+        filter(None, [str(src), os.environ.get("PYTHONPATH")]))}
     started = time.perf_counter()
     result = subprocess.run(command, capture_output=True, text=True, env=environ)
     seconds = time.perf_counter() - started

@@ -90,7 +90,7 @@ def main() -> int:
     rows: list[tuple[str, bool, str]] = []
     with tempfile.TemporaryDirectory() as folder:
         out = Path(folder)
-        for name, extra in (("eager", ()), ("compiled", ("--compile",))):
+        for name, extra in (("eager", ("--no-compile",)), ("compiled", ("--compile",))):
             ok, text, _ = train(out, name, args.device, args.steps, *extra)
             rows.append((f"train resnet20 {name}", ok, text))
             print(rows[-1], flush=True)

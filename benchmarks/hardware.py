@@ -27,7 +27,9 @@ def describe() -> str:
     except OSError:
         pass
     text = (f"{name} (AMX: {'yes' if 'amx_bf16' in flags else 'no'}, AVX-512 bf16: "
-            f"{'yes' if 'avx512_bf16' in flags else 'no'}), {os.cpu_count()} logical CPUs, "
+            f"{'yes' if 'avx512_bf16' in flags else 'no'}, AVX-512: "
+            f"{'yes' if 'avx512f' in flags else 'no'}, AVX2: "
+            f"{'yes' if 'avx2' in flags else 'no'}), {os.cpu_count()} logical CPUs, "
             f"torch threads {torch.get_num_threads()}")
     if torch.cuda.is_available():
         text += f"; GPU {torch.cuda.get_device_name()}"

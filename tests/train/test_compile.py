@@ -150,6 +150,23 @@ def test_auto_goes_back_to_eager_where_the_compiled_step_is_no_faster(fake_compi
     assert decisions == [False] and not is_compiled(compiler.model)
 
 
+def test_auto_leaves_a_run_on_several_processes_eager_and_compile_true_still_compiles(
+        fake_compile):
+    clock, said, decisions = FakeClock(), [], []
+    model = _resnet8()
+    common = dict(device=torch.device("cpu"), total_steps=64_000, start_step=0,
+                  model_name="resnet8", run_key=("resnet8",), clock=clock, processes=2)
+    compiler = StepCompiler(model, "auto", on_decision=decisions.append, **common)
+    compiler.begin(said.append)
+    assert decisions == [False] and compiler.phase == "fixed"
+    assert said == ["compile: off (auto): a run on several processes is compiled only with "
+                    "--compile, the same in every process"]
+    forced = StepCompiler(_resnet8(), True, **common)
+    forced.begin(said.append)
+    _drive(forced, clock, 2, eager_s=0.2, compiled_s=0.1)
+    assert forced.decision is True and is_compiled(forced.model)
+
+
 def test_auto_never_compiles_a_short_run_and_says_so_before_the_first_step(fake_compile):
     clock, said, decisions = FakeClock(), [], []
     compiler = _compiler(clock, total=100, decisions=decisions)

@@ -300,17 +300,21 @@ class StepCompiler:
     setting: "auto" | True | False; saved: the decision a resumed run's checkpoint holds.
     run_key: what the model and data are (model name and options, input size, batch size,
     precision, memory format, threads): the key of this machine's measurements.
+    processes: how many processes train the run together (torchrun); "auto" does not compile
+    a run of several, whose processes would each measure and decide on their own.
     clock: seconds from any origin (tests pass a fake one).
     """
 
     def __init__(self, model: nn.Module, setting: bool | str, *, device: torch.device,
                  total_steps: int, start_step: int, model_name: str, run_key: Sequence,
                  saved: bool | None = None, on_decision: Callable[[bool], None] | None = None,
-                 scope: str = COMPILE_SCOPE, clock: Callable[[], float] = time.perf_counter):
+                 scope: str = COMPILE_SCOPE, clock: Callable[[], float] = time.perf_counter,
+                 processes: int = 1):
         self.model, self.setting, self.device = model, check_setting(setting), device
         self.clock = clock
         self.total_steps, self.start_step = total_steps, start_step
         self.model_name, self.saved, self.scope = model_name, saved, scope
+        self.processes = processes
         self.on_decision = on_decision or (lambda on: None)
         self.targets = compile_targets(model, scope)
         self.run_key = _signature(scope, device.type, torch.__version__, *run_key)
@@ -345,6 +349,10 @@ class StepCompiler:
                 self._final(False, "compile: off (auto, as decided before the resume)")
             return
         why_not = compile_unavailable(self.device)
+        if why_not is None and self.processes > 1:
+            # Each process would time its own steps and could decide otherwise.
+            why_not = ("a run on several processes is compiled only with --compile, the same "
+                       "in every process")
         if why_not is not None:
             self._final(False, f"compile: off (auto): {why_not}")
             return

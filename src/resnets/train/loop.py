@@ -433,7 +433,7 @@ class _Training:
                      self.config.batch_size, state.precision, self.config.channels_last,
                      self.threads),
             saved=checkpoint.get("compiled") if checkpoint else None,
-            on_decision=lambda on: setattr(state, "compiled", on))
+            on_decision=lambda on: setattr(state, "compiled", on), processes=self.world.size)
 
     def _resumed_on(self, processes: int) -> None:
         """Keep the rank-0-collects invariant of the meter, and say when the number of

@@ -1,0 +1,129 @@
+"""A study's wall time with two versions of resnets, side by side (issue #14: the default
+study before and after the faster step and inference path).
+
+Each version is a git revision of this repository, unpacked to a temporary folder (`git
+archive`), or "." for the working tree; each round runs the same `resnets study` from an empty
+folder with each version, order alternating (A B, B A, ...), so a slow drift in outside load
+falls on both. Every version gets its own empty TorchInductor cache (TORCHINDUCTOR_CACHE_DIR)
+and compile record, so the first round of a version that compiles pays the compile and later
+rounds show what the on-disk cache saves.
+
+The small study by default (plain and residual 20 and 56 on the bundled digits, seed 0, 2
+epochs: four runs); `--default-study` times what a bare `resnets study` trains (16 runs of 8
+epochs). Appended to benchmarks/RESULTS.md only if the 1-minute load average before the first
+round is at most IDLE_LOAD.
+
+    python3 benchmarks/bench_study_versions.py --before d494a3d --after .
+    python3 benchmarks/bench_study_versions.py --before d494a3d --after . --default-study --rounds 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_study_jobs import IDLE_LOAD, run_once, study_file  # noqa: E402
+
+
+def unpack(revision: str, folder: Path) -> Path:
+    """The `src` folder of `revision` ("." : the working tree's)."""
+    if revision == ".":
+        return ROOT / "src"
+    target = folder / f"rev-{revision}"
+    target.mkdir()
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", revision, "src"],
+                             capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(target)], input=archive, check=True)
+    return target / "src"
+
+
+def main(argv: list[str] | None = None) -> int:
+    from resnets.study.spec import read_study
+    from resnets.train.progress import format_duration
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--before", required=True, help="git revision, or . (working tree)")
+    parser.add_argument("--after", default=".", help="git revision, or . (default)")
+    parser.add_argument("--kinds", nargs="+", default=["plain", "resnet"])
+    parser.add_argument("--depths", type=int, nargs="+", default=[20, 56])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--epochs", type=float, default=2.0, help="per run (default: 2)")
+    parser.add_argument("--iters", type=int, help="steps per run instead of --epochs")
+    parser.add_argument("--default-study", action="store_true",
+                        help="time the bundled default study instead (ignores the four above)")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds (median reported)")
+    parser.add_argument("--results", default=str(Path(__file__).with_name("RESULTS.md")),
+                        help="markdown file the table is appended to when the machine was "
+                        "idle ('' for none)")
+    args = parser.parse_args(argv)
+    versions = {"before": args.before, "after": args.after}
+    load_before = os.getloadavg()[0]
+    seconds: dict[str, list[float]] = {label: [] for label in versions}
+    with tempfile.TemporaryDirectory(prefix="bench-study-versions-") as folder:
+        folder = Path(folder)
+        sources = {label: unpack(revision, folder) for label, revision in versions.items()}
+        caches = {label: folder / f"inductor-{label}" for label in versions}
+        study = study_file(args, folder)
+        for round_number in range(args.rounds):
+            order = list(versions) if round_number % 2 == 0 else list(versions)[::-1]
+            for label in order:
+                wall, _ = run_once(args, study, 1, folder, f"{label}-round{round_number}",
+                                   src=sources[label],
+                                   environ={"TORCHINDUCTOR_CACHE_DIR": str(caches[label])})
+                seconds[label].append(wall)
+                print(f"round {round_number + 1}, {label} ({versions[label]}): "
+                      f"{format_duration(wall)}", flush=True)
+        runs = len(read_study(study).runs())
+    load_after = os.getloadavg()[0]
+
+    base = statistics.median(seconds["before"])
+    header = ("| version | revision | runs | wall time (median) | each round, s | speed vs "
+              "before |\n|---|---|---:|---:|---|---:|")
+    rows = [f"| {label} | {versions[label]} | {runs} | "
+            f"{format_duration(statistics.median(seconds[label]))} | "
+            f"{', '.join(f'{s:.0f}' for s in seconds[label])} | "
+            f"{base / statistics.median(seconds[label]):.2f}x |" for label in versions]
+    print(header)
+    print("\n".join(rows))
+    print(f"load average (1 min) before / after: {load_before:.2f} / {load_after:.2f}")
+    if load_before > IDLE_LOAD:
+        print(f"NOT IDLE: load {load_before:.2f} > {IDLE_LOAD} before the first round; not "
+              f"recorded")
+        return 0
+    if args.results:
+        import torch
+        from hardware import append, command_line, utc_date
+        from hardware import describe as hardware
+
+        what = ("the default study (`resnets study`: plain/resnet 20, 32, 44, 56, seeds 0 1, "
+                "8 epochs)" if args.default_study else
+                f"kinds {' '.join(args.kinds)}, depths {' '.join(map(str, args.depths))}, seeds "
+                f"{' '.join(map(str, args.seeds))}, "
+                + (f"{args.iters} step(s)" if args.iters else f"{args.epochs:g} epochs")
+                + " per run on the bundled digits, quick preset")
+        block = "\n".join([
+            f"\n## bench_study_versions: a study's wall time, {args.before} vs {args.after} "
+            f"({utc_date()})\n",
+            f"- hardware: {hardware()}",
+            f"- torch {torch.__version__}, Python {platform.python_version()}, device auto",
+            f"- command: `{command_line()}`",
+            f"- method: {what}; each a whole `resnets study` from an empty folder, one run at "
+            f"a time, each version with its own empty TorchInductor cache at the start; "
+            f"{args.rounds} rounds (order alternating); load average before / after "
+            f"{load_before:.2f} / {load_after:.2f}\n",
+            header, *rows, ""])
+        append(args.results, block)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
