@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -22,7 +23,8 @@ from resnets.cli import main
 from resnets.data import Loader
 from resnets.errors import UserError
 from resnets.train import fit, load_checkpoint
-from resnets.train.distributed import World, rank_device, world_from_environment
+from resnets.train.distributed import (World, _attempt_store, rank_device,
+                                       world_from_environment)
 from resnets.train.loop import new_run_dir
 
 from train_fakes import make_dataset, tiny_config
@@ -116,6 +118,20 @@ def test_only_rank_0_writes_files(two_process_run):
     assert load_checkpoint(run)["world_size"] == 2
 
 
+def test_a_killed_rank_under_max_restarts_continues_from_its_checkpoint(two_process_run,
+                                                                         tmp_path):
+    report, _ = two_process_run
+    result = _torchrun("--nproc-per-node", "2", "--max-restarts", "1", "--rdzv-backend", "c10d",
+                       "--rdzv-endpoint", f"127.0.0.1:{_free_port()}",
+                       script_args=[*RUN, "--checkpoint-every", "4", "--out", str(tmp_path),
+                                    "--name", "killed"],
+                       env=_environment(tmp_path / "report", DDP_TEST_KILL="1:7"))
+    assert result.returncode == 0, _our_lines(result.stdout + result.stderr)
+    records = [json.loads(line) for line in (tmp_path / "killed" / "metrics.jsonl").open()]
+    assert [r["step"] for r in records if r["split"] == "test"] == [6, 12]  # each once
+    assert _max_difference(_parameters(report), _parameters(tmp_path / "report")) == 0.0
+
+
 def test_a_hung_rank_ends_the_job_with_one_line_and_a_loadable_checkpoint(tmp_path):
     started = time.monotonic()
     result = _torchrun("--standalone", "--nproc-per-node", "2",
@@ -194,13 +210,31 @@ def test_torchrun_environment_is_read_and_checked():
     world = world_from_environment({"WORLD_SIZE": "4", "RANK": "3", "LOCAL_RANK": "1",
                                     "LOCAL_WORLD_SIZE": "2", "TORCHELASTIC_RESTART_COUNT": "1",
                                     "TORCHELASTIC_MAX_RESTARTS": "2",
-                                    "TORCHELASTIC_RUN_ID": "none"})
+                                    "TORCHELASTIC_RUN_ID": "none",
+                                    "TORCHELASTIC_USE_AGENT_STORE": "True"})
     assert (world.rank, world.size, world.local_rank, world.local_size) == (3, 4, 1, 2)
     assert (world.restarts, world.max_restarts, world.run_id, world.main) == (1, 2, None, False)
+    assert world.shared_store
     with pytest.raises(UserError, match="RANK=4 does not fit WORLD_SIZE=4"):
         world_from_environment({"WORLD_SIZE": "4", "RANK": "4"})
     with pytest.raises(UserError, match="not a number"):
         world_from_environment({"WORLD_SIZE": "two"})
+
+
+def test_a_restarted_group_does_not_read_what_the_last_attempt_left_in_torchruns_store(
+        monkeypatch):
+    # torchrun keeps its store across restarts; a dead rank's gloo address read from it made
+    # the restarted group fail to connect, or hang until --dist-timeout.
+    server = torch.distributed.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(server.port))
+    timeout = timedelta(seconds=10)
+    first = _attempt_store(World(rank=0, size=2, launched=True, shared_store=True), timeout)
+    first.set("address-of-rank-1", "the dead process's")
+    again = _attempt_store(World(rank=0, size=2, restarts=1, launched=True, shared_store=True),
+                           timeout)
+    assert not again.check(["address-of-rank-1"])
+    assert first.check(["address-of-rank-1"])
 
 
 def test_each_cuda_process_takes_the_gpu_of_its_local_rank(monkeypatch):

@@ -47,6 +47,9 @@ class World:
     max_restarts: int = 0   # torchrun --max-restarts
     run_id: str | None = None  # torchrun's rendezvous id, the same across restarts
     launched: bool = False  # started by torchrun (even as its only process)
+    # torchrun's own store (MASTER_ADDR:MASTER_PORT) outlives a restart, with what the last
+    # attempt wrote in it (TORCHELASTIC_USE_AGENT_STORE)
+    shared_store: bool = False
 
     @property
     def main(self) -> bool:
@@ -87,7 +90,8 @@ def world_from_environment(environ: Mapping[str, str] | None = None) -> World:
                  local_size=number("LOCAL_WORLD_SIZE", 1),
                  restarts=number("TORCHELASTIC_RESTART_COUNT", 0),
                  max_restarts=number("TORCHELASTIC_MAX_RESTARTS", 0),
-                 run_id=None if run_id == "none" else run_id, launched=True)
+                 run_id=None if run_id == "none" else run_id, launched=True,
+                 shared_store=env.get("TORCHELASTIC_USE_AGENT_STORE") == "True")
 
 
 def current_world() -> World:
@@ -137,8 +141,13 @@ def process_group(world: World, device: torch.device, timeout_s: float) -> Itera
         return
     if device.type == "cuda":
         torch.cuda.set_device(device)
+    timeout = timedelta(seconds=timeout_s)
     try:
-        dist.init_process_group(backend_for(device), timeout=timedelta(seconds=timeout_s))
+        if world.shared_store:
+            dist.init_process_group(backend_for(device), store=_attempt_store(world, timeout),
+                                    rank=world.rank, world_size=world.size, timeout=timeout)
+        else:
+            dist.init_process_group(backend_for(device), timeout=timeout)
     except (RuntimeError, ValueError) as error:
         raise DistributedFailure(f"rank {world.rank}: cannot join the other {world.size - 1} "
                                  f"process(es): {_first_line(error)}") from None
@@ -146,6 +155,21 @@ def process_group(world: World, device: torch.device, timeout_s: float) -> Itera
     # Only on success: after a failed collective, leaving the group can wait forever on the
     # dead or hung peer; the process is about to exit, which frees everything anyway.
     dist.destroy_process_group()
+
+
+def _attempt_store(world: World, timeout: timedelta) -> dist.Store:
+    """torchrun's store, seen through a prefix of its own for this attempt of the group.
+
+    torchrun (static and c10d rendezvous alike) keeps one store for the whole job, and a
+    restarted group finds in it the keys its predecessor wrote, among them where each rank's
+    gloo (or NCCL) listens. Read before the new rank overwrites it, such an address is the
+    dead process's: the connection is refused, or retried until the timeout (the group hangs).
+    TORCHELASTIC_RESTART_COUNT names the attempt: the same on every process of one machine
+    (torchrun counts restarts per machine; on several, they agree when every machine restarted
+    for a failure, not when one only took in a new member)."""
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]),
+                          world.size, is_master=False, timeout=timeout)
+    return dist.PrefixStore(f"resnets/attempt-{world.restarts}", store)
 
 
 @contextlib.contextmanager
