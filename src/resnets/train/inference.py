@@ -15,11 +15,11 @@ left as it was (the lesion and landscape studies change it).
 
 Precision "auto" (`inference_precision`) is a capability rule, the same answer on a machine
 every time: bf16 on a CUDA GPU that supports it and on a CPU with native bf16 dot products
-(the `avx512_bf16` or `amx_bf16` flags: oneDNN then runs bf16 convolutions in hardware;
-measured 2.9x fp32's speed in eval mode on an AVX-512 BF16 CPU without AMX, and faster still
-with AMX); fp32 elsewhere (on an AVX2-only CPU oneDNN emulates bf16, and bf16 measured 2.4x
-slower). It is not training's rule: without AMX bf16 *training* is slower than fp32, the weight
-gradients being the part without a fast kernel. `--precision fp32` forces fp32.
+(the `avx512_bf16` or `amx_bf16` flags: oneDNN then runs bf16 convolutions in hardware); fp32
+elsewhere: on an AVX2-only CPU oneDNN emulates bf16, and the bf16 path measured 7-8x slower
+than fp32 there (benchmarks/bench_inference.py, 2026-12-02). It is not training's rule:
+without AMX bf16 *training* is slower than fp32, the weight gradients being the part without a
+fast kernel. `--precision fp32|bf16` forces either.
 
 Agreement with the model itself, relative to max(1, largest |logit|). fp32: within
 `FP32_TOLERANCE` (1e-4) for the residual networks and resnet18/50; in general within that
