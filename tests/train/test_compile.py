@@ -167,6 +167,19 @@ def test_auto_leaves_a_run_on_several_processes_eager_and_compile_true_still_com
     assert forced.decision is True and is_compiled(forced.model)
 
 
+def test_where_torch_compile_cannot_work_compile_true_is_one_line_and_a_resume_goes_eager(
+        fake_compile, monkeypatch):
+    monkeypatch.setattr(compile_module, "compile_unavailable",
+                        lambda device: "torch.compile needs a C++ compiler for the CPU")
+    with pytest.raises(UserError, match="--compile: torch.compile needs a C\\+\\+ compiler"):
+        _compiler(FakeClock(), setting=True)
+    said, decisions = [], []
+    resumed = _compiler(FakeClock(), saved=True, decisions=decisions)
+    resumed.begin(said.append)
+    assert decisions == [False] and not is_compiled(resumed.model) and not fake_compile
+    assert said[0].startswith("compile: off (auto; compiled before the resume, but torch.compile")
+
+
 def test_auto_never_compiles_a_short_run_and_says_so_before_the_first_step(fake_compile):
     clock, said, decisions = FakeClock(), [], []
     compiler = _compiler(clock, total=100, decisions=decisions)
@@ -184,6 +197,9 @@ def test_a_study_counts_the_later_runs_that_reuse_the_compiled_units(fake_compil
     assert compile_module.sharing_runs("resnet8", ["resnet8", "resnet20", "plain20"]) == \
         (2, 1 + 20 / 8)
     assert compile_module.sharing_runs("resnet8", []) == (1, 1.0)
+    # A study's runs train the generic cifar_resnet with a depth; its plan names the depths.
+    assert compile_module.sharing_runs("cifar_resnet", ["resnet20", "resnet56", "plain20"]) == \
+        (2, 1 + 56 / 20)
     clock, said = FakeClock(), []
     with compile_module.planned_runs(["resnet8", "resnet20", "plain20", "resnet56"] * 2):
         compiler = _compiler(clock, total=200)

@@ -105,6 +105,11 @@ def test_eval_and_predict_run_the_fast_path_and_leave_the_model_alone(resnet_run
     assert fast["precision"] == "fp32, BatchNorm folded" and plain["precision"] == "fp32"
     assert fast["err"] == plain["err"] and fast["loss"] == pytest.approx(plain["loss"], rel=1e-4)
     assert trained.inference_model("auto") is trained.inference_model("fp32")  # made once
+    kept = trained.inference_model("fp32")
+    with torch.no_grad():  # the model changes (a lesion, a load_state_dict): a new copy
+        trained.model.conv1.weight.mul_(2)
+    assert trained.inference_model("fp32") is not kept
+    trained.model.load_state_dict(state)
     assert trained.model.state_dict().keys() == state.keys()
     assert all(torch.equal(trained.model.state_dict()[k], v) for k, v in state.items())
     assert any(isinstance(m, nn.BatchNorm2d) for m in trained.model.modules())

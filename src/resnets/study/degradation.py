@@ -146,9 +146,9 @@ def train_run(study: Study, study_dir: str | Path, run: Run, *, progress: str = 
         # The runs left, this one first: compile "auto" counts those that reuse its compiled
         # units (the same kind at any depth), which share its compile time (the on-disk cache
         # serves them in this process and in other workers).
-        plan = [config.model] + [study.config_for(other).model for other, other_dir
-                                 in run_dirs(study_dir, study).items()
-                                 if other != run and not other_dir.finished()]
+        plan = [f"{run.kind}{run.depth}"] + [f"{other.kind}{other.depth}" for other, other_dir
+                                             in run_dirs(study_dir, study).items()
+                                             if other != run and not other_dir.finished()]
         try:
             with planned_runs(plan):
                 summary = fit(config, run_dir.path, resume=resume, progress=progress)

@@ -112,7 +112,7 @@ def choose_compile(steps: int, step_seconds: float, compile_seconds: float, *,
         return False, (f"{steps:,} steps, fewer than {min_steps:,}: a run this short does "
                        f"not pay back compiling")
     eager = steps * step_seconds
-    if speedup <= 1.0:
+    if speedup < MIN_GAIN:
         return False, (f"compiled steps were measured no faster than eager ones here "
                        f"({speedup:.2f}x)")
     saved = eager * (1.0 - 1.0 / speedup)
@@ -188,9 +188,10 @@ def attach(targets: Sequence[nn.Module], compiled: dict | None = None) -> dict:
     compiled functions, which `attach` reuses when given them back (nothing recompiles)."""
     import torch._dynamo
 
-    limit = getattr(torch._dynamo.config, "recompile_limit", None)
-    if limit is not None and limit < RECOMPILE_LIMIT:
-        torch._dynamo.config.recompile_limit = RECOMPILE_LIMIT
+    for name in ("recompile_limit", "cache_size_limit"):  # the name before torch 2.7: the latter
+        limit = getattr(torch._dynamo.config, name, None)
+        if limit is not None and limit < RECOMPILE_LIMIT:
+            setattr(torch._dynamo.config, name, RECOMPILE_LIMIT)
     compiled = dict(compiled or {})
     for target in targets:
         if id(target) not in compiled:
@@ -253,6 +254,8 @@ def sharing_runs(model_name: str, plan: Sequence[str], scope: str = COMPILE_SCOP
     step counted as slower in proportion to its depth. With "units" the networks of the same
     family and kind share at any depth; with "model" only the same network."""
     kind, depth = _kind(model_name)
+    if depth is None and plan and _kind(plan[0])[0] == kind:
+        depth = _kind(plan[0])[1]  # a generic name (cifar_resnet): the plan names the depth
     runs, weight = 0, 0.0
     for name in plan:
         other_kind, other_depth = _kind(name)
@@ -315,12 +318,21 @@ class StepCompiler:
         self.total_steps, self.start_step = total_steps, start_step
         self.model_name, self.saved, self.scope = model_name, saved, scope
         self.processes = processes
+        if self.setting is True:
+            why_not = compile_unavailable(device)
+            if why_not is not None:
+                from resnets.errors import UserError
+
+                raise UserError(f"--compile: {why_not}; train with --no-compile")
         self.on_decision = on_decision or (lambda on: None)
         self.targets = compile_targets(model, scope)
         self.run_key = _signature(scope, device.type, torch.__version__, *run_key)
+        # A unit graph is keyed by what shapes it (the unit itself, input size, batch,
+        # precision, memory format, threads), not by the network's name or depth: the units
+        # of a resnet20 and a resnet56 are the same graphs.
         self.graphs = sorted({_signature(self.run_key if len(self.targets) == 1 else "",
                                          device.type, torch.__version__, type(t).__name__,
-                                         repr(t), *run_key[1:]) for t in self.targets})
+                                         repr(t), *run_key[2:]) for t in self.targets})
         self.decision: bool | None = None
         self.phase = "fixed"     # fixed | measure | compile | trial
         self.counted = 0         # steps of the current phase
@@ -342,7 +354,11 @@ class StepCompiler:
             self._compile_next(f"compile: on (--compile): {self._plan_words()}", trial=False)
             return
         if self.saved is not None:  # a resumed "auto" run does what it did before
-            if self.saved:
+            why_not = compile_unavailable(self.device) if self.saved else None
+            if why_not is not None:
+                self._final(False, f"compile: off (auto; compiled before the resume, but "
+                                   f"{why_not})")
+            elif self.saved:
                 self._compile_next("compile: on (auto, as decided before the resume)",
                                    trial=False)
             else:
@@ -447,8 +463,14 @@ class StepCompiler:
 
     def _compile_next(self, words: str, *, trial: bool) -> None:
         use_cache_dir()
+        try:  # torch.compile itself refuses some setups (an unsupported Python, say)
+            self._compiled = attach(self.targets, self._compiled)
+        except RuntimeError as error:
+            detach(self.targets)
+            first = (str(error).strip().splitlines() or [""])[0][:200]
+            self._final(False, f"compile: failed ({first}); training eagerly")
+            return
         self.report(words)
-        self._compiled = attach(self.targets, self._compiled)
         self.phase, self.final_after_trial = "compile", not trial
         if not trial:
             self._set_decision(True)
@@ -495,7 +517,7 @@ class StepCompiler:
         record = read_record()
         graphs = record.setdefault("graphs", {})
         new = [g for g in self.graphs if g not in _compiled_here]
-        if new:
+        if new and compile_s >= 0.5:  # less: nothing was really compiled (torch reused it)
             cold = [g for g in new if g not in graphs]
             if len(cold) == len(new):
                 record["cold_s_per_graph"] = round(compile_s / len(new), 2)

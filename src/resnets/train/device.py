@@ -69,7 +69,9 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     if precision != "auto":
         return precision
     if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+        # bf16 in hardware from Ampere (compute capability 8) on; is_bf16_supported() also
+        # says yes where it is only emulated, and slow
+        return "bf16" if torch.cuda.get_device_capability(device)[0] >= 8 else "fp32"
     if device.type == "cpu":
         return "bf16" if cpu_has_amx() else "fp32"
     return "fp32"

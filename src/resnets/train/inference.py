@@ -72,11 +72,15 @@ class Trained:
 
     def inference_model(self, precision: str = "auto") -> "InferenceModel":
         """The model prepared for fast inference (`InferenceModel`), made once per precision
-        and kept; `self.model` is not changed."""
+        and kept while `self.model` stays the same (its tensors unchanged in place and not
+        replaced: a lesion or a load_state_dict makes a new copy); `self.model` is not
+        changed."""
         resolved = inference_precision(precision, self.device)
-        if resolved not in self._inference:
-            self._inference[resolved] = InferenceModel(self.model, self.device, resolved)
-        return self._inference[resolved]
+        tensors = [*self.model.parameters(), *self.model.buffers()]
+        key = (resolved, id(self.model), tuple((id(t), t._version) for t in tensors))
+        if key not in self._inference:
+            self._inference = {key: InferenceModel(self.model, self.device, resolved)}
+        return self._inference[key]
 
     def label(self, index: int) -> str:
         """Class `index` as a person reads it: its display name with the folder name, when the
@@ -104,7 +108,7 @@ def inference_precision(precision: str, device: torch.device) -> str:
     if precision != "auto":
         return precision
     if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+        return "bf16" if torch.cuda.get_device_capability(device)[0] >= 8 else "fp32"
     if device.type == "cpu":
         return "bf16" if cpu_has_native_bf16() else "fp32"
     return "fp32"
