@@ -45,7 +45,9 @@ the work. Unless TORCHINDUCTOR_CACHE_DIR is set, they go to `default_cache_dir()
 
 Resume: the decision is saved in the checkpoint (`TrainState.compiled`) once final, and a
 resumed "auto" run follows it from its first step, so a compiled run resumes compiled and
-computes what the uninterrupted run computed.
+computes what the uninterrupted run computed. The decision is timed, so a long "auto"
+run stopped in its first dozen steps, before deciding, may decide otherwise when resumed;
+a forced setting (True or False) makes even that window exact.
 """
 
 from __future__ import annotations
