@@ -141,6 +141,41 @@ def test_auto_measures_eager_steps_compiles_and_keeps_what_wins(fake_compile):
     assert "compiled in this process already" in said2[0]
 
 
+def test_the_speed_up_measured_for_one_depth_holds_for_another(fake_compile):
+    from resnets.models import cifar_resnet
+
+    def compiler(depth, clock):  # depth 14 on: the same five distinct unit graphs
+        return StepCompiler(cifar_resnet(depth=depth, width=4, num_classes=4, in_channels=1),
+                            "auto", device=torch.device("cpu"), total_steps=5_000,
+                            start_step=0, model_name=f"resnet{depth}", clock=clock,
+                            run_key=(f"resnet{depth}", {"depth": depth}, [1, 8, 8], 16, "fp32",
+                                     True, 1))
+
+    clock, said = FakeClock(), []
+    first = compiler(14, clock)
+    first.begin(said.append)
+    _drive(first, clock, 20, eager_s=0.2, compiled_s=0.25)
+    assert said[-1].endswith("no gain here, back to eager")
+    made = len(fake_compile)
+    deeper = compiler(20, clock)
+    said.clear()
+    deeper.begin(said.append)
+    _drive(deeper, clock, 7, eager_s=0.3, compiled_s=0.1)
+    assert said[0].startswith("compile: off (auto): compiled steps were measured no faster")
+    assert deeper.decision is False and len(fake_compile) == made  # nothing compiled again
+
+
+def test_the_cache_folder_is_ours_even_after_torch_inductor_started(monkeypatch, tmp_path):
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    StepCompiler(_resnet8(), "auto", device=torch.device("cpu"), total_steps=100, start_step=0,
+                 model_name="resnet8", run_key=("resnet8",))
+    compile_module.compile_unavailable(torch.device("cpu"))  # starts TorchInductor's parts
+    from torch._inductor.runtime.cache_dir_utils import cache_dir
+
+    assert cache_dir() == str(tmp_path / "resnets" / "torch-compile")
+
+
 def test_auto_goes_back_to_eager_where_the_compiled_step_is_no_faster(fake_compile):
     clock, said, decisions = FakeClock(), [], []
     compiler = _compiler(clock, decisions=decisions)

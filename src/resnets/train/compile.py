@@ -23,8 +23,9 @@ The setting, `config.compile`: True (`--compile`) compiles from the first step; 
 - otherwise the run's first `WARMUP_STEPS + MEASURE_STEPS` steps run eagerly (real training
   steps, nothing is wasted) and give the eager step time; compiling is chosen when
   steps x step time x (1 - 1/speedup) exceeds the estimated compile time, with the speedup
-  measured earlier on this machine for this run's model and settings, else `EXPECTED_SPEEDUP`
-  (the low end of the 1.1-1.4x measured on an AMX CPU), and the compile time estimated per
+  measured earlier on this machine for the same unit graphs (any depth) and settings, else
+  `EXPECTED_SPEEDUP` (the low end of the 1.1-1.4x measured on an AMX CPU), and the compile
+  time estimated per
   unit graph: none for graphs already compiled in this process, `WARM_SECONDS_PER_GRAPH` for
   graphs in the on-disk cache, `COLD_SECONDS_PER_GRAPH` for the others (or what compiling
   measured on this machine before);
@@ -316,6 +317,10 @@ class StepCompiler:
                  scope: str = COMPILE_SCOPE, clock: Callable[[], float] = time.perf_counter,
                  processes: int = 1):
         self.model, self.setting, self.device = model, check_setting(setting), device
+        if self.setting is not False:
+            # Before anything starts TorchInductor, which sets TORCHINDUCTOR_CACHE_DIR to its
+            # own default (/tmp/torchinductor_USER) when it finds it unset.
+            use_cache_dir()
         self.clock = clock
         self.total_steps, self.start_step = total_steps, start_step
         self.model_name, self.saved, self.scope = model_name, saved, scope
@@ -328,13 +333,15 @@ class StepCompiler:
                 raise UserError(f"--compile: {why_not}; train with --no-compile")
         self.on_decision = on_decision or (lambda on: None)
         self.targets = compile_targets(model, scope)
-        self.run_key = _signature(scope, device.type, torch.__version__, *run_key)
+        whole = _signature(scope, device.type, torch.__version__, *run_key)
         # A unit graph is keyed by what shapes it (the unit itself, input size, batch,
         # precision, memory format, threads), not by the network's name or depth: the units
-        # of a resnet20 and a resnet56 are the same graphs.
-        self.graphs = sorted({_signature(self.run_key if len(self.targets) == 1 else "",
+        # of a resnet20 and a resnet56 are the same graphs, and the speed-up measured for one
+        # (`run_key`, the key of this machine's measurements) holds for the other.
+        self.graphs = sorted({_signature(whole if len(self.targets) == 1 else "",
                                          device.type, torch.__version__, type(t).__name__,
                                          repr(t), *run_key[2:]) for t in self.targets})
+        self.run_key = whole if len(self.targets) == 1 else _signature(scope, *self.graphs)
         self.decision: bool | None = None
         self.phase = "fixed"     # fixed | measure | compile | trial
         self.counted = 0         # steps of the current phase
