@@ -44,7 +44,7 @@ from hardware import append, command_line, describe, utc_date  # noqa: E402
 
 from resnets import create_model  # noqa: E402
 from resnets.export import _onnx_export  # noqa: E402 (what `resnets export --onnx` runs)
-from resnets.train.device import cpu_flags  # noqa: E402
+from resnets.train.device import cpu_has_native_bf16  # noqa: E402
 from resnets.train.inference import InferenceModel, inference_precision  # noqa: E402
 
 # (model, input size, classes)
@@ -155,10 +155,9 @@ def main(argv: list[str] | None = None) -> int:
             if batch_size == max(int(b) for b in args.batch_sizes.split(",")):
                 goals.append(f"{name} {ratio:.2f}x")
     load_after = os.getloadavg()[0]
-    flags = cpu_flags()
     verdict = (f"- goal: resnets' default at or above onnxruntime at the largest batch: "
                f"{', '.join(goals)} (precision auto chose {auto}: this CPU "
-               f"{'has' if {'avx512_bf16', 'amx_bf16'} & flags else 'has no'} native bf16)")
+               f"{'has' if cpu_has_native_bf16() else 'has no'} native bf16)")
     print("\n" + verdict)
     if results:
         block = "\n".join([

@@ -58,6 +58,17 @@ def study_file(args, folder: Path) -> Path:
     return path
 
 
+def study_words(args) -> str:
+    """The study `study_file(args)` makes, in words, for a record."""
+    if args.default_study:
+        return ("the default study (`resnets study`: plain/resnet 20, 32, 44, 56, seeds 0 1, "
+                "8 epochs)")
+    budget = f"{args.iters} step(s)" if args.iters else f"{args.epochs:g} epochs"
+    return (f"kinds {' '.join(args.kinds)}, depths {' '.join(map(str, args.depths))}, seeds "
+            f"{' '.join(map(str, args.seeds))}, {budget} per run on the bundled digits, quick "
+            f"preset")
+
+
 def run_once(args, study: Path, jobs: int, out: Path, name: str, src: Path = ROOT / "src",
              environ: dict | None = None) -> tuple[float, str]:
     """Wall seconds of one whole `resnets study --jobs N` with the package in `src`, and the
@@ -146,12 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         from hardware import append, command_line, utc_date
         from hardware import describe as hardware
 
-        what = ("the default study (`resnets study`: plain/resnet 20, 32, 44, 56, seeds 0 1, "
-                "8 epochs)" if args.default_study else
-                f"kinds {' '.join(args.kinds)}, depths {' '.join(map(str, args.depths))}, seeds "
-                f"{' '.join(map(str, args.seeds))}, "
-                + (f"{args.iters} step(s)" if args.iters else f"{args.epochs:g} epochs")
-                + " per run on the bundled digits, quick preset")
+        what = study_words(args)
         block = "\n".join([
             f"\n## bench_study_jobs: a study's wall time, --jobs {' vs '.join(map(str, args.jobs))}"
             f" ({utc_date()})\n",

@@ -31,7 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_study_jobs import IDLE_LOAD, run_once, study_file  # noqa: E402
+from bench_study_jobs import IDLE_LOAD, run_once, study_file, study_words  # noqa: E402
 
 
 def unpack(revision: str, folder: Path) -> Path:
@@ -104,12 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         from hardware import append, command_line, utc_date
         from hardware import describe as hardware
 
-        what = ("the default study (`resnets study`: plain/resnet 20, 32, 44, 56, seeds 0 1, "
-                "8 epochs)" if args.default_study else
-                f"kinds {' '.join(args.kinds)}, depths {' '.join(map(str, args.depths))}, seeds "
-                f"{' '.join(map(str, args.seeds))}, "
-                + (f"{args.iters} step(s)" if args.iters else f"{args.epochs:g} epochs")
-                + " per run on the bundled digits, quick preset")
+        what = study_words(args)
         block = "\n".join([
             f"\n## bench_study_versions: a study's wall time, {args.before} vs {args.after} "
             f"({utc_date()})\n",

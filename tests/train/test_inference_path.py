@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-import resnets.train.inference as inference
+import resnets.train.device as device
 from resnets.cli import main
 from resnets.train import fit
 from resnets.train.inference import (BF16_TOLERANCE, FP32_TOLERANCE, InferenceModel,
@@ -25,7 +25,7 @@ CPU = torch.device("cpu")
                                              ({"avx512f", "avx2"}, "fp32"), ({"avx2"}, "fp32"),
                                              (set(), "fp32")])
 def test_auto_is_bf16_only_on_cpus_with_native_bf16(monkeypatch, flags, expected):
-    monkeypatch.setattr(inference, "cpu_flags", lambda: flags)
+    monkeypatch.setattr(device, "cpu_flags", lambda: flags)
     assert inference_precision("auto", CPU) == expected
     assert inference_precision("fp32", CPU) == "fp32"  # forcible either way
     assert inference_precision("bf16", CPU) == "bf16"
@@ -96,7 +96,7 @@ def resnet_run(tmp_path):
 
 def test_eval_and_predict_run_the_fast_path_and_leave_the_model_alone(resnet_run, tmp_path,
                                                                       monkeypatch):
-    monkeypatch.setattr(inference, "cpu_flags", lambda: set())  # auto: fp32 here
+    monkeypatch.setattr(device, "cpu_flags", lambda: set())  # auto: fp32 here
     run, parts = resnet_run
     trained = load_trained(run, parts=parts)
     state = {k: v.clone() for k, v in trained.model.state_dict().items()}
@@ -132,7 +132,7 @@ def test_eval_says_how_it_computed(resnet_run, monkeypatch, capsys):
 
     run, parts = resnet_run
     monkeypatch.setattr(parts_module, "default_parts", lambda: parts)
-    monkeypatch.setattr(inference, "cpu_flags", lambda: {"avx512_bf16"})
+    monkeypatch.setattr(device, "cpu_flags", lambda: {"avx512_bf16"})
     assert main(["eval", str(run), "--device", "cpu"]) == 0
     assert capsys.readouterr().out.splitlines()[0].endswith("(bf16, BatchNorm folded)")
     assert main(["eval", str(run), "--device", "cpu", "--precision", "fp32"]) == 0

@@ -471,7 +471,6 @@ class StepCompiler:
                                      f"network's counted by its depth)")
 
     def _compile_next(self, words: str, *, trial: bool) -> None:
-        use_cache_dir()
         try:  # torch.compile itself refuses some setups (an unsupported Python, say)
             self._compiled = attach(self.targets, self._compiled)
         except RuntimeError as error:

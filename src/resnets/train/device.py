@@ -64,14 +64,23 @@ def cpu_has_amx() -> bool:
     return "amx_bf16" in cpu_flags()
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether the CPU computes bf16 dot products in hardware (AVX-512 BF16 or AMX)."""
+    return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
+
+
+def cuda_has_native_bf16(device: torch.device) -> bool:
+    """Whether a CUDA GPU computes bf16 in hardware: from Ampere (compute capability 8) on;
+    torch.cuda.is_bf16_supported() also says yes where it is only emulated, and slow."""
+    return torch.cuda.get_device_capability(device)[0] >= 8
+
+
 def resolve_precision(precision: str, device: torch.device) -> str:
     """"auto" -> "bf16" where it is faster than fp32, else "fp32"; others unchanged."""
     if precision != "auto":
         return precision
     if device.type == "cuda":
-        # bf16 in hardware from Ampere (compute capability 8) on; is_bf16_supported() also
-        # says yes where it is only emulated, and slow
-        return "bf16" if torch.cuda.get_device_capability(device)[0] >= 8 else "fp32"
+        return "bf16" if cuda_has_native_bf16(device) else "fp32"
     if device.type == "cpu":
         return "bf16" if cpu_has_amx() else "fp32"
     return "fp32"

@@ -45,7 +45,8 @@ from resnets.errors import UserError
 from resnets.train.checkpoint import load_checkpoint, resolve_checkpoint_path
 from resnets.train.config import Config
 from resnets.train.device import PRECISIONS as INFERENCE_PRECISIONS
-from resnets.train.device import cpu_flags, resolve_device
+from resnets.train.device import (cpu_has_native_bf16, cuda_has_native_bf16,
+                                   resolve_device)
 from resnets.train.loop import evaluate, image_shape
 from resnets.train import parts as parts_module
 from resnets.train.parts import Parts
@@ -94,11 +95,6 @@ FP32_TOLERANCE = 1e-4   # folded vs unfolded fp32 logits, relative to max(1, lar
 BF16_TOLERANCE = 5e-2   # the bf16 path against the fp32 model, the same way
 
 
-def cpu_has_native_bf16() -> bool:
-    """Whether the CPU computes bf16 dot products in hardware (AVX-512 BF16 or AMX)."""
-    return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
-
-
 def inference_precision(precision: str, device: torch.device) -> str:
     """"auto" -> "bf16" where bf16 inference is faster than fp32 (a CUDA GPU with bf16; a CPU
     with native bf16 dot products), else "fp32"; "bf16" and "fp32" as they are."""
@@ -108,7 +104,7 @@ def inference_precision(precision: str, device: torch.device) -> str:
     if precision != "auto":
         return precision
     if device.type == "cuda":
-        return "bf16" if torch.cuda.get_device_capability(device)[0] >= 8 else "fp32"
+        return "bf16" if cuda_has_native_bf16(device) else "fp32"
     if device.type == "cpu":
         return "bf16" if cpu_has_native_bf16() else "fp32"
     return "fp32"
