@@ -4,9 +4,10 @@ For each model and batch size, the same network (random weights, BatchNorm stati
 calibration batch: speed does not depend on the values) on the same normalised float batches:
 
 - resnets default: what `resnets eval`, `resnets predict` and `Trained.inference_model()` run:
-  BatchNorm folded into the convolutions, channels_last, precision auto (bf16 on a CPU with
-  AVX-512 BF16 or AMX, else fp32), under torch.inference_mode; the input handed over as a
-  user has it (contiguous fp32);
+  BatchNorm folded into the convolutions, convolution+addition+ReLU fused into single oneDNN
+  calls (resnets.models.fuse), channels_last, precision auto (bf16 on a CPU with AVX-512 BF16
+  or AMX, else fp32), under torch.inference_mode; the input handed over as a user has it
+  (contiguous fp32);
 - model as is: the unchanged eval-mode model (BatchNorm and all, contiguous fp32) under
   torch.no_grad, what a user runs without the fast path;
 - resnets fp32 or bf16: the same path forced to the precision auto did not pick
@@ -15,6 +16,10 @@ calibration batch: speed does not depend on the values) on the same normalised f
   dynamo, dynamic batch), run by onnxruntime's CPU provider with its default graph
   optimisations (which fold BatchNorm and fuse convolution with ReLU and additions), as many
   intra-op threads as torch uses.
+
+--malloc keep (the default) has glibc keep freed memory for reuse in the whole process, as
+every `resnets` command that runs networks does; --malloc default leaves glibc's behaviour (a
+user's own script). onnxruntime allocates from its own arena either way.
 
 Models: resnet20 on 3x32x32 (10 classes) and resnet50 on 3x224x224 (1,000 classes) at batch 1
 and 64. Each cell: --warmup untimed calls, then --runs timed runs of about --seconds each
@@ -40,7 +45,8 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from hardware import append, command_line, describe, utc_date  # noqa: E402
+from hardware import (add_malloc_option, append, apply_malloc, command_line, describe,
+                      utc_date)  # noqa: E402
 
 from resnets import create_model  # noqa: E402
 from resnets.export import _onnx_export  # noqa: E402 (what `resnets export --onnx` runs)
@@ -108,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true",
                         help="resnet20 at 32 and resnet50 at 64x64, batch 1 and 4, 1 run, not "
                         "recorded: proves the script runs, measures nothing")
+    add_malloc_option(parser)
     parser.add_argument("--results", default=None,
                         help="markdown file the record is appended to ('' for none; default "
                         "benchmarks/RESULTS.md, none with --quick)")
@@ -120,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         "" if args.quick else str(Path(__file__).with_name("RESULTS.md")))
     cpu = torch.device("cpu")
     auto = inference_precision("auto", cpu)
+    malloc_line = apply_malloc(args.malloc)
     load_before = os.getloadavg()[0]
 
     other = "bf16" if auto == "fp32" else "fp32"
@@ -168,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{platform.python_version()}, device cpu",
             f"- load average before/after (1 min): {load_before:.2f} / {load_after:.2f}",
             f"- command: `{command_line()}`",
+            malloc_line,
             f"- method: random weights with calibrated BatchNorm statistics; random normalised "
             f"inputs; {args.warmup} warm-up calls, then {args.runs} runs of about "
             f"{args.seconds:g} s (at least one call); median run (min-max); the bf16 path's "

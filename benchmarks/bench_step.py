@@ -49,7 +49,8 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from hardware import append, command_line, describe, utc_date  # noqa: E402
+from hardware import (add_malloc_option, append, apply_malloc, command_line, describe,
+                      utc_date)  # noqa: E402
 
 from resnets import create_model  # noqa: E402
 from resnets.data import Dataset, Loader, Normalizer, load  # noqa: E402
@@ -225,6 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true",
                         help="resnet8, batch 16, 512 images, 1 run of 2 steps, not recorded: "
                         "proves the script runs, measures nothing")
+    add_malloc_option(parser)
     parser.add_argument("--results", default=None,
                         help="markdown file the record is appended to ('' for none; default "
                         "benchmarks/RESULTS.md, none with --quick)")
@@ -240,6 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     results = args.results if args.results is not None else (
         "" if args.quick else str(Path(__file__).with_name("RESULTS.md")))
     scopes = [s for s in args.scopes.split(",") if s]
+    malloc_line = apply_malloc(args.malloc)
     load_before = os.getloadavg()[0]
     data = _data(args)
     auto = resolve_precision("auto", torch.device("cpu"))
@@ -302,6 +305,7 @@ def main(argv: list[str] | None = None) -> int:
             f"- torch {torch.__version__}, Python {platform.python_version()}, device cpu",
             f"- load average before/after (1 min): {load_before:.2f} / {load_after:.2f}",
             f"- command: `{command_line()}`",
+            malloc_line,
             f"- data: {args.data}, {len(data)} images 3x32x32, batch {args.batch_size}, pad "
             f"{PAD} + crop, flip, per-channel normalisation; SGD momentum {MOMENTUM}, wd {WD}",
             f"- method: {args.warmup} warm-up steps (at least 2 when compiled: the first "

@@ -50,3 +50,27 @@ def append(path: str | Path, block: str) -> None:
     with open(path, "a", encoding="utf-8") as file:
         file.write(block)
     print(f"appended to {path}")
+
+
+MALLOC_CHOICES = ("keep", "default")
+
+
+def add_malloc_option(parser) -> None:
+    """--malloc keep|default: what glibc does with freed memory in the benchmark's process."""
+    parser.add_argument(
+        "--malloc", choices=MALLOC_CHOICES, default="keep",
+        help="keep (default): glibc keeps freed memory for reuse, as every `resnets` command "
+        "that runs networks has it (resnets.train.device.keep_freed_memory); default: glibc's "
+        "own behaviour, as in a script of the user's. It holds for every row of the run")
+
+
+def apply_malloc(choice: str) -> str:
+    """Set what `--malloc` asked for; the record's line saying what it was."""
+    if choice == "keep":
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+        from resnets.train.device import keep_freed_memory
+
+        kept = keep_freed_memory()
+        return ("- malloc: glibc keeps freed memory for reuse in this process, every row "
+                f"(keep_freed_memory(), as `resnets` commands do){'' if kept else ': NOT applied here'}")
+    return "- malloc: glibc's defaults (freed blocks over its mmap threshold go back to the OS)"

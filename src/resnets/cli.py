@@ -797,6 +797,10 @@ def _one_line_warnings(python_show):
     return show
 
 
+# The commands that train or run networks: glibc keeps freed memory for them (device.py).
+RUNS_MODELS = frozenset({"train", "eval", "predict", "study", "diagnose", "lesion", "landscape"})
+
+
 def main(argv: list[str] | None = None) -> int:
     import warnings
 
@@ -811,6 +815,10 @@ def main(argv: list[str] | None = None) -> int:
         with warnings.catch_warnings():
             warnings.showwarning = _one_line_warnings(warnings.showwarning)
             args = parser.parse_args(argv)
+            if args.command in RUNS_MODELS:
+                from resnets.train.device import keep_freed_memory
+
+                keep_freed_memory()  # fresh pages for every activation map: 7-12% slower
             return int(args.run(args) or 0)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -1,7 +1,8 @@
-"""BatchNorm folding: the folded copy computes what the model computes, for every registered
-CIFAR model and resnet18/50 (in fp32 within FP32_TOLERANCE plus what fp32 rounding already does
-to the model, and in fp64 all but exactly), the model it was made from is left as it was, and a
-folded copy never becomes a checkpoint."""
+"""BatchNorm folding and oneDNN fusion: the folded copy, and the folded copy with its convolutions,
+additions and ReLUs fused (`resnets.models.fuse`), compute what the model computes, for every
+registered CIFAR model and resnet18/50 (in fp32 within FP32_TOLERANCE plus what fp32 rounding
+already does to the model, and folding in fp64 all but exactly), the model they were made from
+is left as it was, and a folded copy never becomes a checkpoint."""
 
 import copy
 
@@ -11,6 +12,7 @@ from torch import nn
 
 from resnets.models import create_model, list_models
 from resnets.models.fold import check_not_folded, fold_batchnorm, is_folded
+from resnets.models.fuse import FusedConv, FusedUnit, fuse_for_cpu, fusion_available, is_fused
 from resnets.models.zoo import describe
 from resnets.train.inference import FP32_TOLERANCE
 
@@ -52,11 +54,16 @@ def _check_fold(name: str, size: int) -> None:
     with torch.no_grad():
         expected, got = model(images), fold_batchnorm(model)(images)
         exact, got64 = double(images.double()), fold_batchnorm(double)(images.double())
+        fused = fuse_for_cpu(fold_batchnorm(model))
+        got_fused = fused(images.contiguous(memory_format=torch.channels_last))
     scale = max(1.0, exact.abs().max().item())
     # What fp32 rounding alone does to this model's logits: tiny for residual networks, large
     # for deep plain ones, whose forward pass amplifies any rounding (plain110: ~20%).
     own = (expected.double() - exact).abs().max().item() / scale
     assert (got - expected).abs().max().item() / scale <= FP32_TOLERANCE + 2 * own, name
+    assert (got_fused - expected).abs().max().item() / scale <= FP32_TOLERANCE + 2 * own, name
+    post_activation = not model.preact
+    assert is_fused(fused) == (fusion_available() and post_activation), name
     if own < 1e-2:  # the arithmetic is the same up to rounding: in fp64, all but equal
         # (a deep plain network at random weights is chaotic: even fp64's rounding is
         # amplified beyond any bound; its folds are the same code as plain20's, checked here)
@@ -120,3 +127,74 @@ def test_a_folded_model_is_never_checkpointed(tmp_path):
     with pytest.raises(ValueError, match="never written to a checkpoint"):
         state.save(tmp_path / "folded.pt", lr=0.1)
     assert not (tmp_path / "folded.pt").exists()
+
+
+def _fused_units(model: nn.Module) -> list[nn.Module]:
+    return [m for m in model.modules() if isinstance(m, FusedUnit)]
+
+
+@pytest.mark.skipif(not fusion_available(), reason="this PyTorch has no oneDNN fused convolution")
+def test_what_is_fused_and_what_stays():
+    # Post-activation: the stem's conv+ReLU and every unit (option A, B and plain alike).
+    for name, units in (("resnet20", 9), ("plain20", 9), ("resnet50", 16)):
+        fused = fuse_for_cpu(fold_batchnorm(create_model(name)))
+        assert isinstance(fused.conv1, FusedConv) and fused.conv1.relu, name
+        assert isinstance(fused.act1, nn.Identity), name
+        assert len(_fused_units(fused)) == units, name
+        assert not any(isinstance(m, nn.ReLU) for m in fused.modules()), name
+    # The last conv of a unit: no ReLU before the addition, the ReLU after it.
+    unit = _fused_units(fuse_for_cpu(fold_batchnorm(create_model("resnet20"))))[3]
+    assert [conv.relu for conv in unit.convs] == [True, True]
+    # Pre-activation units (BN-ReLU before the conv) stay as they are.
+    pre = fuse_for_cpu(fold_batchnorm(create_model("preact_resnet20")))
+    assert not _fused_units(pre) and not is_fused(pre)
+    # Only a folded copy is fused: the model itself, with its BN, is returned as it is.
+    model = create_model("resnet20")
+    assert fuse_for_cpu(model) is model and not is_fused(model)
+
+
+def test_without_the_operators_the_folded_copy_is_kept(monkeypatch):
+    from resnets.models import fuse
+
+    monkeypatch.setattr(fuse, "fusion_available", lambda dtype=torch.float32: False)
+    folded = fold_batchnorm(create_model("resnet20"))
+    assert fuse.fuse_for_cpu(folded) is folded and not is_fused(folded)
+    assert not _fused_units(folded)
+
+
+@pytest.mark.skipif(not fusion_available(), reason="this PyTorch has no oneDNN fused convolution")
+def test_fused_takes_any_memory_format_and_bf16():
+    torch.manual_seed(0)
+    model = _trained_looking(create_model("resnet8", num_classes=10), torch.randn(16, 3, 8, 8))
+    fused = fuse_for_cpu(fold_batchnorm(model))
+    images = torch.randn(3, 3, 8, 8)
+    with torch.no_grad():
+        expected = model(images)
+        for batch in (images, images.contiguous(memory_format=torch.channels_last)):
+            assert torch.allclose(fused(batch), expected, rtol=0, atol=1e-4)
+        fused16 = fuse_for_cpu(fold_batchnorm(model).to(torch.bfloat16))
+        got16 = fused16(images.to(torch.bfloat16)).float()
+    # bf16: fused where oneDNN has the CPU's bf16 kernels, else the folded copy as it is.
+    assert is_fused(fused16) == fusion_available(torch.bfloat16)
+    scale = max(1.0, expected.abs().max().item())
+    assert (got16 - expected).abs().max().item() <= 5e-2 * scale
+
+
+@pytest.mark.skipif(not fusion_available(), reason="this PyTorch has no oneDNN fused convolution")
+def test_a_fused_conv_packs_its_weights_per_input_shape():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(8, 16, 3, stride=2, padding=1).eval()
+    fused, plain = FusedConv(conv, relu=True), FusedConv(conv, relu=False)
+    other = None
+    with torch.no_grad():
+        for shape in ((1, 8, 9, 9), (5, 8, 16, 16), (2, 8, 7, 11), (3, 8, 4, 4), (1, 8, 9, 9),
+                      (6, 8, 5, 5)):
+            images = torch.randn(shape)
+            expected = conv(images)
+            assert torch.allclose(fused(images), expected.relu(), atol=1e-5), shape
+            other = torch.randn_like(expected)
+            assert torch.allclose(plain(images, other), expected + other, atol=1e-5), shape
+        assert len(fused._packed) == FusedConv.PACKED_SHAPES  # the last shapes only
+        fused.float()  # a move or cast drops the packed copies, made again on the next call
+        assert fused._packed == {}
+        assert torch.allclose(fused(images), conv(images).relu(), atol=1e-5)

@@ -8,6 +8,7 @@ from torch import nn
 
 import resnets.train.device as device
 from resnets.cli import main
+from resnets.models.fuse import fusion_available
 from resnets.train import fit
 from resnets.train.inference import (BF16_TOLERANCE, FP32_TOLERANCE, InferenceModel,
                                      evaluate_checkpoint, inference_precision, load_trained,
@@ -102,7 +103,9 @@ def test_eval_and_predict_run_the_fast_path_and_leave_the_model_alone(resnet_run
     state = {k: v.clone() for k, v in trained.model.state_dict().items()}
     fast = evaluate_checkpoint(trained, parts=parts)
     plain = evaluate_checkpoint(trained, parts=parts, fast=False)
-    assert fast["precision"] == "fp32, BatchNorm folded" and plain["precision"] == "fp32"
+    fused = ", conv+add+ReLU fused" if fusion_available() else ""
+    assert fast["precision"] == "fp32, BatchNorm folded" + fused
+    assert plain["precision"] == "fp32"
     assert fast["err"] == plain["err"] and fast["loss"] == pytest.approx(plain["loss"], rel=1e-4)
     assert trained.inference_model("auto") is trained.inference_model("fp32")  # made once
     kept = trained.inference_model("fp32")
@@ -134,6 +137,8 @@ def test_eval_says_how_it_computed(resnet_run, monkeypatch, capsys):
     monkeypatch.setattr(parts_module, "default_parts", lambda: parts)
     monkeypatch.setattr(device, "cpu_flags", lambda: {"avx512_bf16"})
     assert main(["eval", str(run), "--device", "cpu"]) == 0
-    assert capsys.readouterr().out.splitlines()[0].endswith("(bf16, BatchNorm folded)")
+    fused16 = ", conv+add+ReLU fused" if fusion_available(torch.bfloat16) else ""
+    assert capsys.readouterr().out.splitlines()[0].endswith(f"(bf16, BatchNorm folded{fused16})")
     assert main(["eval", str(run), "--device", "cpu", "--precision", "fp32"]) == 0
-    assert capsys.readouterr().out.splitlines()[0].endswith("(fp32, BatchNorm folded)")
+    fused = ", conv+add+ReLU fused" if fusion_available() else ""
+    assert capsys.readouterr().out.splitlines()[0].endswith(f"(fp32, BatchNorm folded{fused})")

@@ -121,6 +121,7 @@ class InferenceModel(nn.Module):
                  channels_last: bool = True):
         super().__init__()
         from resnets.models.fold import fold_batchnorm
+        from resnets.models.fuse import fuse_for_cpu
 
         if precision not in ("bf16", "fp32"):
             raise ValueError(f"precision must be bf16 or fp32, got {precision!r}")
@@ -129,7 +130,8 @@ class InferenceModel(nn.Module):
         self.dtype = torch.bfloat16 if precision == "bf16" else torch.float32
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         folded = fold_batchnorm(model).to(self.device, self.dtype)
-        self.model = folded.to(memory_format=self.memory_format) if channels_last else folded
+        folded = folded.to(memory_format=self.memory_format) if channels_last else folded
+        self.model = fuse_for_cpu(folded) if self.device.type == "cpu" else folded
         self.train(False)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -147,8 +149,11 @@ class InferenceModel(nn.Module):
         return super().train(False)
 
     def describe(self) -> str:
-        """"bf16, BatchNorm folded": how it computes, for a report line."""
-        return f"{self.precision}, BatchNorm folded"
+        """"fp32, BatchNorm folded, conv+add+ReLU fused": how it computes, for a report line."""
+        from resnets.models.fuse import is_fused
+
+        fused = ", conv+add+ReLU fused" if is_fused(self.model) else ""
+        return f"{self.precision}, BatchNorm folded{fused}"
 
 
 def load_trained(path: str | Path, device: str = "cpu", parts: Parts | None = None) -> Trained:

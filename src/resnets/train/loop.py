@@ -34,6 +34,7 @@ from resnets.atomic import write_json
 from resnets.errors import UserError
 from resnets.models.resnet import TRAINING_BYTES_PER_PARAMETER
 from resnets.models.fold import fold_batchnorm
+from resnets.models.fuse import fuse_for_cpu
 from resnets.models.summary import activation_bytes, count_parameters
 from resnets.modes import eval_mode
 from resnets.rundir import RunDir
@@ -632,10 +633,13 @@ class _Training:
             if self.world.distributed else None
         # A copy with BatchNorm folded into the convolutions computes what the model computes
         # in eval mode, up to rounding, without the BN passes (resnets.models.fold); it is
-        # made afresh for each evaluation and never checkpointed. Uncompiled: compiling
-        # eval-mode graphs would not pay.
+        # made afresh for each evaluation and never checkpointed. On the CPU in fp32 its
+        # convolutions, additions and ReLUs also run fused (resnets.models.fuse; under bf16
+        # autocast they stay as they are). Uncompiled: compiling eval-mode graphs would not pay.
         with self.compiler.eager():
             model = fold_batchnorm(state.model)
+        if self.device.type == "cpu" and state.precision == "fp32":
+            model = fuse_for_cpu(model)
         for split, loader in self.eval_loaders.items():
             wrong = self.board.collector()
             result = evaluate(model, loader, precision=state.precision,

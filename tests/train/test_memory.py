@@ -1,0 +1,64 @@
+"""glibc keeps the memory of freed CPU tensors for reuse in the commands that run networks:
+the right mallopt calls, once per process, and none where the user set malloc tunables or
+malloc is not glibc's."""
+
+import platform
+import sys
+
+import pytest
+
+import resnets.train.device as device
+from resnets.cli import RUNS_MODELS, main
+
+
+class FakeLibc:
+    def __init__(self):
+        self.calls = []
+
+    def mallopt(self, parameter, value):
+        self.calls.append((parameter, value))
+        return 1
+
+
+@pytest.fixture
+def fake_libc(monkeypatch):
+    libc = FakeLibc()
+    monkeypatch.setattr(device, "_glibc", lambda: libc)
+    monkeypatch.setattr(device, "_kept", [])
+    return libc
+
+
+def test_keeps_blocks_up_to_glibcs_largest_threshold_and_the_heap_top(fake_libc):
+    assert device.keep_freed_memory(environ={}) is True
+    assert fake_libc.calls == [(-3, 32 * 2**20), (-1, 2**30)]  # M_MMAP_, M_TRIM_THRESHOLD
+    assert device.keep_freed_memory(environ={}) is True  # once per process
+    assert len(fake_libc.calls) == 2
+
+
+def test_the_users_own_malloc_tunables_win(fake_libc):
+    tunables = {"GLIBC_TUNABLES": "glibc.malloc.mmap_threshold=65536"}
+    assert device.keep_freed_memory(environ=tunables) is False
+    assert fake_libc.calls == []
+
+
+def test_no_glibc_no_call(monkeypatch):
+    monkeypatch.setattr(device, "_glibc", lambda: None)
+    monkeypatch.setattr(device, "_kept", [])
+    assert device.keep_freed_memory(environ={}) is False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc",
+                    reason="glibc only")
+def test_glibc_takes_the_settings():
+    libc = device._glibc()
+    assert libc is not None
+    assert libc.mallopt(device.M_MMAP_THRESHOLD, device.MMAP_THRESHOLD) == 1
+    assert libc.mallopt(device.M_TRIM_THRESHOLD, device.TRIM_THRESHOLD) == 1
+
+
+def test_only_commands_that_run_networks_ask(fake_libc, capsys):
+    assert main(["list"]) == 0
+    assert fake_libc.calls == []
+    assert {"train", "eval", "predict", "study"} <= RUNS_MODELS
+    assert main(["eval", "no-such-run"]) == 2  # asked before the command ran
+    assert len(fake_libc.calls) == 2
