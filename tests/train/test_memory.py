@@ -28,11 +28,19 @@ def fake_libc(monkeypatch):
     return libc
 
 
-def test_keeps_blocks_up_to_glibcs_largest_threshold_and_the_heap_top(fake_libc):
+def test_keeps_blocks_up_to_1_gib_and_the_heap_top(fake_libc):
     assert device.keep_freed_memory(environ={}) is True
-    assert fake_libc.calls == [(-3, 32 * 2**20), (-1, 2**30)]  # M_MMAP_, M_TRIM_THRESHOLD
+    assert fake_libc.calls == [(-3, 2**30), (-1, 2**30)]  # M_MMAP_, M_TRIM_THRESHOLD
     assert device.keep_freed_memory(environ={}) is True  # once per process
     assert len(fake_libc.calls) == 2
+
+
+def test_an_older_glibc_keeps_blocks_up_to_32_mib(monkeypatch, fake_libc):
+    refuses_large = lambda parameter, value: int(not (parameter == -3 and value > 32 * 2**20))
+    monkeypatch.setattr(fake_libc, "mallopt",
+                        lambda p, v: fake_libc.calls.append((p, v)) or refuses_large(p, v))
+    assert device.keep_freed_memory(environ={}) is True
+    assert fake_libc.calls == [(-3, 2**30), (-3, 32 * 2**20), (-1, 2**30)]
 
 
 def test_the_users_own_malloc_tunables_win(fake_libc):
@@ -52,7 +60,7 @@ def test_no_glibc_no_call(monkeypatch):
 def test_glibc_takes_the_settings():
     libc = device._glibc()
     assert libc is not None
-    assert libc.mallopt(device.M_MMAP_THRESHOLD, device.MMAP_THRESHOLD) == 1
+    assert any(libc.mallopt(device.M_MMAP_THRESHOLD, size) for size in device.MMAP_THRESHOLDS)
     assert libc.mallopt(device.M_TRIM_THRESHOLD, device.TRIM_THRESHOLD) == 1
 
 
