@@ -16,6 +16,19 @@ def idle_machine():
         yield
 
 
+@pytest.fixture(autouse=True, scope="session")
+def glibc_malloc_left_alone():
+    """The test process keeps glibc's own malloc settings: the commands the tests call in
+    process would otherwise set `keep_freed_memory`'s thresholds for the whole session (the
+    memory kept would grow it); tests/train/test_memory.py checks that function with a fake C
+    library and, for real, in a child process."""
+    import resnets.train.device as device
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(device, "_kept", [False])  # as if asked already, and not done
+        yield
+
+
 @pytest.fixture
 def ctrl_c_after_step(monkeypatch):
     """`ctrl_c_after_step(n)`: deliver a real SIGINT (Ctrl-C) right after the n-th optimizer

@@ -143,7 +143,7 @@ def _add_study_commands(sub) -> None:
                        "machines: take every N-th run first, then help with any run nobody is "
                        "training; the last worker to finish writes the report. Combines with "
                        "--jobs")
-    study.set_defaults(run=_cmd_study)
+    study.set_defaults(run=_cmd_study, runs_models=True)
     actions = study.add_subparsers(dest="study_action", metavar="ACTION", parser_class=_Parser)
     report = actions.add_parser("report", help="redraw a study's figure and table from its metrics",
                                 description="Redraw figure6.png, table.md/.csv and summary.json "
@@ -169,7 +169,7 @@ def _add_study_commands(sub) -> None:
     diagnose.add_argument("--out", default="diagnostics", help="output folder (default: diagnostics)")
     diagnose.add_argument("--threads", type=_positive_int, metavar="N",
                           help="CPU threads for torch (default: torch's, every core)")
-    diagnose.set_defaults(run=_cmd_diagnose)
+    diagnose.set_defaults(run=_cmd_diagnose, runs_models=True)
 
 
 def _add_trained_run_studies(sub) -> None:
@@ -201,7 +201,7 @@ def _add_trained_run_studies(sub) -> None:
                         help="training images for --recalibrate-bn (default: %(default)s)")
     _add_measurement_options(lesion)
     lesion.add_argument("--out", help="output folder (default: RUN_DIR/lesion)")
-    lesion.set_defaults(run=_cmd_lesion)
+    lesion.set_defaults(run=_cmd_lesion, runs_models=True)
 
     landscape = sub.add_parser(
         "landscape",
@@ -223,7 +223,7 @@ def _add_trained_run_studies(sub) -> None:
                            help="images the loss is measured on (default: train)")
     _add_measurement_options(landscape)
     landscape.add_argument("--out", default="landscape", help="output folder (default: landscape)")
-    landscape.set_defaults(run=_cmd_landscape)
+    landscape.set_defaults(run=_cmd_landscape, runs_models=True)
 
 
 def _add_measurement_options(parser) -> None:
@@ -390,7 +390,7 @@ def _add_training_commands(sub) -> None:
                 int: "N", float: "X", list: "N,N", dict: "KEY=VALUE,..."}.get(
                 kind, "DIR" if name.endswith("_dir") else "NAME")
             train.add_argument(flag, dest=name, default=None, metavar=metavar, help=help_text)
-    train.set_defaults(run=_cmd_train)
+    train.set_defaults(run=_cmd_train, runs_models=True)
     _add_checkpoint_commands(sub)
 
 
@@ -427,7 +427,7 @@ def _add_checkpoint_commands(sub) -> None:
                           "crops; torchvision's newer weights use 232)")
     evaluate.add_argument("--workers", type=_integer(0), metavar="N",
                           help="processes decoding images (default: the run's setting)")
-    evaluate.set_defaults(run=_cmd_eval)
+    evaluate.set_defaults(run=_cmd_eval, runs_models=True)
 
     predict = sub.add_parser("predict", help="classify image files with a checkpoint or "
                              "pretrained weights",
@@ -456,7 +456,7 @@ def _add_checkpoint_commands(sub) -> None:
     predict.add_argument("--device", type=_device, default="cpu")
     predict.add_argument("--precision", choices=PRECISIONS, default="auto",
                          help="as for eval (default: auto)")
-    predict.set_defaults(run=_cmd_predict)
+    predict.set_defaults(run=_cmd_predict, runs_models=True)
 
     export = sub.add_parser("export", help="export a checkpoint to ONNX or torchvision format",
                             description="--onnx FILE: an ONNX graph taking float pixels in "
@@ -797,10 +797,6 @@ def _one_line_warnings(python_show):
     return show
 
 
-# The commands that train or run networks: glibc keeps freed memory for them (device.py).
-RUNS_MODELS = frozenset({"train", "eval", "predict", "study", "diagnose", "lesion", "landscape"})
-
-
 def main(argv: list[str] | None = None) -> int:
     import warnings
 
@@ -815,10 +811,10 @@ def main(argv: list[str] | None = None) -> int:
         with warnings.catch_warnings():
             warnings.showwarning = _one_line_warnings(warnings.showwarning)
             args = parser.parse_args(argv)
-            if args.command in RUNS_MODELS:
-                from resnets.train.device import keep_freed_memory
+            if getattr(args, "runs_models", False):  # set by the commands that train or run
+                from resnets.train.device import keep_freed_memory  # networks
 
-                keep_freed_memory()  # fresh pages for every activation map: 7-12% slower
+                keep_freed_memory()  # else fresh pages for every step's activations (device.py)
             return int(args.run(args) or 0)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -142,15 +142,57 @@ def test_what_is_fused_and_what_stays():
         assert isinstance(fused.act1, nn.Identity), name
         assert len(_fused_units(fused)) == units, name
         assert not any(isinstance(m, nn.ReLU) for m in fused.modules()), name
-    # The last conv of a unit: no ReLU before the addition, the ReLU after it.
-    unit = _fused_units(fuse_for_cpu(fold_batchnorm(create_model("resnet20"))))[3]
-    assert [conv.relu for conv in unit.convs] == [True, True]
+    # (Where each ReLU sits, before or after the addition, is what the logits tests check.)
     # Pre-activation units (BN-ReLU before the conv) stay as they are.
     pre = fuse_for_cpu(fold_batchnorm(create_model("preact_resnet20")))
     assert not _fused_units(pre) and not is_fused(pre)
     # Only a folded copy is fused: the model itself, with its BN, is returned as it is.
     model = create_model("resnet20")
     assert fuse_for_cpu(model) is model and not is_fused(model)
+
+
+@pytest.mark.skipif(not fusion_available(), reason="this PyTorch has no oneDNN fused convolution")
+@pytest.mark.parametrize("name, kwargs, size, says", [
+    ("resnet18", {"shortcut": "C"}, 32, "conv+add+ReLU fused"),
+    ("resnet50", {"bottleneck_stride": "3x3"}, 32, "conv+add+ReLU fused"),
+    ("resnet20", {"in_channels": 1}, 8, "conv+add+ReLU fused"),
+    ("plain20", {}, 8, "conv+ReLU fused"),
+    ("preact_resnet18", {}, 32, "conv+ReLU fused"),  # its stem only
+    ("preact_resnet20", {}, 8, ""),
+])
+def test_other_configurations_fuse_to_the_same_logits(name, kwargs, size, says):
+    from resnets.models.fuse import describe_fusion
+
+    torch.manual_seed(0)
+    channels = kwargs.get("in_channels", 3)
+    model = _trained_looking(create_model(name, num_classes=10, **kwargs),
+                             torch.randn(16, channels, size, size))
+    images = torch.randn(3, channels, size, size)
+    fused = fuse_for_cpu(fold_batchnorm(model))
+    with torch.no_grad():
+        expected, got = model(images), fused(images)
+    scale = max(1.0, expected.abs().max().item())
+    assert (got - expected).abs().max().item() <= FP32_TOLERANCE * scale, name
+    assert describe_fusion(fused) == says, name
+
+
+@pytest.mark.skipif(not fusion_available(), reason="this PyTorch has no oneDNN fused convolution")
+def test_a_fused_model_copies_and_pickles_without_its_packed_weights():
+    import io
+    import pickle
+
+    torch.manual_seed(0)
+    model = _trained_looking(create_model("resnet8", num_classes=10), torch.randn(16, 3, 8, 8))
+    fused = fuse_for_cpu(fold_batchnorm(model))
+    images = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        expected = fused(images)  # packs its weights
+        for copied in (copy.deepcopy(fused), pickle.loads(pickle.dumps(fused))):
+            assert all(m._packed == {} for m in copied.modules() if isinstance(m, FusedConv))
+            assert torch.equal(copied(images), expected)
+        buffer = io.BytesIO()
+        torch.save(fused.state_dict(), buffer)  # buffers only: plain tensors
+        assert buffer.getbuffer().nbytes > 0
 
 
 def test_without_the_operators_the_folded_copy_is_kept(monkeypatch):
@@ -198,3 +240,24 @@ def test_a_fused_conv_packs_its_weights_per_input_shape():
         fused.float()  # a move or cast drops the packed copies, made again on the next call
         assert fused._packed == {}
         assert torch.allclose(fused(images), conv(images).relu(), atol=1e-5)
+        fused.weight.mul_(2)  # weights changed in place: packed again, not the old ones used
+        assert torch.allclose(fused(images), (2 * conv(images) - conv.bias.view(1, -1, 1, 1))
+                              .relu(), atol=1e-5)
+
+
+@pytest.mark.skipif(not fusion_available(), reason="this PyTorch has no oneDNN fused convolution")
+def test_a_fused_conv_serves_several_threads_at_once():
+    from concurrent.futures import ThreadPoolExecutor
+
+    torch.manual_seed(0)
+    conv = nn.Conv2d(4, 8, 3, padding=1).eval()
+    fused = FusedConv(conv, relu=True)
+    batches = [torch.randn(1 + n % 6, 4, 6 + n % 5, 6) for n in range(40)]  # > 4 shapes
+
+    def check(images):
+        with torch.no_grad():
+            return torch.allclose(fused(images), conv(images).relu(), atol=1e-5)
+
+    with ThreadPoolExecutor(4) as pool:
+        assert all(pool.map(check, batches))
+    assert len(fused._packed) <= FusedConv.PACKED_SHAPES

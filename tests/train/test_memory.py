@@ -3,12 +3,13 @@ the right mallopt calls, once per process, and none where the user set malloc tu
 malloc is not glibc's."""
 
 import platform
+import subprocess
 import sys
 
 import pytest
 
 import resnets.train.device as device
-from resnets.cli import RUNS_MODELS, main
+from resnets.cli import main
 
 
 class FakeLibc:
@@ -58,15 +59,42 @@ def test_no_glibc_no_call(monkeypatch):
 @pytest.mark.skipif(not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc",
                     reason="glibc only")
 def test_glibc_takes_the_settings():
-    libc = device._glibc()
-    assert libc is not None
-    assert any(libc.mallopt(device.M_MMAP_THRESHOLD, size) for size in device.MMAP_THRESHOLDS)
-    assert libc.mallopt(device.M_TRIM_THRESHOLD, device.TRIM_THRESHOLD) == 1
+    # In a child process: the settings would otherwise hold for the rest of this test session.
+    code = ("import resnets.train.device as d; "
+            "print(d.keep_freed_memory(environ={}), d._glibc().mallopt(d.M_MMAP_THRESHOLD, "
+            "d.MMAP_THRESHOLDS[-1]))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out == ["True", "1"]
+
+
+def test_the_older_malloc_variables_are_the_users_own_too(fake_libc):
+    assert device.keep_freed_memory(environ={"MALLOC_MMAP_THRESHOLD_": "131072"}) is False
+    assert fake_libc.calls == []
 
 
 def test_only_commands_that_run_networks_ask(fake_libc, capsys):
     assert main(["list"]) == 0
     assert fake_libc.calls == []
-    assert {"train", "eval", "predict", "study"} <= RUNS_MODELS
     assert main(["eval", "no-such-run"]) == 2  # asked before the command ran
     assert len(fake_libc.calls) == 2
+
+
+def test_a_studys_worker_process_asks_too(tmp_path):
+    # A worker process of `study --jobs N` (in a child: it rewires its own stdout), with a fake
+    # C library; it fails to read the study, after asking.
+    code = "\n".join([
+        "import sys", "import resnets.train.device as d", "calls = []",
+        "class Libc:",
+        "    def mallopt(self, parameter, value):",
+        "        calls.append(parameter)",
+        "        return 1",
+        "d._glibc = lambda: Libc()",
+        "from resnets.study.parallel import worker_main",
+        "try:",
+        f"    worker_main([{str(tmp_path / 'no-study')!r}, 'resnet20'])",
+        "except BaseException:",
+        "    pass",
+        "sys.stderr.write(f'mallopt calls: {len(calls)}')"])
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.stderr.strip().endswith("mallopt calls: 2"), done.stderr

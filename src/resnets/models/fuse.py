@@ -19,14 +19,21 @@ puts those calls in place of the separate passes:
 
 The arithmetic is the unfused model's: the same convolution in fp32 (or bf16) with the ReLU and
 the addition applied to its fp32 result, so logits agree with the folded model to fp32
-rounding (tests/models/test_fuse.py, every registered CIFAR model and resnet18/50). Measured:
+rounding (tests/models/test_fold.py, every registered CIFAR model and resnet18/50). Measured:
 benchmarks/bench_inference.py. For inference only, like the folded copy it is made from: the
 fused modules hold the weights as buffers, and nothing here is trained or checkpointed.
+
+A deliberate exception to STYLE's "separate activation modules, visible additions" (which
+exist for hooks and diagnostics): a fused unit has neither, its ReLUs and addition being inside
+the oneDNN call. Hook the model itself (`Trained.model`), never the inference copy.
 """
 
 from __future__ import annotations
 
+import threading
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 FUSED = "_resnets_fused"  # attribute set on a model fuse_for_cpu changed
@@ -52,13 +59,17 @@ def fusable_conv(conv: nn.Module) -> bool:
 
 
 class FusedConv(nn.Module):
-    """`conv(x)`, then `+ other` when given, then ReLU when `relu`, in one oneDNN call. Made from
-    a plain `nn.Conv2d` on the CPU, in the dtype it will run in (a zero bias where it had none).
+    """`conv(x)`, then `+ other` when given, then ReLU when `relu`, in one oneDNN call on the
+    CPU (elsewhere: the same three steps with torch's own operators). Made from a plain
+    `nn.Conv2d`, in the dtype it will run in (a zero bias where it had none).
 
-    The weights are copied into the blocked layout oneDNN picks for an input's shape, once per
-    shape (the last `PACKED_SHAPES` kept): handed over plainly, they would be reordered at
+    The weights are copied into the blocked layout oneDNN picks for an input's shape and memory
+    format, once per shape (the last `PACKED_SHAPES` kept; made again when the weights change
+    in place or the module is moved or cast). Handed over plainly they would be reordered at
     every call (20% of a call at batch 1), and a copy made for another shape can need a slow
-    reorder too (measured: 1.9 ms a call for a 64-channel layer at batch 64)."""
+    reorder too (1.9 ms a call for a 64-channel layer at batch 64); both measured with
+    ONEDNN_VERBOSE on resnet20, 2-core AVX2 EPYC, 2026-12-02. The packed copies are not part
+    of the module's state: a copy or pickle of it leaves them behind."""
 
     PACKED_SHAPES = 4
 
@@ -74,25 +85,42 @@ class FusedConv(nn.Module):
         self.padding, self.stride = list(conv.padding), list(conv.stride)
         self.dilation, self.groups = list(conv.dilation), conv.groups
         self.relu = relu
-        self._packed: dict[tuple[int, ...], torch.Tensor] = {}
+        self._packed: dict[tuple, torch.Tensor] = {}
+        self._lock = threading.Lock()  # one model may serve several threads
 
-    def packed(self, shape: torch.Size) -> torch.Tensor:
-        """The weights in oneDNN's layout for inputs of `shape`."""
-        key = tuple(shape)
-        if key not in self._packed:
-            if len(self._packed) >= self.PACKED_SHAPES:
-                self._packed.pop(next(iter(self._packed)))
-            self._packed[key] = torch.ops.mkldnn._reorder_convolution_weight(
-                self.weight.contiguous(), self.padding, self.stride, self.dilation,
-                self.groups, list(key))
-        return self._packed[key]
+    def packed(self, x: torch.Tensor) -> torch.Tensor:
+        """The weights in oneDNN's layout for inputs like `x`."""
+        key = (tuple(x.shape), x.is_contiguous(memory_format=torch.channels_last),
+               self.weight._version)
+        with self._lock:
+            weight = self._packed.get(key)
+            if weight is None:
+                weight = torch.ops.mkldnn._reorder_convolution_weight(
+                    self.weight.contiguous(), self.padding, self.stride, self.dilation,
+                    self.groups, list(x.shape))
+                while len(self._packed) >= self.PACKED_SHAPES:
+                    self._packed.pop(next(iter(self._packed)))
+                self._packed[key] = weight
+        return weight
 
     def _apply(self, fn, recurse=True):  # .to(), .float(), ...: the layouts are made again
         self._packed = {}
         return super()._apply(fn, recurse)
 
+    def __getstate__(self):  # copy.deepcopy, pickle: without the packed copies and the lock
+        return {k: v for k, v in self.__dict__.items() if k not in ("_packed", "_lock")}
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        self._packed, self._lock = {}, threading.Lock()
+
     def forward(self, x: torch.Tensor, other: torch.Tensor | None = None) -> torch.Tensor:
-        ops, weight = torch.ops.mkldnn, self.packed(x.shape)
+        if x.device.type != "cpu":  # moved off the CPU after fusing: torch's own operators
+            out = F.conv2d(x, self.weight, self.bias, self.stride, self.padding,
+                           self.dilation, self.groups)
+            out = out if other is None else out + other
+            return F.relu(out) if self.relu else out
+        ops, weight = torch.ops.mkldnn, self.packed(x)
         if other is None:
             return ops._convolution_pointwise(
                 x, weight, self.bias, self.padding, self.stride, self.dilation,
@@ -169,3 +197,13 @@ def fuse_for_cpu(model: nn.Module) -> nn.Module:
 
 def is_fused(model: nn.Module) -> bool:
     return any(getattr(m, FUSED, False) for m in model.modules())
+
+
+def describe_fusion(model: nn.Module) -> str:
+    """What `fuse_for_cpu` fused in `model`, for a report line: "conv+add+ReLU fused" where a
+    unit's addition is inside a call, "conv+ReLU fused" where only ReLUs are (plain networks, a
+    pre-activation network's stem), "" where nothing is."""
+    units = [m for m in model.modules() if isinstance(m, FusedUnit)]
+    if any(unit.downsample is not None for unit in units):
+        return "conv+add+ReLU fused"
+    return "conv+ReLU fused" if any(isinstance(m, FusedConv) for m in model.modules()) else ""

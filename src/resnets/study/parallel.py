@@ -281,6 +281,7 @@ def worker_main(argv: list[str] | None = None) -> int:
     from resnets.study.degradation import train_run
     from resnets.study.spec import read_study
     from resnets.train import TrainingInterrupted
+    from resnets.train.device import keep_freed_memory
 
     parser = argparse.ArgumentParser(prog="python -m resnets.study.parallel")
     parser.add_argument("study_dir")
@@ -289,6 +290,7 @@ def worker_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int)
     parser.add_argument("--device")
     args = parser.parse_args(argv)
+    keep_freed_memory()  # as `resnets study` itself would for a run it trains
 
     result = os.dup(1)  # the outcome's way out; everything else printed goes to the log
     os.dup2(2, 1)

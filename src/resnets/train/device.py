@@ -10,7 +10,7 @@ the cores and each runs many times slower than it would with its share of them
 share of the cores; a machine already busy is reported by `busy_warning`.
 
 Memory: `keep_freed_memory()` asks glibc's malloc to keep freed blocks for reuse (the command
-line does it in every `resnets` process).
+line does it for the commands that train or run networks, and a study's worker processes).
 """
 
 from __future__ import annotations
@@ -192,16 +192,19 @@ def keep_freed_memory(environ: Mapping[str, str] | None = None) -> bool:
     does a freed top of the heap beyond 128 KiB, so a training step or an inference call maps
     fresh pages for its activations every time and pays a page fault on each (the kernel
     zeroes them). Keeping blocks up to 1 GiB (32 MiB where glibc takes no more: larger maps
-    are then mapped afresh) and up to 1 GiB of freed heap top for reuse: resnet20 training
-    +4-7%, inference +9-12% (resnet20) and +9% (resnet50 at batch 64, with the 1 GiB
-    threshold) on a 2-core EPYC (benchmarks/RESULTS.md). The price: a process keeps the memory of its peak, as
+    are then mapped afresh) and up to 1 GiB of freed heap top for reuse: on a 2-core EPYC the
+    resnet20 training step +4%, resnet20 inference +3-4% at batch 64 and +10-16% at batch 1,
+    resnet50 at batch 64 +8% (with the 1 GiB threshold) (benchmarks/RESULTS.md). The price: a process keeps the memory of its peak, as
     PyTorch's CUDA caching allocator does. Skipped where the user set glibc's malloc tunables
-    (GLIBC_TUNABLES with "malloc") and where malloc is not glibc's (macOS, Windows, musl);
+    (GLIBC_TUNABLES with "malloc", or the older MALLOC_..._ variables such as
+    MALLOC_MMAP_THRESHOLD_) and where malloc is not glibc's (macOS, Windows, musl);
     under a preloaded jemalloc or tcmalloc the call changes nothing."""
     if _kept:
         return _kept[0]
     environ = os.environ if environ is None else environ
-    libc = None if "malloc" in environ.get("GLIBC_TUNABLES", "") else _glibc()
+    users_own = "malloc" in environ.get("GLIBC_TUNABLES", "") or any(
+        name.startswith("MALLOC_") and name.endswith("_") for name in environ)
+    libc = None if users_own else _glibc()
     done = False
     if libc is not None:
         try:

@@ -150,10 +150,10 @@ class InferenceModel(nn.Module):
 
     def describe(self) -> str:
         """"fp32, BatchNorm folded, conv+add+ReLU fused": how it computes, for a report line."""
-        from resnets.models.fuse import is_fused
+        from resnets.models.fuse import describe_fusion
 
-        fused = ", conv+add+ReLU fused" if is_fused(self.model) else ""
-        return f"{self.precision}, BatchNorm folded{fused}"
+        fused = describe_fusion(self.model)
+        return f"{self.precision}, BatchNorm folded" + (f", {fused}" if fused else "")
 
 
 def load_trained(path: str | Path, device: str = "cpu", parts: Parts | None = None) -> Trained:
