@@ -159,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
                      if not (label == "other" and args.no_other_precision)}
             ratio = statistics.median(timed["default"]) / statistics.median(timed["ort"])
             row = (f"| {name} | 3x{size}x{size} | {batch_size} | {_cell(timed['as_is'])} | "
-                   f"{_cell(timed['default'])} | {_cell(timed['other']) if 'other' in timed else '-'} | "
+                   f"{_cell(timed['default'])} | "
+                   f"{_cell(timed['other']) if 'other' in timed else '-'} | "
                    f"{_cell(timed['ort'])} | {ratio:.2f}x | "
                    f"{diff:.2g} |")
             rows.append(row)

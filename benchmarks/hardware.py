@@ -70,7 +70,7 @@ def apply_malloc(choice: str) -> str:
         sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
         from resnets.train.device import keep_freed_memory
 
-        kept = keep_freed_memory()
+        applied = "" if keep_freed_memory() else ": NOT applied here"
         return ("- malloc: glibc keeps freed memory for reuse in this process, every row "
-                f"(keep_freed_memory(), as `resnets` commands do){'' if kept else ': NOT applied here'}")
+                f"(keep_freed_memory(), as `resnets` commands do){applied}")
     return "- malloc: glibc's defaults (freed blocks over its mmap threshold go back to the OS)"

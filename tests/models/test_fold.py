@@ -12,11 +12,14 @@ from torch import nn
 
 from resnets.models import create_model, list_models
 from resnets.models.fold import check_not_folded, fold_batchnorm, is_folded
-from resnets.models.fuse import FusedConv, FusedUnit, fuse_for_cpu, fusion_available, is_fused
+from resnets.models.fuse import (FusedConv, FusedUnit, describe_fusion, fuse_for_cpu,
+                                 fusion_available, is_fused)
 from resnets.models.zoo import describe
 from resnets.train.inference import FP32_TOLERANCE
 
 CIFAR_MODELS = [name for name in list_models() if describe(name)["family"] == "cifar"]
+needs_fusion = pytest.mark.skipif(not fusion_available(),
+                                  reason="this PyTorch has no oneDNN fused convolution")
 
 
 @pytest.fixture(autouse=True)
@@ -42,6 +45,14 @@ def _trained_looking(model: nn.Module, images: torch.Tensor) -> nn.Module:
     with torch.no_grad():
         model.train()(images)
     return model.eval()
+
+
+def _calibrated(name: str, size: int, **kwargs) -> nn.Module:
+    """`_trained_looking` model `name` (10 classes), calibrated on 16 random images of `size`."""
+    torch.manual_seed(0)
+    channels = kwargs.get("in_channels", 3)
+    return _trained_looking(create_model(name, num_classes=10, **kwargs),
+                            torch.randn(16, channels, size, size))
 
 
 def _check_fold(name: str, size: int) -> None:
@@ -133,7 +144,7 @@ def _fused_units(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if isinstance(m, FusedUnit)]
 
 
-@pytest.mark.skipif(not fusion_available(), reason="this PyTorch has no oneDNN fused convolution")
+@needs_fusion
 def test_what_is_fused_and_what_stays():
     # Post-activation: the stem's conv+ReLU and every unit (option A, B and plain alike).
     for name, units in (("resnet20", 9), ("plain20", 9), ("resnet50", 16)):
@@ -151,7 +162,7 @@ def test_what_is_fused_and_what_stays():
     assert fuse_for_cpu(model) is model and not is_fused(model)
 
 
-@pytest.mark.skipif(not fusion_available(), reason="this PyTorch has no oneDNN fused convolution")
+@needs_fusion
 @pytest.mark.parametrize("name, kwargs, size, says", [
     ("resnet18", {"shortcut": "C"}, 32, "conv+add+ReLU fused"),
     ("resnet50", {"bottleneck_stride": "3x3"}, 32, "conv+add+ReLU fused"),
@@ -161,13 +172,8 @@ def test_what_is_fused_and_what_stays():
     ("preact_resnet20", {}, 8, ""),
 ])
 def test_other_configurations_fuse_to_the_same_logits(name, kwargs, size, says):
-    from resnets.models.fuse import describe_fusion
-
-    torch.manual_seed(0)
-    channels = kwargs.get("in_channels", 3)
-    model = _trained_looking(create_model(name, num_classes=10, **kwargs),
-                             torch.randn(16, channels, size, size))
-    images = torch.randn(3, channels, size, size)
+    model = _calibrated(name, size, **kwargs)
+    images = torch.randn(3, kwargs.get("in_channels", 3), size, size)
     fused = fuse_for_cpu(fold_batchnorm(model))
     with torch.no_grad():
         expected, got = model(images), fused(images)
@@ -176,14 +182,12 @@ def test_other_configurations_fuse_to_the_same_logits(name, kwargs, size, says):
     assert describe_fusion(fused) == says, name
 
 
-@pytest.mark.skipif(not fusion_available(), reason="this PyTorch has no oneDNN fused convolution")
+@needs_fusion
 def test_a_fused_model_copies_and_pickles_without_its_packed_weights():
     import io
     import pickle
 
-    torch.manual_seed(0)
-    model = _trained_looking(create_model("resnet8", num_classes=10), torch.randn(16, 3, 8, 8))
-    fused = fuse_for_cpu(fold_batchnorm(model))
+    fused = fuse_for_cpu(fold_batchnorm(_calibrated("resnet8", 8)))
     images = torch.randn(2, 3, 8, 8)
     with torch.no_grad():
         expected = fused(images)  # packs its weights
@@ -204,10 +208,9 @@ def test_without_the_operators_the_folded_copy_is_kept(monkeypatch):
     assert not _fused_units(folded)
 
 
-@pytest.mark.skipif(not fusion_available(), reason="this PyTorch has no oneDNN fused convolution")
+@needs_fusion
 def test_fused_takes_any_memory_format_and_bf16():
-    torch.manual_seed(0)
-    model = _trained_looking(create_model("resnet8", num_classes=10), torch.randn(16, 3, 8, 8))
+    model = _calibrated("resnet8", 8)
     fused = fuse_for_cpu(fold_batchnorm(model))
     images = torch.randn(3, 3, 8, 8)
     with torch.no_grad():
@@ -222,12 +225,11 @@ def test_fused_takes_any_memory_format_and_bf16():
     assert (got16 - expected).abs().max().item() <= 5e-2 * scale
 
 
-@pytest.mark.skipif(not fusion_available(), reason="this PyTorch has no oneDNN fused convolution")
+@needs_fusion
 def test_a_fused_conv_packs_its_weights_per_input_shape():
     torch.manual_seed(0)
     conv = nn.Conv2d(8, 16, 3, stride=2, padding=1).eval()
     fused, plain = FusedConv(conv, relu=True), FusedConv(conv, relu=False)
-    other = None
     with torch.no_grad():
         for shape in ((1, 8, 9, 9), (5, 8, 16, 16), (2, 8, 7, 11), (3, 8, 4, 4), (1, 8, 9, 9),
                       (6, 8, 5, 5)):
@@ -245,7 +247,7 @@ def test_a_fused_conv_packs_its_weights_per_input_shape():
                               .relu(), atol=1e-5)
 
 
-@pytest.mark.skipif(not fusion_available(), reason="this PyTorch has no oneDNN fused convolution")
+@needs_fusion
 def test_a_fused_conv_serves_several_threads_at_once():
     from concurrent.futures import ThreadPoolExecutor
 

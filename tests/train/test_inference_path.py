@@ -21,6 +21,11 @@ from train_fakes import (FakeLoader, FakeNormalizer, fake_load_dataset, make_dat
 CPU = torch.device("cpu")
 
 
+def _fused_words(dtype: torch.dtype = torch.float32) -> str:
+    """What eval adds to its line for a residual network fused in `dtype` on this CPU."""
+    return ", conv+add+ReLU fused" if fusion_available(dtype) else ""
+
+
 @pytest.mark.parametrize("flags, expected", [({"avx512_bf16", "avx512f"}, "bf16"),
                                              ({"amx_bf16", "avx512_bf16"}, "bf16"),
                                              ({"avx512f", "avx2"}, "fp32"), ({"avx2"}, "fp32"),
@@ -103,8 +108,7 @@ def test_eval_and_predict_run_the_fast_path_and_leave_the_model_alone(resnet_run
     state = {k: v.clone() for k, v in trained.model.state_dict().items()}
     fast = evaluate_checkpoint(trained, parts=parts)
     plain = evaluate_checkpoint(trained, parts=parts, fast=False)
-    fused = ", conv+add+ReLU fused" if fusion_available() else ""
-    assert fast["precision"] == "fp32, BatchNorm folded" + fused
+    assert fast["precision"] == "fp32, BatchNorm folded" + _fused_words()
     assert plain["precision"] == "fp32"
     assert fast["err"] == plain["err"] and fast["loss"] == pytest.approx(plain["loss"], rel=1e-4)
     assert trained.inference_model("auto") is trained.inference_model("fp32")  # made once
@@ -137,8 +141,8 @@ def test_eval_says_how_it_computed(resnet_run, monkeypatch, capsys):
     monkeypatch.setattr(parts_module, "default_parts", lambda: parts)
     monkeypatch.setattr(device, "cpu_flags", lambda: {"avx512_bf16"})
     assert main(["eval", str(run), "--device", "cpu"]) == 0
-    fused16 = ", conv+add+ReLU fused" if fusion_available(torch.bfloat16) else ""
-    assert capsys.readouterr().out.splitlines()[0].endswith(f"(bf16, BatchNorm folded{fused16})")
+    assert capsys.readouterr().out.splitlines()[0].endswith(
+        f"(bf16, BatchNorm folded{_fused_words(torch.bfloat16)})")
     assert main(["eval", str(run), "--device", "cpu", "--precision", "fp32"]) == 0
-    fused = ", conv+add+ReLU fused" if fusion_available() else ""
-    assert capsys.readouterr().out.splitlines()[0].endswith(f"(fp32, BatchNorm folded{fused})")
+    assert capsys.readouterr().out.splitlines()[0].endswith(
+        f"(fp32, BatchNorm folded{_fused_words()})")

@@ -36,9 +36,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-FUSED = "_resnets_fused"  # attribute set on a model fuse_for_cpu changed
-
-
 def fusion_available(dtype: torch.dtype = torch.float32) -> bool:
     """Whether this PyTorch has oneDNN's fused convolution operators (CPU builds with oneDNN)
     for `dtype`: fp32 always; bf16 only on a CPU whose bf16 kernels they have (AVX-512 BW/VL/DQ
@@ -172,31 +169,28 @@ def _unit_fusable(unit: nn.Module) -> bool:
 
 def fuse_for_cpu(model: nn.Module) -> nn.Module:
     """`model` (a folded copy: `fold_batchnorm`) with its stem and post-activation units run as
-    fused oneDNN calls, changed in place and returned; unchanged where the operators are
-    missing (`fusion_available`) or the model is not a folded ResNet."""
+    fused oneDNN calls, changed in place and returned; unchanged where the model is not a
+    folded ResNet on the CPU or the operators are missing for its dtype (`fusion_available`)."""
     from resnets.models.fold import is_folded
     from resnets.models.resnet import ResNet
 
     if not (isinstance(model, ResNet) and is_folded(model)
+            and model.conv1.weight.device.type == "cpu"
             and fusion_available(model.conv1.weight.dtype)):
         return model
-    fused = False
     if fusable_conv(model.conv1) and type(model.bn1) is nn.Identity \
             and type(model.act1) is nn.ReLU:
         model.conv1, model.act1 = FusedConv(model.conv1, relu=True), nn.Identity()
-        fused = True
     for stage in model.stages:
         for index, unit in enumerate(stage):
             if _unit_fusable(unit):
                 stage[index] = FusedUnit(unit)
-                fused = True
-    if fused:
-        setattr(model, FUSED, True)
     return model
 
 
 def is_fused(model: nn.Module) -> bool:
-    return any(getattr(m, FUSED, False) for m in model.modules())
+    """Whether `fuse_for_cpu` fused anything in `model`."""
+    return any(isinstance(m, FusedConv) for m in model.modules())
 
 
 def describe_fusion(model: nn.Module) -> str:
@@ -206,4 +200,4 @@ def describe_fusion(model: nn.Module) -> str:
     units = [m for m in model.modules() if isinstance(m, FusedUnit)]
     if any(unit.downsample is not None for unit in units):
         return "conv+add+ReLU fused"
-    return "conv+ReLU fused" if any(isinstance(m, FusedConv) for m in model.modules()) else ""
+    return "conv+ReLU fused" if is_fused(model) else ""

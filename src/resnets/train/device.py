@@ -194,8 +194,8 @@ def keep_freed_memory(environ: Mapping[str, str] | None = None) -> bool:
     zeroes them). Keeping blocks up to 1 GiB (32 MiB where glibc takes no more: larger maps
     are then mapped afresh) and up to 1 GiB of freed heap top for reuse: on a 2-core EPYC the
     resnet20 training step +4%, resnet20 inference +3-4% at batch 64 and +10-16% at batch 1,
-    resnet50 at batch 64 +8% (with the 1 GiB threshold) (benchmarks/RESULTS.md). The price: a process keeps the memory of its peak, as
-    PyTorch's CUDA caching allocator does. Skipped where the user set glibc's malloc tunables
+    resnet50 at batch 64 +8% (with the 1 GiB threshold) (benchmarks/RESULTS.md). The price: a
+    process keeps the memory of its peak, as PyTorch's CUDA caching allocator does. Skipped where the user set glibc's malloc tunables
     (GLIBC_TUNABLES with "malloc", or the older MALLOC_..._ variables such as
     MALLOC_MMAP_THRESHOLD_) and where malloc is not glibc's (macOS, Windows, musl);
     under a preloaded jemalloc or tcmalloc the call changes nothing."""

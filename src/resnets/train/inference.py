@@ -131,7 +131,7 @@ class InferenceModel(nn.Module):
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         folded = fold_batchnorm(model).to(self.device, self.dtype)
         folded = folded.to(memory_format=self.memory_format) if channels_last else folded
-        self.model = fuse_for_cpu(folded) if self.device.type == "cpu" else folded
+        self.model = fuse_for_cpu(folded)  # on the CPU; elsewhere as it is
         self.train(False)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:

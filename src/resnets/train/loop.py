@@ -638,8 +638,8 @@ class _Training:
         # autocast they stay as they are). Uncompiled: compiling eval-mode graphs would not pay.
         with self.compiler.eager():
             model = fold_batchnorm(state.model)
-        if self.device.type == "cpu" and state.precision == "fp32":
-            model = fuse_for_cpu(model)
+        if state.precision == "fp32":
+            model = fuse_for_cpu(model)  # on the CPU; elsewhere as it is
         for split, loader in self.eval_loaders.items():
             wrong = self.board.collector()
             result = evaluate(model, loader, precision=state.precision,
