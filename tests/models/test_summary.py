@@ -34,6 +34,22 @@ def test_cifar_info_at_another_input_size():
     assert "[3x3, 64 | 3x3, 64] x 3" in text and "8.75% error" in text
 
 
-@pytest.mark.parametrize("name", list_models())
+DEEPEST = [name for name in list_models() if name.endswith("1202")]
+
+
+@pytest.mark.parametrize("name", [name for name in list_models() if name not in DEEPEST])
 def test_stored_figures_match_a_fresh_count(name):
     assert stored_figures()[name] == json.loads(json.dumps(measure(name)))
+
+
+@pytest.mark.parametrize("name", DEEPEST)
+def test_stored_figures_of_1202_layers_follow_from_fresh_counts_at_20_and_56(name):
+    """Depth 6n+2 adds the same units to each stage for each n, so params and multiply-adds
+    grow linearly in n; counting 1202 layers directly takes ~9 s a model (kept out of CI)."""
+    small, large = measure(name.replace("1202", "20")), measure(name.replace("1202", "56"))
+    per_n = {key: (large[key] - small[key]) // (9 - 3) for key in ("params", "macs")}
+    assert all((large[key] - small[key]) % (9 - 3) == 0 for key in per_n)
+    expected = {key: small[key] + (200 - 3) * per_n[key] for key in per_n}
+    stored = stored_figures()[name]
+    assert {key: stored[key] for key in per_n} == expected
+    assert stored["input_size"] == small["input_size"] == [3, 32, 32]
