@@ -106,6 +106,32 @@ def test_our_checkpoints_are_weights_too_across_class_counts(tmp_path, hub, phot
     assert after["config"]["weights"] == str(best)
 
 
+def test_our_run_as_weights_trains_the_model_it_holds_unless_another_is_named(tmp_path,
+                                                                              one_error_line):
+    tiny = ["--iters", "2", "--batch-size", "8", "--eval-batch-size", "250", "--workers", "0",
+            "--device", "cpu", "--precision", "fp32", "--progress", "none", "--out",
+            str(tmp_path)]
+    assert main(["train", "--model", "resnet8", *tiny, "--name", "first"]) == 0
+    first = tmp_path / "first"
+    # No --model: the run's resnet8, not the preset's resnet20 (which the weights do not fit).
+    assert main(["train", "--weights", str(first), "--freeze", "layer1", *tiny,
+                 "--name", "second"]) == 0
+    before, after = load_checkpoint(first), load_checkpoint(tmp_path / "second")
+    assert after["model"] == "resnet8" and after["config"]["weights"] == str(first)
+    frozen = [k for k in before["model_state"] if k.startswith(("conv1.", "bn1.", "layer1."))]
+    assert frozen and all(_same(after["model_state"][k], before["model_state"][k])
+                          for k in frozen)
+    # A model named on the command line is the user's choice: refused, saying what fits.
+    assert main(["train", "--weights", str(first), "--model", "resnet20", *tiny]) == 2
+    assert "the weights are a resnet8, they do not fit model 'resnet20': give --model " \
+           "resnet8" in one_error_line()
+    # Freezing layers of a randomly initialised model is a mistake, not a fine-tune.
+    assert main(["train", "--model", "resnet8", "--freeze", "backbone", *tiny]) == 2
+    assert "freeze backbone keeps layers as the weights have them, but no weights are " \
+           "given: add --weights" in one_error_line()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["first", "second"]
+
+
 def test_weights_that_do_not_fit_the_data_or_model_are_one_line(tmp_path, hub, photo_tree,
                                                                  one_error_line):
     assert main(["train", "--weights", "torchvision", "--model", "resnet20", "--data",

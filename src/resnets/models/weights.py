@@ -327,6 +327,18 @@ def weights_path(weights: str) -> Path:
     return path
 
 
+def checkpoint_model(weights: str) -> str | None:
+    """The model a resnets checkpoint or run directory `weights` was trained as; None for
+    torchvision's weights and state-dict files (which do not name one)."""
+    if torchvision_version(weights) is not None:
+        return None
+    path = weights_path(weights)
+    value = _read(path)
+    if isinstance(value, dict) and value.get("format") == "resnets-checkpoint":
+        return _from_checkpoint(path).model
+    return None
+
+
 def check_weights(weights: str, model: str, model_kwargs: dict | None = None) -> None:
     """Refuse, before any work, weights that cannot be had for `model`: an unknown release, a
     file that is not there, a bottleneck stride torchvision's weights were not trained with."""
@@ -418,6 +430,9 @@ def load_body(model: nn.Module, pretrained: Pretrained, name: str, *,
         given = {k: v for k, v in given.items() if not k.startswith(HEAD + ".")}
         expected = {k: v for k, v in expected.items() if not k.startswith(HEAD + ".")}
     problem = describe_mismatch(expected, given)
+    if problem and pretrained.model is not None and pretrained.model != name:
+        raise UserError(f"{pretrained.source}: the weights are a {pretrained.model}, they do not "
+                        f"fit model {name!r}: give --model {pretrained.model} ({problem})")
     if problem:
         raise UserError(f"{pretrained.source}: the weights do not fit model {name!r} ({problem})")
     model.load_state_dict(given, strict=keep_head)

@@ -64,7 +64,8 @@ class Config:
                               "CLI: KEY=VALUE,KEY=VALUE)", "model")
     weights: str | None = _field(None, "start from trained weights: torchvision (torchvision's "
                                  "ImageNet weights, v1), torchvision:v2, a checkpoint or run "
-                                 "directory, or a state-dict file; the classifier is new when "
+                                 "directory (its model, unless the model is named), or a "
+                                 "state-dict file; the classifier is new when "
                                  "the classes differ, the normalisation is the weights' own "
                                  "(none: random initialisation; --resume continues a run)",
                                  "model", metavar="WEIGHTS")
@@ -280,6 +281,11 @@ def read_toml(path: Path, what: str = "config file") -> dict:
         raise UserError(f"{path}: not valid TOML ({error})") from None
 
 
+def file_sets(file: str | Path | None, name: str) -> bool:
+    """Whether the TOML config `file` (None: no file) sets the field `name`."""
+    return file is not None and name in _flatten(read_toml(Path(file)), str(file))
+
+
 def _flatten(data: dict, source: str) -> dict[str, Any]:
     flat: dict[str, Any] = {}
     for key, value in data.items():
@@ -432,6 +438,10 @@ def _validate(config: Config) -> None:
         raise UserError(f"milestones are out of range (at most {MAX_INT}), got {config.milestones}")
     if (config.epochs is None) == (config.iters is None):
         raise UserError("set exactly one of epochs or iters (e.g. --epochs 20 or --iters 64000)")
+    if config.freeze != "none" and config.weights is None:
+        raise UserError(f"freeze {config.freeze} keeps layers as the weights have them, but no "
+                        f"weights are given: add --weights (without them the frozen layers "
+                        f"would stay at their random initialisation)")
     if config.epochs is not None and not config.epochs > 0:
         raise UserError(f"epochs must be > 0, got {config.epochs}")
     if config.iters is not None and config.iters < 1:
