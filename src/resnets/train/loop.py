@@ -200,11 +200,20 @@ def resume_config(run_dir: str | Path, overrides: dict | None = None) -> Config:
     override changes what the run computes (only RESUMABLE_CHANGES may differ)."""
     run = RunDir(run_dir)
     if not run.exists():
-        raise UserError(f"cannot resume: run directory not found: {run}")
+        raise _no_run_to_resume(run)
     saved = _saved_config(run)
     given = saved.replace(**(overrides or {}))
     check_resumable(saved, given, run)
     return given
+
+
+def _no_run_to_resume(run: RunDir) -> UserError:
+    path = Path(run.path)
+    if path.is_file():  # a checkpoint, most likely: say which folder resumes it
+        folder = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+        return UserError(f"cannot resume from a file ({path}): --resume takes a run directory, "
+                         f"e.g. {folder} (it continues from checkpoints/last.pt)")
+    return UserError(f"cannot resume: run directory not found: {run}")
 
 
 def new_run_dir(config: Config, world: World | None = None) -> RunDir:
@@ -265,7 +274,7 @@ def fit(config: Config, run_dir: str | Path | None = None, *, resume: bool = Fal
             return _fit(config, run, resume, progress, parts, world, device)
         if resume:
             if not run.exists():
-                raise UserError(f"cannot resume: run directory not found: {run}")
+                raise _no_run_to_resume(run)
         elif run.ours() and (run.finished() or run.last.exists()):
             raise UserError(f"run directory {run} already holds a run; resume it with "
                             f"--resume {run}, or choose another --name/--out")
