@@ -108,12 +108,18 @@ def export_onnx(checkpoint: str | Path, out: str | Path, *, check: bool = True,
 
 
 def _onnx_export(module: nn.Module, example: torch.Tensor):
-    """The ONNX ModelProto of `module`, weights inside, batch dimension dynamic."""
+    """The ONNX ModelProto of `module`, weights inside, batch dimension dynamic. The
+    exporter's own notices (warnings, and log lines such as "torchvision is not installed.
+    Skipping torchvision::nms") are kept off the user's terminal."""
+    import logging
     import warnings
 
     batch = torch.export.Dim("batch", min=1, max=65536)
+    exporter_log = logging.getLogger("torch.onnx")
+    level = exporter_log.level
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
+        exporter_log.setLevel(logging.ERROR)
         try:
             program = torch.onnx.export(module, (example,), None, input_names=["pixels"],
                                         output_names=["logits"], dynamo=True,
@@ -122,6 +128,8 @@ def _onnx_export(module: nn.Module, example: torch.Tensor):
         except ImportError as error:
             raise UserError(f"ONNX export needs the optional extra: pip install "
                             f"'resnets[onnx]' ({error})") from None
+        finally:
+            exporter_log.setLevel(level)
     return program.model_proto
 
 
