@@ -149,7 +149,8 @@ def test_first_call_downloads_into_the_cache_the_second_needs_no_server(server, 
     assert state.keys() == payload["state"].keys()
     assert all(torch.equal(state[k], payload["state"][k]) for k in state)
     out, err = capsys.readouterr()
-    assert out == "" and "Downloading" in err  # stdout stays the command's own
+    assert out == ""  # stdout stays the command's own
+    assert err == f"downloaded {entry.url} to {torch_home / payload['name']}\n"
     server["httpd"].shutdown()  # no server any more: the cache answers
     again = fetch_state_dict(entry)
     assert all(torch.equal(again[k], state[k]) for k in state)
@@ -196,7 +197,7 @@ def test_a_download_interrupted_by_ctrl_c_leaves_no_file(server, payload, torch_
     assert files_in(torch_home) == []
 
 
-def test_offline_without_the_file_says_which_file_to_put_where(payload, torch_home):
+def test_offline_without_the_file_says_which_file_to_put_where(payload, torch_home, capsys):
     with socket.socket() as probe:  # a port nothing listens on
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -208,6 +209,7 @@ def test_offline_without_the_file_says_which_file_to_put_where(payload, torch_ho
     assert message.endswith(f"and they are not in the cache: put the file resnet18-f37072fd.pth "
                             f"(from {entry.url}) at {torch_home / 'resnet18-f37072fd.pth'}")
     assert "\n" not in message and files_in(torch_home) == []
+    assert capsys.readouterr().err == ""  # nothing before the error's line
 
 
 def test_an_http_error_is_one_line(server, payload, torch_home):
@@ -294,8 +296,9 @@ def test_a_mismatched_architecture_is_one_line():
     with pytest.raises(UserError) as error:
         load_body(model, weights, "resnet18")
     message = str(error.value)
-    assert message.startswith("torchvision's resnet34 IMAGENET1K_V1 weights: the weights do not fit "
-                              "model 'resnet18' (unexpected keys: layer1.2.conv1.weight")
+    assert message.startswith("torchvision's resnet34 IMAGENET1K_V1 weights: the weights are a "
+                              "resnet34's, they do not fit model 'resnet18' (use resnet34, e.g. "
+                              "--model resnet34; unexpected keys: layer1.2.conv1.weight")
     assert "\n" not in message
 
 

@@ -123,8 +123,8 @@ def test_our_run_as_weights_trains_the_model_it_holds_unless_another_is_named(tm
                           for k in frozen)
     # A model named on the command line is the user's choice: refused, saying what fits.
     assert main(["train", "--weights", str(first), "--model", "resnet20", *tiny]) == 2
-    assert "the weights are a resnet8, they do not fit model 'resnet20': give --model " \
-           "resnet8" in one_error_line()
+    assert "the weights are a resnet8's, they do not fit model 'resnet20' (use resnet8, e.g. " \
+           "--model resnet8; missing keys" in one_error_line()
     # Freezing layers of a randomly initialised model is a mistake, not a fine-tune.
     assert main(["train", "--model", "resnet8", "--freeze", "backbone", *tiny]) == 2
     assert "freeze backbone keeps layers as the weights have them, but no weights are " \

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import http.client
+import io
 import pickle
 import socket
 import sys
@@ -151,14 +152,17 @@ def fetch_state_dict(entry: Release, *, progress: bool | None = None) -> dict[st
     that does not match (nothing kept), an unwritable cache, a cached file that cannot be read.
     `progress`: torch.hub's progress bar on stderr (default: when stderr is a terminal)."""
     folder, path = cache_folder(), cached_file(entry)
-    if not path.is_file():
+    cached = path.is_file()
+    if not cached:
         from resnets.atomic import writable_folder
 
         writable_folder(folder)  # before any byte is fetched
         _remove_stale_partials(path)
     try:
-        # torch.hub says "Downloading: ..." on stdout, and its urlopen takes no timeout
-        with contextlib.redirect_stdout(sys.stderr), _socket_timeout(TIMEOUT_S):
+        # torch.hub says "Downloading: ..." on stdout before it has connected (so a failure
+        # would be two lines): dropped, and said below once the file is here; its urlopen
+        # takes no timeout
+        with contextlib.redirect_stdout(io.StringIO()), _socket_timeout(TIMEOUT_S):
             state = torch.hub.load_state_dict_from_url(
                 entry.url, model_dir=str(folder), map_location="cpu", check_hash=True,
                 weights_only=True,
@@ -179,6 +183,8 @@ def fetch_state_dict(entry: Release, *, progress: bool | None = None) -> dict[st
                         f"kept") from None
     except Exception as error:  # torch.load of a cached file: truncated, not torch's, code
         raise _unreadable(path, error) from None
+    if not cached:
+        print(f"downloaded {entry.url} to {path}", file=sys.stderr)
     return as_state_dict(state, path)
 
 
@@ -431,8 +437,9 @@ def load_body(model: nn.Module, pretrained: Pretrained, name: str, *,
         expected = {k: v for k, v in expected.items() if not k.startswith(HEAD + ".")}
     problem = describe_mismatch(expected, given)
     if problem and pretrained.model is not None and pretrained.model != name:
-        raise UserError(f"{pretrained.source}: the weights are a {pretrained.model}, they do not "
-                        f"fit model {name!r}: give --model {pretrained.model} ({problem})")
+        raise UserError(f"{pretrained.source}: the weights are a {pretrained.model}'s, they do "
+                        f"not fit model {name!r} (use {pretrained.model}, e.g. --model "
+                        f"{pretrained.model}; {problem})")
     if problem:
         raise UserError(f"{pretrained.source}: the weights do not fit model {name!r} ({problem})")
     model.load_state_dict(given, strict=keep_head)
