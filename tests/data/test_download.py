@@ -1,5 +1,6 @@
 import hashlib
 import http.server
+import socket
 import threading
 
 import pytest
@@ -164,6 +165,17 @@ def test_a_write_failure_midway_is_one_line_and_leaves_nothing(server, tmp_path,
     err = one_error_line()
     assert f"cannot write {to / 'cifar-10-python.tar.gz'} (No space left on device)" in err
     assert list(to.iterdir()) == []
+
+
+def test_no_network_says_where_to_put_the_archive(tmp_path, one_error_line):
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{probe.getsockname()[1]}/cifar-10-python.tar.gz"
+    assert main(["download", "cifar10", "--to", str(tmp_path), "--url", url]) == 2
+    err = one_error_line()
+    assert f"cannot reach {url} (" in err
+    assert err.endswith(f"put it at {tmp_path / 'cifar-10-python.tar.gz'} (its MD5 is checked)\n")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_bad_url_is_one_line(tmp_path, one_error_line):

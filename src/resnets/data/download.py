@@ -56,8 +56,12 @@ def fetch(url: str, path: str | Path, md5: str) -> Path:
         response = urllib.request.urlopen(url, timeout=TIMEOUT_S)
     except ValueError as error:
         raise UserError(f"cannot download {url!r} ({error}): expected an http:// or https:// URL") from None
-    except (OSError, http.client.HTTPException) as error:  # no server, refused, HTTP error
+    except urllib.error.HTTPError as error:
         raise _failed(url, 0, error) from None
+    except (OSError, http.client.HTTPException) as error:  # no network, no server, refused
+        reason = getattr(error, "reason", None) or error
+        raise UserError(f"cannot reach {url} ({reason}): without network, fetch the archive "
+                        f"on another machine and put it at {path} (its MD5 is checked)") from None
     digest, received = hashlib.md5(), 0
     try:
         with response, atomic_open(path, "wb") as out:  # network errors are UserErrors by now (_read)
