@@ -2,6 +2,7 @@
 a, b` imports, each `resnets.name(...)` on the top-level package is there (a new user pastes
 these first; two of them once named functions that lived elsewhere)."""
 
+import ast
 import importlib
 import re
 from pathlib import Path
@@ -11,30 +12,35 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 BLOCK = re.compile(r"```python\n(.*?)```", re.S)
-IMPORT = re.compile(r"^\s*from (resnets[\w.]*) import \(?([\w, \n]+?)\)?\s*(?:#.*)?$", re.M)
-TOP_LEVEL = re.compile(r"\bresnets\.(\w+)\(")
 
 
-def _python_blocks(path: Path) -> list[str]:
-    return BLOCK.findall(path.read_text())
+def _python_blocks(path: Path) -> list[ast.Module]:
+    return [ast.parse(block) for block in BLOCK.findall(path.read_text())]
+
+
+def _uses(tree: ast.Module) -> list[tuple[str, str]]:
+    """(module, name) for each `from resnets... import name` and `resnets.name` in `tree`."""
+    uses = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "resnets":
+            uses += [(node.module, alias.name) for alias in node.names]
+        elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) \
+                and node.value.id == "resnets":
+            uses.append(("resnets", node.attr))
+    return uses
 
 
 def test_the_docs_have_python_examples_to_check():
-    assert sum(len(_python_blocks(path)) for path in DOCS) >= 5
-    assert any("from resnets.train import" in block for path in DOCS
-               for block in _python_blocks(path))
+    uses = [use for path in DOCS for tree in _python_blocks(path) for use in _uses(tree)]
+    assert len(uses) >= 20 and ("resnets.train", "load_trained") in uses
+    nested = ast.parse("from resnets.train import (fit,\n    nope as other)\nresnets.x(1)")
+    assert _uses(nested) == [("resnets.train", "fit"), ("resnets.train", "nope"),
+                             ("resnets", "x")]
 
 
 @pytest.mark.parametrize("path", DOCS, ids=lambda path: path.name)
 def test_every_name_a_python_example_imports_or_calls_exists(path):
-    import resnets
-
-    missing = []
-    for block in _python_blocks(path):
-        for module_name, names in IMPORT.findall(block):
-            module = importlib.import_module(module_name)
-            missing += [f"{module_name}.{name}" for name in re.split(r"[,\s]+", names)
-                        if name and not hasattr(module, name)]
-        missing += [f"resnets.{name}" for name in TOP_LEVEL.findall(block)
-                    if not hasattr(resnets, name)]
+    missing = [f"{module}.{name}" for tree in _python_blocks(path)
+               for module, name in _uses(tree)
+               if not hasattr(importlib.import_module(module), name)]
     assert not missing, f"{path.name}: {missing}"

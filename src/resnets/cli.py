@@ -583,9 +583,9 @@ def _device(text: str) -> str:
 
 
 def _cmd_train(args) -> int:
-    from resnets.models.weights import check_weights, checkpoint_model
+    from resnets.models.weights import check_weights
     from resnets.train import TrainingInterrupted, fit, resolve_config, resume_config
-    from resnets.train.config import FIELDS, file_sets
+    from resnets.train.config import FIELDS
     from resnets.train.distributed import session
     from resnets.train.loop import new_run_dir
     from resnets.train.tensorboard import check_available as check_tensorboard
@@ -603,12 +603,6 @@ def _cmd_train(args) -> int:
             return 0
     else:
         config = resolve_config(_default_preset(args), args.config, overrides)
-        if config.weights is not None and "model" not in overrides \
-                and not file_sets(args.config, "model"):
-            held = checkpoint_model(config.weights)  # one of our runs: the model it trained
-            if held is not None and held != config.model:
-                config = resolve_config(_default_preset(args), args.config,
-                                        {**overrides, "model": held})
         if config.weights is not None:  # refused now, not after the data is loaded
             check_weights(config.weights, config.model, config.model_args)
         if args.print_config:

@@ -149,6 +149,9 @@ def test_checkpoint_problems_exit_2_with_one_line(run_dir, tmp_path, capsys):
     assert main(["train", "--resume", str(run_dir / "checkpoints" / "last.pt")]) == 2
     assert (f"cannot resume from a file ({run_dir / 'checkpoints' / 'last.pt'}): --resume takes "
             f"a run directory, e.g. {run_dir} ") in _one_error_line(capsys)
+    assert main(["train", "--resume", str(not_ours)]) == 2  # not in a run: weights, perhaps
+    assert (f"cannot resume from a file ({not_ours}): --resume takes a run directory; to start "
+            f"a new run from these weights, use --weights {not_ours}") in _one_error_line(capsys)
 
 
 def test_ctrl_c_writes_a_checkpoint_and_exits_130_with_one_line(tmp_path, fake_rooms,

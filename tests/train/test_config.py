@@ -97,3 +97,14 @@ def test_missing_and_broken_files_are_user_errors(tmp_path):
 def test_length_is_required():
     with pytest.raises(UserError, match="exactly one of epochs or iters"):
         resolve_config()
+
+
+def test_freeze_without_weights_is_refused_for_a_new_run_but_an_older_runs_config_loads():
+    with pytest.raises(UserError, match="freeze layer1 keeps layers as the weights have them, "
+                                        "but no weights are given: add --weights"):
+        resolve_config("quick", overrides={"freeze": "layer1"})
+    # Runs saved before the rule (train --freeze without --weights was accepted) still load,
+    # so they can be resumed, evaluated and exported.
+    saved = {**resolve_config("quick").to_dict(), "freeze": "layer1", "weights": None}
+    assert Config.from_dict(saved).freeze == "layer1"
+    assert Config.from_dict(saved).replace(epochs=3).freeze == "layer1"

@@ -121,6 +121,13 @@ def test_our_run_as_weights_trains_the_model_it_holds_unless_another_is_named(tm
     frozen = [k for k in before["model_state"] if k.startswith(("conv1.", "bn1.", "layer1."))]
     assert frozen and all(_same(after["model_state"][k], before["model_state"][k])
                           for k in frozen)
+    # The same rule in the library; a model named in a config file or overrides is kept.
+    assert resolve_config("quick", overrides={"weights": str(first)}).model == "resnet8"
+    assert resolve_config("quick", overrides={"weights": str(first),
+                                              "model": "resnet14"}).model == "resnet14"
+    (tmp_path / "named.toml").write_text('model = "resnet14"\n')
+    assert resolve_config("quick", tmp_path / "named.toml",
+                          {"weights": str(first)}).model == "resnet14"
     # A model named on the command line is the user's choice: refused, saying what fits.
     assert main(["train", "--weights", str(first), "--model", "resnet20", *tiny]) == 2
     assert "the weights are a resnet8's, they do not fit model 'resnet20' (use resnet8, e.g. " \
@@ -129,7 +136,7 @@ def test_our_run_as_weights_trains_the_model_it_holds_unless_another_is_named(tm
     assert main(["train", "--model", "resnet8", "--freeze", "backbone", *tiny]) == 2
     assert "freeze backbone keeps layers as the weights have them, but no weights are " \
            "given: add --weights" in one_error_line()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["first", "second"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["first", "named.toml", "second"]
 
 
 def test_weights_that_do_not_fit_the_data_or_model_are_one_line(tmp_path, hub, photo_tree,

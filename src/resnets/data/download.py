@@ -60,8 +60,9 @@ def fetch(url: str, path: str | Path, md5: str) -> Path:
         raise _failed(url, 0, error) from None
     except (OSError, http.client.HTTPException) as error:  # no network, no server, refused
         reason = getattr(error, "reason", None) or error
-        raise UserError(f"cannot reach {url} ({reason}): without network, fetch the archive "
-                        f"on another machine and put it at {path} (its MD5 is checked)") from None
+        raise UserError(f"cannot reach {url} ({reason}): check the URL and the network; "
+                        f"without network, fetch the archive on another machine and put it at "
+                        f"{path} (its MD5 is checked)") from None
     digest, received = hashlib.md5(), 0
     try:
         with response, atomic_open(path, "wb") as out:  # network errors are UserErrors by now (_read)

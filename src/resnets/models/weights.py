@@ -150,7 +150,8 @@ def fetch_state_dict(entry: Release, *, progress: bool | None = None) -> dict[st
     """The state dict of a release: from the hub cache, else downloaded into it (once) with
     its hash checked. Every failure is one line: no network (which file to put where), a hash
     that does not match (nothing kept), an unwritable cache, a cached file that cannot be read.
-    `progress`: torch.hub's progress bar on stderr (default: when stderr is a terminal)."""
+    `progress`: torch.hub's progress bar on stderr (default: when stderr is a terminal);
+    without it a download is silent until its one line "downloaded URL to PATH"."""
     folder, path = cache_folder(), cached_file(entry)
     cached = path.is_file()
     if not cached:
@@ -335,13 +336,17 @@ def weights_path(weights: str) -> Path:
 
 def checkpoint_model(weights: str) -> str | None:
     """The model a resnets checkpoint or run directory `weights` was trained as; None for
-    torchvision's weights and state-dict files (which do not name one)."""
-    if torchvision_version(weights) is not None:
+    torchvision's weights and state-dict files (which do not name one), and where `weights`
+    names nothing (`check_weights` says so where the weights are needed)."""
+    if torchvision_version(weights) is not None or not Path(weights).expanduser().exists():
         return None
+    from resnets.train.state import MODEL_KEYS, require
+
     path = weights_path(weights)
     value = _read(path)
     if isinstance(value, dict) and value.get("format") == "resnets-checkpoint":
-        return _from_checkpoint(path).model
+        require(value, MODEL_KEYS, path)
+        return str(value["model"])
     return None
 
 

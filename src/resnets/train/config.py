@@ -239,6 +239,11 @@ def resolve_config(preset: str | None = None, file: str | Path | None = None,
     Each layer replaces only the fields it names (flat names; TOML tables named after a
     section, e.g. `[optim]`, are accepted too). Setting `epochs` in a layer clears an `iters`
     from an earlier layer and vice versa. Overrides whose value is None are ignored.
+
+    For a new run: weights that are one of our runs or checkpoints bring their model unless
+    `file` or `overrides` name one (a preset's model is a default, not a choice); `freeze`
+    needs weights (it keeps layers as the weights have them). Saved configs of older runs are
+    not held to these (`Config.from_dict`).
     """
     values: dict[str, Any] = {}
     layers: list[tuple[str, dict]] = []
@@ -251,6 +256,7 @@ def resolve_config(preset: str | None = None, file: str | Path | None = None,
         layers.append((str(file), read_toml(Path(file))))
     if overrides:
         layers.append(("settings", {k: v for k, v in overrides.items() if v is not None}))
+    named_model = False
     for source, layer in layers:
         flat = _flatten(layer, source)
         if "epochs" in flat and "iters" in flat and None not in (flat["epochs"], flat["iters"]):
@@ -260,7 +266,19 @@ def resolve_config(preset: str | None = None, file: str | Path | None = None,
         if "iters" in flat:
             values["epochs"] = None
         values.update(flat)
-    return _build(values)
+        named_model |= "model" in flat and not source.startswith("preset ")
+    config = _build(values)
+    if config.weights is not None and not named_model:
+        from resnets.models.weights import checkpoint_model
+
+        held = checkpoint_model(config.weights)
+        if held is not None and held != config.model:
+            config = _build({**values, "model": held})
+    if config.freeze != "none" and config.weights is None:
+        raise UserError(f"freeze {config.freeze} keeps layers as the weights have them, but no "
+                        f"weights are given: add --weights (without them the frozen layers "
+                        f"would stay at their random initialisation)")
+    return config
 
 
 def read_toml(path: Path, what: str = "config file") -> dict:
@@ -279,11 +297,6 @@ def read_toml(path: Path, what: str = "config file") -> dict:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
         raise UserError(f"{path}: not valid TOML ({error})") from None
-
-
-def file_sets(file: str | Path | None, name: str) -> bool:
-    """Whether the TOML config `file` (None: no file) sets the field `name`."""
-    return file is not None and name in _flatten(read_toml(Path(file)), str(file))
 
 
 def _flatten(data: dict, source: str) -> dict[str, Any]:
@@ -438,10 +451,6 @@ def _validate(config: Config) -> None:
         raise UserError(f"milestones are out of range (at most {MAX_INT}), got {config.milestones}")
     if (config.epochs is None) == (config.iters is None):
         raise UserError("set exactly one of epochs or iters (e.g. --epochs 20 or --iters 64000)")
-    if config.freeze != "none" and config.weights is None:
-        raise UserError(f"freeze {config.freeze} keeps layers as the weights have them, but no "
-                        f"weights are given: add --weights (without them the frozen layers "
-                        f"would stay at their random initialisation)")
     if config.epochs is not None and not config.epochs > 0:
         raise UserError(f"epochs must be > 0, got {config.epochs}")
     if config.iters is not None and config.iters < 1:

@@ -209,10 +209,13 @@ def resume_config(run_dir: str | Path, overrides: dict | None = None) -> Config:
 
 def _no_run_to_resume(run: RunDir) -> UserError:
     path = Path(run.path)
-    if path.is_file():  # a checkpoint, most likely: say which folder resumes it
-        folder = path.parent.parent if path.parent.name == "checkpoints" else path.parent
-        return UserError(f"cannot resume from a file ({path}): --resume takes a run directory, "
-                         f"e.g. {folder} (it continues from checkpoints/last.pt)")
+    if path.is_file():  # a checkpoint of a run, or weights from elsewhere
+        folder = RunDir(path.parent.parent if path.parent.name == "checkpoints" else path.parent)
+        if folder.ours():
+            return UserError(f"cannot resume from a file ({path}): --resume takes a run "
+                             f"directory, e.g. {folder} (it continues from checkpoints/last.pt)")
+        return UserError(f"cannot resume from a file ({path}): --resume takes a run directory; "
+                         f"to start a new run from these weights, use --weights {path}")
     return UserError(f"cannot resume: run directory not found: {run}")
 
 
