@@ -3,6 +3,8 @@ setting's values, and two real compiles of a tiny ResNet: the compiled step foll
 losses, and a compiled run resumes exactly. The two real ones share their compiled graphs (same
 model, shapes and precision), so the suite pays for one compile of three small unit graphs."""
 
+import os
+
 import pytest
 import torch
 
@@ -176,6 +178,23 @@ def test_the_cache_folder_is_ours_even_after_torch_inductor_started(monkeypatch,
     assert cache_dir() == str(tmp_path / "resnets" / "torch-compile")
 
 
+def test_the_cache_folder_is_ours_even_where_torch_had_set_its_default_first(monkeypatch,
+                                                                            tmp_path):
+    # Building a model can import torch._dynamo, which sets the variable to torch's own
+    # /tmp/torchinductor_USER before training reaches its compiler (found by a user's run).
+    from torch._inductor.runtime.cache_dir_utils import cache_dir, default_cache_dir
+
+    monkeypatch.setattr(compile_module, "USER_CACHE_DIR", None)
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", os.path.abspath(default_cache_dir()))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert compile_module.use_cache_dir() == tmp_path / "resnets" / "torch-compile"
+    assert cache_dir() == str(tmp_path / "resnets" / "torch-compile")
+    # The same value set by the user is theirs.
+    monkeypatch.setattr(compile_module, "USER_CACHE_DIR", os.path.abspath(default_cache_dir()))
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", os.path.abspath(default_cache_dir()))
+    assert str(compile_module.use_cache_dir()) == os.path.abspath(default_cache_dir())
+
+
 def test_auto_goes_back_to_eager_where_the_compiled_step_is_no_faster(fake_compile):
     clock, said, decisions = FakeClock(), [], []
     compiler = _compiler(clock, decisions=decisions)
@@ -295,7 +314,6 @@ def test_a_failed_compile_trains_that_step_eagerly_with_bn_statistics_put_back(f
 def inductor_cache(tmp_path_factory):
     """A cache folder for the module (a set TORCHINDUCTOR_CACHE_DIR is kept, so a CI that
     keeps one compiles only once)."""
-    import os
 
     mp = pytest.MonkeyPatch()
     if not os.environ.get("TORCHINDUCTOR_CACHE_DIR"):

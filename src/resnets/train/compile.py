@@ -132,12 +132,27 @@ def default_cache_dir() -> Path:
     return Path(root) / "resnets" / "torch-compile"
 
 
+# What the user set, read when resnets' training is imported: torch sets the variable to its
+# own default (/tmp/torchinductor_USER) the first time anything imports torch._dynamo, which
+# building a model can do (the memory check's probe), so a value seen later may be torch's.
+USER_CACHE_DIR = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+
+
+def _torch_default_cache_dir() -> str | None:
+    try:
+        from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+    except ImportError:
+        return None
+    return os.path.abspath(default_cache_dir())
+
+
 def use_cache_dir() -> Path:
-    """The folder TorchInductor caches compiled graphs in: TORCHINDUCTOR_CACHE_DIR when set,
-    else `default_cache_dir()` (set as TORCHINDUCTOR_CACHE_DIR for this process), else, where
-    that cannot be made, torch's own default."""
+    """The folder TorchInductor caches compiled graphs in: TORCHINDUCTOR_CACHE_DIR when the
+    user set it, else `default_cache_dir()` (set as TORCHINDUCTOR_CACHE_DIR for this process,
+    also over torch's own default where torch has set that already), else, where that cannot
+    be made, torch's own default."""
     given = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
-    if given:
+    if given and (USER_CACHE_DIR or given != _torch_default_cache_dir()):
         return Path(given)
     folder = default_cache_dir()
     try:
