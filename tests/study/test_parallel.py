@@ -143,6 +143,19 @@ def test_run_study_refuses_bad_jobs_and_shards_in_one_line(tmp_path):
         run_study(tiny_study(), tmp_path, shard="2/1")
 
 
+def test_a_study_under_torchrun_is_refused_before_it_starts(tmp_path, monkeypatch,
+                                                            one_error_line):
+    # Under `torchrun --nproc-per-node 2 -m resnets study` one rank took the run and waited
+    # for a partner that had skipped it (a user's report): the variables torchrun sets.
+    for key, value in {"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0",
+                       "LOCAL_WORLD_SIZE": "2"}.items():
+        monkeypatch.setenv(key, value)
+    assert main(["study", "--depths", "8", "--seeds", "0", "--iters", "2", "--out",
+                 str(tmp_path)]) == 2
+    assert "a study does not run under torchrun" in one_error_line()
+    assert list(tmp_path.iterdir()) == []
+
+
 # ------------------------------------------------------------------ the run directory lock
 
 HOLD = textwrap.dedent("""

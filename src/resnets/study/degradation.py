@@ -96,7 +96,12 @@ def run_study(
     from resnets.study.parallel import (check_jobs, default_jobs, gpu_count, parse_shard,
                                         shard_order)
     from resnets.train.device import available_cores
+    from resnets.train.distributed import world_from_environment
 
+    if world_from_environment().distributed:  # its ranks would each take runs, then wait
+        raise UserError("a study does not run under torchrun: each run is trained by one "
+                        "process; use --jobs N for several processes on this machine, or "
+                        "--shard I/N on each of several machines sharing the study folder")
     log = log or (lambda line: print(line, file=sys.stderr, flush=True))
     shard = parse_shard(shard)
     cores = available_cores()
