@@ -154,8 +154,10 @@ def test_random_subsets_are_distinct_seeded_and_all_of_them_where_few_exist():
         assert all(len(d) == k and list(d) == sorted(d) and set(d) <= set(candidates) for d in draws)
     assert plan == random_subsets(candidates, 4, None, seed=0)
     assert random_subsets(list(range(20)), 4, 3, seed=0) != random_subsets(list(range(20)), 4, 3, seed=1)
-    with pytest.raises(UserError, match="max removed must be between 0 and 5"):
+    with pytest.raises(UserError, match=r"max_removed \(--max-removed\) must be between 1 and 5"):
         random_subsets(candidates, 4, 6, seed=0)
+    with pytest.raises(UserError, match=r"must be between 1 and 5 \(the removable units\), got 0"):
+        random_subsets(candidates, 4, 0, seed=0)
     with pytest.raises(UserError, match="subsets must be >= 1"):
         random_subsets(candidates, 0, None, seed=0)
 
@@ -224,7 +226,7 @@ def test_lesion_bad_input_is_one_line(trained_runs, tmp_path, capsys):
     assert err.count("\n") == 1 and "--subsets: must be >= 1" in err
     assert main(["lesion", str(trained_runs["plain"]), "--max-removed", "2", "--device", "cpu",
                  "--out", str(tmp_path / "x")]) == 2
-    assert "max removed must be between 0 and 1" in capsys.readouterr().err
+    assert "--max-removed) must be between 1 and 1" in capsys.readouterr().err
 
 
 def test_the_command_states_the_library_defaults(capsys):

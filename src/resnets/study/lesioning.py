@@ -132,8 +132,9 @@ def random_subsets(candidates: list[int], subsets: int, max_removed: int | None,
     if subsets < 1:
         raise UserError(f"subsets must be >= 1, got {subsets}")
     top = n if max_removed is None else max_removed
-    if not 0 <= top <= n:
-        raise UserError(f"max removed must be between 0 and {n} (the removable units), got {top}")
+    if not 1 <= top <= n:
+        raise UserError(f"max_removed (--max-removed) must be between 1 and {n} (the removable "
+                        f"units), got {top}")
     rng = random.Random(seed)
     plan = {}
     for k in range(1, top + 1):
@@ -220,8 +221,8 @@ def lesion(run_dir: str | Path, *, split: str = "test", images: int | None = Non
     Returns `lesion_model`'s numbers with what produced them (run, model, step, split, ...).
     """
     check_precision(precision)
-    if max_removed is not None and max_removed < 0:
-        raise UserError(f"max removed must be >= 0, got {max_removed}")
+    if max_removed is not None and max_removed < 1:
+        raise UserError(f"max_removed (--max-removed) must be >= 1, got {max_removed}")
     run = load_run(run_dir, device=device)
     batches = fixed_batches(run, split, images=images, seed=seed, batch_size=batch_size)
     calibration = (fixed_batches(run, "train", images=calibration_images, seed=seed,
