@@ -42,8 +42,9 @@ from resnets.train.checkpoint import load_checkpoint
 from resnets.train.compile import StepCompiler
 from resnets.train.config import Config
 from resnets.train import finetune
-from resnets.train.device import (autocast, cpu_threads, machine_busy_warning, memory_limit,
-                                  resolve_device, resolve_precision, resolve_threads)
+from resnets.train.device import (autocast, cpu_has_amx, cpu_has_native_bf16, cpu_threads,
+                                  machine_busy_warning, memory_limit, resolve_device,
+                                  resolve_precision, resolve_threads)
 from resnets.train.distributed import (World, any_rank, average_buffers, broadcast_checkpoint,
                                        broadcast_text, collective_errors, convert_sync_bn,
                                        current_world, session, sum_over_ranks, wrap_model)
@@ -404,6 +405,12 @@ class _Training:
         # A resumed run keeps the arithmetic it started with, whatever "auto" means here.
         precision = (checkpoint.get("precision") if checkpoint and "precision" in checkpoint
                      else resolve_precision(config.precision, self.device))
+        if precision == "bf16" and self.device.type == "cpu" and not cpu_has_amx():
+            self.notes.append(
+                "note: precision bf16 on a CPU without AMX: "
+                + ("bf16 trains slower than fp32 here" if cpu_has_native_bf16() else
+                   "its bf16 arithmetic is emulated, several times slower than fp32")
+                + " (precision auto picks fp32 on this CPU)")
         torch.manual_seed(config.seed)
         train_set, eval_sets = self._datasets(parts)
         self.state = self._state(parts, train_set, checkpoint, precision)
