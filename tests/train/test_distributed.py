@@ -165,6 +165,10 @@ def test_ctrl_c_on_the_launcher_stops_every_rank_with_one_checkpoint(tmp_path):
         if launcher.poll() is None:
             os.killpg(launcher.pid, signal.SIGKILL)
     assert _our_lines(output).count("interrupted at step") == 1, output[-3000:]
+    # It says how to continue bit-exactly: on as many processes (a user followed the plain
+    # `resnets train --resume` it used to say and got a 1-process run).
+    assert (f"continue with `torchrun --nproc-per-node 2 -m resnets train --resume "
+            f"{tmp_path / 'stopped'}`") in output
     checkpoint_writes = [line for line in (report / "writes0.txt").read_text().splitlines()
                          if "last.pt" in line]
     assert len(checkpoint_writes) == 1

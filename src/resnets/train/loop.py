@@ -703,10 +703,15 @@ class _Training:
         self._save(self.run.last)
         what = "interrupted" if signal_number == signal.SIGINT else \
             f"stopped by {signal.Signals(signal_number).name}"
+        how = f"`resnets train --resume {self.run}`"
+        if self.world.distributed:  # as many processes as now keep the run bit-exact
+            how = (f"`torchrun --nproc-per-node {self.world.local_size} -m resnets train "
+                   f"--resume {self.run}`")
+            if self.world.size > self.world.local_size:
+                how += " on each machine, with the torchrun options it started with"
         raise TrainingInterrupted(
             f"{what} at step {self.state.step}/{self.total_steps}; checkpoint written to "
-            f"{self.run.last}; continue with `resnets train --resume {self.run}`",
-            signal_number)
+            f"{self.run.last}; continue with {how}", signal_number)
 
     # -------------------------------------------------------------------- the finish
     def finish(self, display: Progress) -> dict[str, Any]:
