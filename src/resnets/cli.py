@@ -722,7 +722,7 @@ def _cmd_predict(args) -> int:
         writer = csv.writer(sys.stdout, lineterminator="\n")
         writer.writerow(["path", "rank", "class", "probability"])
         for path, top in done:
-            writer.writerows([path, rank, name, f"{probability:.6f}"]
+            writer.writerows([path, rank, name, repr(probability)]  # as json: every digit
                              for rank, (name, probability) in enumerate(top, 1))
     else:
         for path, top in done:
