@@ -194,3 +194,22 @@ def test_a_study_with_no_finished_run_can_be_redefined(tmp_path, capsys):
 def test_study_passes_threads_to_every_run():
     study = Study(name="s", depths=[20], train={"data": "bundled", "epochs": 1, "threads": "1"}).validate()
     assert study.config_for(spec.Run("plain", 20, 0)).threads == 1
+
+
+def test_figure6_draws_a_single_evaluation_as_a_dot(tmp_path, monkeypatch):
+    # A run shorter than one evaluation interval has one test point: a line of one point is
+    # invisible, so the bold "test" of the legend showed nothing (a user's tiny study).
+    from matplotlib.axes import Axes
+
+    from resnets.study.plots import plot_figure6
+
+    drawn = []
+    plot = Axes.plot
+    monkeypatch.setattr(Axes, "plot", lambda self, *args, **kwargs: (
+        drawn.append((len(args[0]), kwargs.get("marker"))), plot(self, *args, **kwargs))[1])
+    rows = [{"kind": "resnet", "depth": 8, "train_err_mean": 50.0, "test_err_mean": 60.0,
+             "curves": {"train": [[5, 70.0], [15, 50.0]], "test": [[15, 60.0]]}},
+            {"kind": "resnet", "depth": 14, "train_err_mean": 40.0, "test_err_mean": 45.0,
+             "curves": {"train": [[5, 70.0], [15, 40.0]], "test": [[5, 80.0], [15, 45.0]]}}]
+    assert plot_figure6(rows, tmp_path / "figure6.png").is_file()
+    assert drawn == [(2, None), (1, "o"), (2, None), (2, None)]

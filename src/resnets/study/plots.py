@@ -46,7 +46,8 @@ def plot_figure6(rows: Sequence[dict], path: str | Path) -> Path:
             if train:
                 axis.plot(*zip(*train), "--", linewidth=0.9, color=colour)
             if test:
-                axis.plot(*zip(*test), "-", linewidth=2.2, color=colour, label=f"{kind}-{row['depth']}")
+                axis.plot(*zip(*test), "-", linewidth=2.2, color=colour, label=f"{kind}-{row['depth']}",
+                          marker="o" if len(test) == 1 else None)  # one evaluation: a dot
             finals += [v for v in (row["train_err_mean"], row["test_err_mean"]) if v is not None]
         axis.set_title(PANEL_TITLES.get(kind, kind))
         axis.set_xlabel("iterations")
