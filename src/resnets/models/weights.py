@@ -308,7 +308,7 @@ def load_pretrained(weights: str, model: str | None = None, *,
     path = weights_path(weights)
     value = _read(path)
     if isinstance(value, dict) and value.get("format") == "resnets-checkpoint":
-        return _from_checkpoint(path)
+        return _from_checkpoint(value, path)
     state = as_state_dict(value, path)
     known = next((r for r in releases() if r.file_name == path.name), None)
     if known is not None:  # a release downloaded or copied by hand
@@ -340,14 +340,8 @@ def checkpoint_model(weights: str) -> str | None:
     names nothing (`check_weights` says so where the weights are needed)."""
     if torchvision_version(weights) is not None or not Path(weights).expanduser().exists():
         return None
-    from resnets.train.state import MODEL_KEYS, require
-
-    path = weights_path(weights)
-    value = _read(path)
-    if isinstance(value, dict) and value.get("format") == "resnets-checkpoint":
-        require(value, MODEL_KEYS, path)
-        return str(value["model"])
-    return None
+    pretrained = load_pretrained(weights)
+    return pretrained.model if pretrained.checkpoint is not None else None
 
 
 def check_weights(weights: str, model: str, model_kwargs: dict | None = None) -> None:
@@ -384,11 +378,12 @@ def _from_release(entry: Release, state: dict, source: str, path: Path | None) -
                       release=entry, path=path)
 
 
-def _from_checkpoint(path: Path) -> Pretrained:
-    from resnets.train.checkpoint import load_checkpoint
+def _from_checkpoint(value: dict, path: Path) -> Pretrained:
+    """The checkpoint `value`, read from `path` (once: `load_pretrained`), as weights."""
+    from resnets.train.checkpoint import check_checkpoint
     from resnets.train.state import MODEL_KEYS, require
 
-    checkpoint = load_checkpoint(path)
+    checkpoint = check_checkpoint(value, path)
     require(checkpoint, MODEL_KEYS, path)
     name = checkpoint["model"]
     kwargs = {k: v for k, v in checkpoint["model_kwargs"].items()

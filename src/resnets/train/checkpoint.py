@@ -64,6 +64,12 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     except Exception as error:  # any other failure: the file is not a torch file at all
         raise UserError(f"{path}: not a resnets checkpoint (cannot be read as a torch file: "
                         f"{type(error).__name__})") from None
+    return check_checkpoint(state, path)
+
+
+def check_checkpoint(state: Any, path: str | Path) -> dict:
+    """`state`, read from `path`, if it is a resnets checkpoint this version understands;
+    else a UserError."""
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise UserError(f"{path}: not a resnets checkpoint (a torch file without the "
                         f"{FORMAT!r} marker)")
