@@ -107,7 +107,8 @@ def test_our_checkpoints_are_weights_too_across_class_counts(tmp_path, hub, phot
 
 
 def test_our_run_as_weights_trains_the_model_it_holds_unless_another_is_named(tmp_path,
-                                                                              one_error_line):
+                                                                              one_error_line,
+                                                                              monkeypatch):
     tiny = ["--iters", "2", "--batch-size", "8", "--eval-batch-size", "250", "--workers", "0",
             "--device", "cpu", "--precision", "fp32", "--progress", "none", "--out",
             str(tmp_path)]
@@ -125,8 +126,9 @@ def test_our_run_as_weights_trains_the_model_it_holds_unless_another_is_named(tm
     assert resolve_config("quick", overrides={"weights": str(first)}).model == "resnet8"
     assert resolve_config("quick", overrides={"weights": str(first),
                                               "model": "resnet14"}).model == "resnet14"
-    (tmp_path / "named.toml").write_text('model = "resnet14"\n')
-    assert resolve_config("quick", tmp_path / "named.toml",
+    (tmp_path / "preset named.toml").write_text('model = "resnet14"\n')
+    monkeypatch.chdir(tmp_path)  # a file, whatever its name, is the user's choice
+    assert resolve_config("quick", "preset named.toml",
                           {"weights": str(first)}).model == "resnet14"
     # A model named on the command line is the user's choice: refused, saying what fits.
     assert main(["train", "--weights", str(first), "--model", "resnet20", *tiny]) == 2
@@ -136,7 +138,7 @@ def test_our_run_as_weights_trains_the_model_it_holds_unless_another_is_named(tm
     assert main(["train", "--model", "resnet8", "--freeze", "backbone", *tiny]) == 2
     assert "freeze backbone keeps layers as the weights have them, but no weights are " \
            "given: add --weights" in one_error_line()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["first", "named.toml", "second"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["first", "preset named.toml", "second"]
 
 
 def test_weights_that_do_not_fit_the_data_or_model_are_one_line(tmp_path, hub, photo_tree,

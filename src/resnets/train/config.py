@@ -256,8 +256,8 @@ def resolve_config(preset: str | None = None, file: str | Path | None = None,
         layers.append((str(file), read_toml(Path(file))))
     if overrides:
         layers.append(("settings", {k: v for k, v in overrides.items() if v is not None}))
-    named_model = False
-    for source, layer in layers:
+    named_model = False  # by the file or the overrides (a preset's model is its default)
+    for index, (source, layer) in enumerate(layers):
         flat = _flatten(layer, source)
         if "epochs" in flat and "iters" in flat and None not in (flat["epochs"], flat["iters"]):
             raise UserError(f"{source}: give epochs or iters, not both")
@@ -266,7 +266,7 @@ def resolve_config(preset: str | None = None, file: str | Path | None = None,
         if "iters" in flat:
             values["epochs"] = None
         values.update(flat)
-        named_model |= "model" in flat and not source.startswith("preset ")
+        named_model |= "model" in flat and (preset is None or index > 0)
     config = _build(values)
     if config.weights is not None and not named_model:
         from resnets.models.weights import checkpoint_model
