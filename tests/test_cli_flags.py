@@ -14,7 +14,7 @@ import argparse
 
 import pytest
 
-from resnets.cli import _build_parser, main
+from resnets.cli import build_parser, main
 
 # Flags that take any text when parsed: paths, and names only a later stage can judge. Each
 # says where a bad one is refused (one line too, tested elsewhere).
@@ -102,7 +102,7 @@ def _commands(parser: argparse.ArgumentParser, words: tuple = ()):
 
 def _flags():
     """(command, flag, action) for every option that takes a value."""
-    for words, parser in _commands(_build_parser()):
+    for words, parser in _commands(build_parser()):
         for action in parser._actions:
             if action.option_strings and action.nargs != 0 and not isinstance(
                     action, (argparse._HelpAction, argparse._VersionAction)):
@@ -161,7 +161,7 @@ def tripwires(monkeypatch, tmp_path):
 
 
 def test_every_command_is_known_here():
-    commands = {" ".join(words) for words, _ in _commands(_build_parser())} - {""}
+    commands = {" ".join(words) for words, _ in _commands(build_parser())} - {""}
     assert commands == set(POSITIONALS), "give a new command its positional arguments above"
 
 

@@ -15,3 +15,20 @@ class UserError(ValueError):
 class DistributedFailure(RuntimeError):
     """A collective failed or timed out under torchrun: another process died or hung. The
     message is one line that says where the last checkpoint is."""
+
+
+def one_line_warnings(python_show):
+    """A `warnings.showwarning` that prints our own warnings as one line, `warning: ...`, and
+    anybody else's as `python_show` does (the `resnets` command and a study's workers use it)."""
+    import sys
+    from pathlib import Path
+
+    package = Path(__file__).parent
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if package in Path(filename).parents:
+            print(f"warning: {message}", file=file or sys.stderr)
+        else:
+            python_show(message, category, filename, lineno, file, line)
+
+    return show

@@ -277,7 +277,7 @@ def worker_main(argv: list[str] | None = None) -> int:
     it prints goes to stderr (the run's log), and one JSON line, the outcome, to stdout."""
     import warnings
 
-    from resnets.cli import _one_line_warnings
+    from resnets.errors import one_line_warnings
     from resnets.study.degradation import train_run
     from resnets.study.spec import read_study
     from resnets.train import TrainingInterrupted
@@ -295,7 +295,7 @@ def worker_main(argv: list[str] | None = None) -> int:
     result = os.dup(1)  # the outcome's way out; everything else printed goes to the log
     os.dup2(2, 1)
     threading.Thread(target=_stop_when_parent_ends, daemon=True).start()
-    warnings.showwarning = _one_line_warnings(warnings.showwarning)
+    warnings.showwarning = one_line_warnings(warnings.showwarning)
     try:
         study = read_study(Path(args.study_dir) / "study.toml")
         runs = {run.name: run for run in study.runs()}
