@@ -8,11 +8,13 @@ import os
 import pytest
 import torch
 
+import resnets.train.autocompile as decision_module
 import resnets.train.compile as compile_module
 from resnets.cli import main
 from resnets.errors import UserError
 from resnets.train import fit, load_checkpoint, resolve_config
-from resnets.train.compile import MIN_STEPS, StepCompiler, choose_compile, is_compiled
+from resnets.train.autocompile import MIN_STEPS, StepCompiler, choose_compile
+from resnets.train.compile import is_compiled
 from resnets.train.config import Config
 from resnets.train.metrics import read_metrics
 from resnets.train.parts import Parts
@@ -77,8 +79,8 @@ def fake_compile(monkeypatch, tmp_path):
     """torch.compile replaced by a wrapper that counts calls; this machine's record in
     tmp_path; torch.compile taken to be available."""
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setattr(compile_module, "compile_unavailable", lambda device: None)
-    monkeypatch.setattr(compile_module, "_compiled_here", set())
+    monkeypatch.setattr(decision_module, "compile_unavailable", lambda device: None)
+    monkeypatch.setattr(decision_module, "_compiled_here", set())
     made = []
 
     def fake(function, **options):
@@ -223,7 +225,7 @@ def test_auto_leaves_a_run_on_several_processes_eager_and_compile_true_still_com
 
 def test_where_torch_compile_cannot_work_compile_true_is_one_line_and_a_resume_goes_eager(
         fake_compile, monkeypatch):
-    monkeypatch.setattr(compile_module, "compile_unavailable",
+    monkeypatch.setattr(decision_module, "compile_unavailable",
                         lambda device: "torch.compile needs a C++ compiler for the CPU")
     with pytest.raises(UserError, match="--compile: torch.compile needs a C\\+\\+ compiler"):
         _compiler(FakeClock(), setting=True)
@@ -248,14 +250,14 @@ def test_auto_never_compiles_a_short_run_and_says_so_before_the_first_step(fake_
 def test_a_study_counts_the_later_runs_that_reuse_the_compiled_units(fake_compile):
     # 200 steps alone is too short; with the later CIFAR resnets of any depth (not the plain
     # ones), a deeper one's steps weighted by its depth, it is not.
-    assert compile_module.sharing_runs("resnet8", ["resnet8", "resnet20", "plain20"]) == \
+    assert decision_module.sharing_runs("resnet8", ["resnet8", "resnet20", "plain20"]) == \
         (2, 1 + 20 / 8)
-    assert compile_module.sharing_runs("resnet8", []) == (1, 1.0)
+    assert decision_module.sharing_runs("resnet8", []) == (1, 1.0)
     # A study's runs train the generic cifar_resnet with a depth; its plan names the depths.
-    assert compile_module.sharing_runs("cifar_resnet", ["resnet20", "resnet56", "plain20"]) == \
+    assert decision_module.sharing_runs("cifar_resnet", ["resnet20", "resnet56", "plain20"]) == \
         (2, 1 + 56 / 20)
     clock, said = FakeClock(), []
-    with compile_module.planned_runs(["resnet8", "resnet20", "plain20", "resnet56"] * 2):
+    with decision_module.planned_runs(["resnet8", "resnet20", "plain20", "resnet56"] * 2):
         compiler = _compiler(clock, total=200)
         compiler.begin(said.append)
         _drive(compiler, clock, 6, eager_s=1.0, compiled_s=0.5, compile_s=30.0)

@@ -90,7 +90,7 @@ def test_a_studys_worker_process_asks_too(tmp_path):
         "        calls.append(parameter)",
         "        return 1",
         "d._glibc = lambda: Libc()",
-        "from resnets.study.parallel import worker_main",
+        "from resnets.study.worker import worker_main",
         "try:",
         f"    worker_main([{str(tmp_path / 'no-study')!r}, 'resnet20'])",
         "except BaseException:",

@@ -5,23 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from resnets.cli.types import Parser
 from resnets.errors import DistributedFailure, UserError, one_line_warnings
-
-
-class Parser(argparse.ArgumentParser):
-    """argparse, but a usage mistake is one line and exit 2 (argparse prints usage too), and
-    names the subcommand it belongs to."""
-
-    def error(self, message: str):  # noqa: D401 - argparse's signature
-        raise UserError(f"{self.prog}: {message} (see `{self.prog} --help`)")
-
-    def parse_known_args(self, args=None, namespace=None):
-        # argparse hands a subcommand's unknown arguments up to the top parser, whose error
-        # would point to `resnets --help`; the parser that met them reports them instead.
-        namespace, extras = super().parse_known_args(args, namespace)
-        if extras:
-            self.error(f"unrecognized arguments: {' '.join(extras)}")
-        return namespace, extras
 
 
 def build_parser() -> argparse.ArgumentParser:

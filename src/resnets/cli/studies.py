@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 
-from resnets.cli.types import integer, odd_points, positive_float, positive_int, seed, shard
+from resnets.cli.types import Parser, integer, odd_points, positive_float, positive_int, seed, shard
 from resnets.cli.types import device as device_name
 from resnets.errors import UserError
 
@@ -18,8 +18,6 @@ def add_commands(sub) -> None:
 
 
 def _add_study(sub) -> None:
-    from resnets.cli.main import Parser
-
     study = sub.add_parser(
         "study",
         help="plain vs residual twins at several depths (the paper's Figure 6 and Table 6)",

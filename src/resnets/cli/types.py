@@ -1,5 +1,6 @@
-"""argparse types: a flag's value is refused in one line naming the flag before any file is
-read. (train's flags are checked by its Config instead, the one owner of those settings.)"""
+"""argparse pieces every command shares: the parser class, and value types (a flag's value is
+refused in one line naming the flag before any file is read; train's flags are checked by its
+Config instead, the one owner of those settings)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,22 @@ import argparse
 import math
 
 from resnets.errors import UserError
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one line and exit 2 (argparse prints usage too), and
+    names the subcommand it belongs to."""
+
+    def error(self, message: str):  # noqa: D401 - argparse's signature
+        raise UserError(f"{self.prog}: {message} (see `{self.prog} --help`)")
+
+    def parse_known_args(self, args=None, namespace=None):
+        # argparse hands a subcommand's unknown arguments up to the top parser, whose error
+        # would point to `resnets --help`; the parser that met them reports them instead.
+        namespace, extras = super().parse_known_args(args, namespace)
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return namespace, extras
 
 
 def integer(low: int, high: int | None = None):

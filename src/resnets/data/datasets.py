@@ -57,6 +57,29 @@ def load(
     skip_bad_images: image folders only: leave out files that cannot be decoded (counted and
         reported) instead of stopping with the file's name.
     """
+    _check_options(name, split, image_size, augment, skip_bad_images)
+    if name == "bundled":
+        from resnets.data.bundled import load_bundled
+
+        return load_bundled(split, seed=seed, val_fraction=val_fraction)
+    if name in ("cifar10", "cifar100", "cifar100-coarse"):
+        from resnets.data.cifar import load_cifar
+
+        if name == "cifar100-coarse":
+            name, label = "cifar100", "coarse"
+        return load_cifar(name, split, root=root, seed=seed, val_fraction=val_fraction, label=label)
+    if name.startswith("folder:"):
+        from resnets.data.folder import load_folder
+
+        return load_folder(name[len("folder:"):], split, seed=seed, val_fraction=val_fraction,
+                           image_size=image_size, max_memory_bytes=max_memory_bytes,
+                           augment=augment, crop_size=crop_size, resize_size=resize_size,
+                           skip_bad_images=skip_bad_images)
+    raise UserError(f"unknown dataset {name!r}: expected one of {', '.join(NAMES)}")
+
+
+def _check_options(name, split: str, image_size, augment: str, skip_bad_images: bool) -> None:
+    """Refuse a split, a name or an option the named dataset does not take."""
     check_split(split)
     if not isinstance(name, str) or not name:
         raise UserError(f"dataset name {name!r} is invalid: expected one of {', '.join(NAMES)}")
@@ -71,29 +94,3 @@ def load(
     if skip_bad_images and not name.startswith("folder:"):
         raise UserError(f"skip_bad_images applies only to folder:PATH datasets, not {name!r}")
 
-    if name == "bundled":
-        from resnets.data.bundled import load_bundled
-
-        return load_bundled(split, seed=seed, val_fraction=val_fraction)
-    if name in ("cifar10", "cifar100", "cifar100-coarse"):
-        from resnets.data.cifar import load_cifar
-
-        if name == "cifar100-coarse":
-            name, label = "cifar100", "coarse"
-        return load_cifar(name, split, root=root, seed=seed, val_fraction=val_fraction, label=label)
-    if name.startswith("folder:"):
-        from resnets.data.folder import load_folder
-
-        return load_folder(
-            name[len("folder:") :],
-            split,
-            seed=seed,
-            val_fraction=val_fraction,
-            image_size=image_size,
-            max_memory_bytes=max_memory_bytes,
-            augment=augment,
-            crop_size=crop_size,
-            resize_size=resize_size,
-            skip_bad_images=skip_bad_images,
-        )
-    raise UserError(f"unknown dataset {name!r}: expected one of {', '.join(NAMES)}")

@@ -3,10 +3,10 @@
 from resnets.models.blocks import BasicUnit, BottleneckUnit, PreActBasicUnit, PreActBottleneckUnit
 from resnets.models.resnet import ResNet
 from resnets.models.summary import count_macs, count_parameters, format_info, model_info
+from resnets.models.create import create_model
 from resnets.models.zoo import (
     cifar_plain,
     cifar_resnet,
-    create_model,
     imagenet_plain,
     imagenet_resnet,
     list_models,

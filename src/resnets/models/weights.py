@@ -39,6 +39,9 @@ import torch
 from torch import nn
 
 from resnets.errors import UserError
+from resnets.models.files import MODEL_KEYS, check_checkpoint, read_torch_file, require
+from resnets.models.files import resolve_checkpoint_path
+from resnets.models.zoo import IMAGENET_STAGES, get_entry
 
 try:
     import tomllib
@@ -277,8 +280,6 @@ def imagenet_normalizer() -> dict:
 def uses_bottleneck(model: str, kwargs: dict | None = None) -> bool:
     """Whether `model` (with `kwargs`, e.g. a depth) is an ImageNet network of bottleneck
     units, whose stride placement the state dict does not show."""
-    from resnets.models.zoo import IMAGENET_STAGES, get_entry
-
     try:
         entry = get_entry(model)
     except UserError:
@@ -326,8 +327,6 @@ def weights_path(weights: str) -> Path:
     """The file `weights` names (a run directory's last checkpoint), or a UserError."""
     path = Path(weights).expanduser()
     if path.is_dir():
-        from resnets.train.checkpoint import resolve_checkpoint_path
-
         return resolve_checkpoint_path(path)
     if not path.is_file():
         raise UserError(f"weights not found: {weights} (expected {SPECS_HELP})")
@@ -356,17 +355,7 @@ def check_weights(weights: str, model: str, model_kwargs: dict | None = None) ->
 
 
 def _read(path: Path) -> Any:
-    with open(path, "rb") as file:
-        head = file.read(4)
-    if head[:2] != b"PK" and head[:1] != b"\x80":
-        raise UserError(f"{path}: not weights (not a torch file)")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        raise _unreadable(path, error) from None
-    except Exception as error:  # noqa: BLE001 - any reason a file is not a torch file
-        raise UserError(f"{path}: not weights (cannot be read as a torch file: "
-                        f"{type(error).__name__})") from None
+    return read_torch_file(path, "weights")
 
 
 def _from_release(entry: Release, state: dict, source: str, path: Path | None) -> Pretrained:
@@ -380,9 +369,6 @@ def _from_release(entry: Release, state: dict, source: str, path: Path | None) -
 
 def _from_checkpoint(value: dict, path: Path) -> Pretrained:
     """The checkpoint `value`, read from `path` (once: `load_pretrained`), as weights."""
-    from resnets.train.checkpoint import check_checkpoint
-    from resnets.train.state import MODEL_KEYS, require
-
     checkpoint = check_checkpoint(value, path)
     require(checkpoint, MODEL_KEYS, path)
     name = checkpoint["model"]
@@ -450,8 +436,6 @@ def create_pretrained(name: str, weights: str, **kwargs) -> nn.Module:
     """`create_model(name, weights=weights, **kwargs)`: the model built for the weights (their
     classes and channels unless `kwargs` says otherwise) with the weights loaded; a different
     `num_classes` gets a new classifier, initialised as usual."""
-    from resnets.models.zoo import get_entry
-
     entry = get_entry(name)  # an unknown name is named before anything is read
     check_weights(weights, name, kwargs)  # and what cannot fit, before anything is fetched
     pretrained = load_pretrained(weights, name)

@@ -1,4 +1,5 @@
-"""Named models: typed keyword-only builders, a registry, `create_model` and `list_models`.
+"""Named models: typed keyword-only builders, a registry and `list_models` (`create_model`,
+which can also start from trained weights, is in `resnets.models.create`).
 
 This module is the only place a model name means something. Every registered name maps to a
 builder and the keyword arguments it fixes (`resnet56` is `cifar_resnet(depth=56)`), and
@@ -295,26 +296,6 @@ def describe(name: str) -> dict:
     entry = get_entry(name)
     return {"name": entry.name, "family": entry.family, "kind": entry.kind,
             "depth": entry.fixed.get("depth")}
-
-
-def create_model(name: str, *, weights: str | None = None, **kwargs) -> nn.Module:
-    """Build a registered model: `create_model("resnet56")`, `create_model("cifar_resnet", depth=74)`.
-
-    Keyword arguments go to the builder (num_classes, in_channels, width, shortcut, preact,
-    zero_init_last, bottleneck_stride, and depth for the generic names).
-
-    weights: start from trained weights instead of a random initialisation: "torchvision"
-    (torchvision's ImageNet weights for resnet18/34/50/101/152, downloaded once into torch's hub
-    cache; bottleneck_stride is set to their "3x3"), "torchvision:v2" (torchvision's newer
-    release, for resnet50/101/152), a resnets checkpoint or run directory, or a state-dict file
-    in torchvision's layout. The model gets the weights' classes unless `num_classes` says
-    otherwise; then its classifier `fc` is new, initialised as usual (`resnets.models.weights`).
-    """
-    if weights is not None:
-        from resnets.models.weights import create_pretrained
-
-        return create_pretrained(name, weights, **kwargs)
-    return get_entry(name).build(**kwargs)
 
 
 def list_models(pattern: str = "*") -> list[str]:

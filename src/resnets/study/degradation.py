@@ -129,7 +129,7 @@ def train_run(study: Study, study_dir: str | Path, run: Run, *, progress: str = 
     "test_err" for a run trained here. threads/device replace the recipe's (they do not change
     what is computed); `announce(resume)` is called once the run is this process's."""
     from resnets.train import TrainingInterrupted, fit
-    from resnets.train.compile import planned_runs
+    from resnets.train.autocompile import planned_runs
 
     run_dir = RunDir(Path(study_dir) / "runs" / run.name).create()
     with run_dir.try_lock() as mine:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from resnets.errors import UserError
 from resnets.models.zoo import KINDS, cifar_units_per_stage, generic_name

@@ -6,12 +6,12 @@ Writes go to a temporary file in the same folder, are fsynced, then renamed over
 so a crash mid-write leaves the previous checkpoint intact.
 
 What the dict holds is written in one place, `resnets.train.state.TrainState`; this module
-only frames it (a format marker and version) and moves it to and from disk.
+only frames it (a format marker and version) and moves it to and from disk. Reading goes
+through `resnets.models.files`, the one reader of every torch file (weights read the same way).
 """
 
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +19,11 @@ import torch
 
 from resnets.atomic import atomic_open
 from resnets.errors import UserError
-from resnets.rundir import RunDir
+from resnets.models.files import FORMAT, VERSION, check_checkpoint, read_torch_file
+from resnets.models.files import resolve_checkpoint_path
 
-FORMAT = "resnets-checkpoint"
-VERSION = 1
+__all__ = ["FORMAT", "VERSION", "check_checkpoint", "load_checkpoint", "resolve_checkpoint_path",
+           "rng_state", "save_checkpoint", "set_rng_state"]
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
@@ -51,55 +52,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     anything but plain data (refused before any of it runs), or a torch file that is not ours.
     """
     path = resolve_checkpoint_path(path)
-    with open(path, "rb") as file:
-        head = file.read(4)
-    if head[:2] != b"PK" and head[:1] != b"\x80":  # neither torch's zip format nor a pickle
-        raise UserError(f"{path}: not a resnets checkpoint (not a torch file)")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as error:
-        raise UserError(f"{path}: refused to load: it holds code or objects other than plain data "
-                        f"(tensors, numbers, strings, lists, dicts){_refused_name(error)}, and "
-                        f"loading those could run code; resnets checkpoints never hold them") from None
-    except Exception as error:  # any other failure: the file is not a torch file at all
-        raise UserError(f"{path}: not a resnets checkpoint (cannot be read as a torch file: "
-                        f"{type(error).__name__})") from None
-    return check_checkpoint(state, path)
-
-
-def check_checkpoint(state: Any, path: str | Path) -> dict:
-    """`state`, read from `path`, if it is a resnets checkpoint this version understands;
-    else a UserError."""
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise UserError(f"{path}: not a resnets checkpoint (a torch file without the "
-                        f"{FORMAT!r} marker)")
-    if state.get("version", 0) > VERSION:
-        raise UserError(f"{path}: checkpoint version {state['version']} is newer than this "
-                        f"resnets understands ({VERSION}); upgrade resnets")
-    return state
-
-
-def _refused_name(error: Exception) -> str:
-    """What the pickle asked for (", e.g. posix.system"), from torch's message; never the rest
-    of that message, whose advice (load with weights_only=False) would run the code."""
-    import re
-
-    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(error))
-    return f", e.g. {found.group(1)}" if found else ""
-
-
-def resolve_checkpoint_path(path: str | Path) -> Path:
-    """A checkpoint file, or the last checkpoint of a run directory."""
-    path = Path(path)
-    if path.is_dir():
-        candidate = RunDir(path).last
-        if not candidate.is_file():
-            raise UserError(f"{path}: a folder without {candidate.relative_to(path)} (not a "
-                            f"run directory, or the run has not saved a checkpoint yet)")
-        return candidate
-    if not path.is_file():
-        raise UserError(f"checkpoint not found: {path}")
-    return path
+    return check_checkpoint(read_torch_file(path, "a resnets checkpoint", map_location), path)
 
 
 def rng_state() -> dict[str, Any]:

@@ -29,7 +29,7 @@ except ModuleNotFoundError:  # Python 3.10
 from resnets.data.normalize import KINDS as NORMALIZERS
 from resnets.data.views import AUGMENTS
 from resnets.errors import UserError
-from resnets.train.compile import check_setting as check_compile_setting
+from resnets.train.autocompile import check_setting as check_compile_setting
 from resnets.train.device import PRECISIONS, check_device_name
 from resnets.train.finetune import FREEZE
 from resnets.train.schedule import SCHEDULES, WARMUP_MODES
@@ -148,7 +148,7 @@ class Config:
                             "bf16: autocast with fp32 weights; fp32: plain", "run",
                             choices=PRECISIONS)
     channels_last: bool = _field(True, "NHWC memory format (faster convolutions)", "run")
-    # "auto", True or False (older files: true/false); resnets.train.compile decides "auto".
+    # "auto", True or False (older files: true/false); resnets.train.autocompile decides "auto".
     compile: bool | str = _field(
         "auto", "torch.compile the training step (BN, ReLU and additions fused): auto "
         "compiles a run long enough to pay back the compile time, never one of a few hundred "

@@ -4,7 +4,7 @@ The loop is deliberately plain: one step is forward under autocast, cross-entrop
 backward, SGD. The learning rate is set from `lr_at(step)` before every step, and the loader's
 batch `i` of epoch `e` depends only on (seed, e, i), so the step counter is the whole position
 of a run: a resumed run replays exactly what an uninterrupted one would have done. Whether the
-steps run compiled is `resnets.train.compile`'s business (`_Training._wrap_model`).
+steps run compiled is `resnets.train.autocompile`'s business (`_Training._wrap_model`).
 
 `fit` is three parts: build (`_Training.__init__`: data, model, optimizer, loaders, state,
 restored from a checkpoint when resuming), loop (`_Training.loop`), finish (summary, plots).
@@ -39,7 +39,7 @@ from resnets.models.summary import activation_bytes, count_parameters
 from resnets.modes import eval_mode
 from resnets.rundir import RunDir
 from resnets.train.checkpoint import load_checkpoint
-from resnets.train.compile import StepCompiler
+from resnets.train.autocompile import StepCompiler
 from resnets.train.config import Config
 from resnets.train import finetune
 from resnets.train.device import (autocast, cpu_has_amx, cpu_has_native_bf16, cpu_threads,
@@ -442,7 +442,7 @@ class _Training:
         """`forward_model`, what a training step calls (the model, under
         DistributedDataParallel across processes), and `compiler`, which compiles the model's
         units in place when `config.compile` says so (True, or "auto" and the run is long
-        enough: resnets.train.compile); a resumed run keeps its checkpoint's decision.
+        enough: resnets.train.autocompile); a resumed run keeps its checkpoint's decision.
         Evaluation and checkpoints use `state.model` itself."""
         state = self.state
         self.forward_model = wrap_model(state.model, self.device, self.world)

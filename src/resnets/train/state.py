@@ -19,14 +19,13 @@ A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts (so i
     best                   {"step", "err", "split"}: the best evaluation so far
     precision              the arithmetic the run trains in ("bf16" | "fp32")
     compiled               whether training steps run compiled (True | False), once decided
-                           (resnets.train.compile); None before
+                           (resnets.train.autocompile); None before
     world_size             the processes that trained it (torchrun; 1 without); rank 0's
                            meter holds all of theirs (optional: 1 when absent)
 """
 
 from __future__ import annotations
 
-import reprlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,14 +34,13 @@ import torch
 from torch import nn
 
 from resnets.errors import UserError
+from resnets.models.files import MODEL_KEYS, check_model_fields, is_count, refuse_field
 from resnets.models.weights import describe_mismatch
 from resnets.train.checkpoint import rng_state, save_checkpoint, set_rng_state
 from resnets.train.config import Config
 from resnets.train.device import PRECISIONS
 
-# What a checkpoint must hold to rebuild its model, and to continue training.
-MODEL_KEYS = ("model", "model_kwargs", "model_state", "config", "normalizer", "classes",
-              "input_size")
+# What a checkpoint must hold to continue training (MODEL_KEYS: to rebuild its model).
 TRAINING_KEYS = MODEL_KEYS + ("optimizer_state", "step", "rng", "progress", "best")
 
 
@@ -189,40 +187,19 @@ def require(checkpoint: dict, keys: tuple[str, ...], path: str | Path) -> None:
     if missing:
         raise UserError(f"{path}: checkpoint lacks {', '.join(missing)} (was it edited or "
                         f"written by another program?)")
-    _check_fields(checkpoint, path)
+    check_model_fields(checkpoint, path)
+    _check_training_fields(checkpoint, path)
 
 
-def _check_fields(checkpoint: dict, path: str | Path) -> None:
-    """The kinds of the fields present in `checkpoint` and their agreement with each other."""
+def _check_training_fields(checkpoint: dict, path: str | Path) -> None:
+    """The kinds of the fields present in `checkpoint` that continue its training."""
     def wrong(key: str, fits) -> bool:
         return key in checkpoint and not fits(checkpoint[key])
 
     def refuse(key: str, expected: str):
-        raise UserError(f"{path}: checkpoint field {key} is {reprlib.repr(checkpoint[key])}: "
-                        f"expected {expected} (was it edited?)")
+        raise refuse_field(checkpoint, key, expected, path)
 
-    def at_least(value, low: int) -> bool:
-        return isinstance(value, int) and not isinstance(value, bool) and value >= low
-
-    if wrong("model", lambda v: isinstance(v, str)):
-        refuse("model", "a model name")
-    if wrong("model_kwargs", lambda v: isinstance(v, dict) and all(isinstance(k, str) for k in v)):
-        refuse("model_kwargs", "a dict of keyword arguments")
-    kwargs = checkpoint.get("model_kwargs", {})
-    for key in ("config", "normalizer", "best"):
-        if wrong(key, lambda v: isinstance(v, dict)):
-            refuse(key, "a dict")
-    if wrong("input_size", lambda v: isinstance(v, (list, tuple)) and len(v) == 3
-             and all(at_least(x, 1) for x in v)):
-        refuse("input_size", "[C, H, W], three positive integers")
-    if wrong("input_size", lambda v: v[0] == kwargs.get("in_channels", v[0])):
-        refuse("input_size", f"{kwargs['in_channels']} channels, as model_kwargs in_channels says")
-    if wrong("classes", lambda v: isinstance(v, (list, tuple)) and len(v) > 0
-             and all(isinstance(name, str) for name in v)):
-        refuse("classes", "a list of class names")
-    if wrong("classes", lambda v: len(v) == kwargs.get("num_classes", len(v))):
-        refuse("classes", f"{kwargs['num_classes']} names, as model_kwargs num_classes says")
-    if wrong("step", lambda v: at_least(v, 0)):
+    if wrong("step", lambda v: is_count(v, 0)):
         refuse("step", "a number of steps (an integer >= 0)")
     trained_in = [p for p in PRECISIONS if p != "auto"]  # what "auto" was resolved to
     if wrong("precision", lambda v: v in trained_in):
