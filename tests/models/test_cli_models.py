@@ -51,10 +51,10 @@ def test_help_of_each_command_exits_0(capsys):
         assert exit_.value.code == 0 and "usage:" in capsys.readouterr().out
 
 
-def test_readme_model_table_is_what_the_code_prints(capsys):
+def test_the_docs_model_table_is_what_the_code_prints(capsys):
     from pathlib import Path
 
-    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    readme = (Path(__file__).parents[2] / "docs" / "models.md").read_text()
     table = readme.split("<!-- models-table:start -->\n")[1].split("<!-- models-table:end -->")[0]
     main(["list", "--markdown", "resnet*"])
     main(["list", "--markdown", "plain*"])

@@ -359,10 +359,10 @@ def test_the_weights_command_lists_releases_and_the_cache(payload, torch_home, c
     assert out[-1].endswith(f"cache: {torch_home}")
 
 
-def test_the_readme_quotes_torchvisions_figures_from_the_table():
+def test_the_docs_quote_torchvisions_figures_from_the_table():
     from pathlib import Path
 
-    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    readme = (Path(__file__).parents[2] / "docs" / "weights.md").read_text()
     for entry in releases():
         spec = "torchvision" if entry.version == "v1" else entry.spec
         row = (f"| {entry.model} | `{spec}` | {entry.acc1:.3f} / {entry.acc5:.3f} | "

@@ -96,5 +96,10 @@ def test_a_studys_worker_process_asks_too(tmp_path):
         "except BaseException:",
         "    pass",
         "sys.stderr.write(f'mallopt calls: {len(calls)}')"])
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert done.stderr.strip().endswith("mallopt calls: 2"), done.stderr
+    # stdin stays open, as the study process holds it: at end of file the worker would stop
+    # itself with a SIGINT, which on a loaded machine can land after the line is written.
+    with subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as worker:
+        stderr = worker.stderr.read()  # to its end: the worker has exited
+        worker.stdin.close()
+    assert stderr.strip().endswith("mallopt calls: 2"), stderr
