@@ -49,7 +49,7 @@ from resnets.models.weights import imagenet_normalizer  # noqa: E402
 from resnets.train import resolve_config  # noqa: E402
 from resnets.train import finetune  # noqa: E402
 from resnets.train.device import resolve_precision  # noqa: E402
-from resnets.train.loop import train_step  # noqa: E402
+from resnets.train.steps import train_step  # noqa: E402
 
 MODES = {"frozen backbone": "backbone", "full fine-tuning": "none"}
 

@@ -40,7 +40,7 @@ from jpeg_tree import write_tree  # noqa: E402
 from resnets import create_model  # noqa: E402
 from resnets.data import Loader, Normalizer, load  # noqa: E402
 from resnets.train.device import resolve_precision  # noqa: E402
-from resnets.train.loop import train_step  # noqa: E402
+from resnets.train.steps import train_step  # noqa: E402
 
 
 def _model(name: str, device: torch.device):

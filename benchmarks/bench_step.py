@@ -56,7 +56,7 @@ from resnets import create_model  # noqa: E402
 from resnets.data import Dataset, Loader, Normalizer, load  # noqa: E402
 from resnets.train.compile import attach, compile_targets  # noqa: E402
 from resnets.train.device import autocast, cpu_has_amx, resolve_precision  # noqa: E402
-from resnets.train.loop import train_step  # noqa: E402
+from resnets.train.steps import train_step  # noqa: E402
 
 PAD = 4
 LR, MOMENTUM, WD = 0.1, 0.9, 5e-4

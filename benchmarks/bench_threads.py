@@ -43,7 +43,7 @@ def worker(args) -> int:
     import torch
 
     from resnets import create_model
-    from resnets.train.loop import train_step
+    from resnets.train.steps import train_step
 
     torch.set_num_threads(args.threads[0])  # a worker is given one count
     torch.manual_seed(0)

@@ -395,7 +395,7 @@ def test_the_input_shape_is_known_without_decoding_a_file(photo_tree):
     _truncate(photo_tree / "train" / "n01440764" / "n01440764_0.JPEG")  # the first file
     train = _load(photo_tree, skip_bad_images=True, crop_size=96)
     assert train.image_shape == (3, 96, 96)
-    from resnets.train.loop import image_shape
+    from resnets.train.steps import image_shape
 
     assert image_shape(train) == [3, 96, 96]
 

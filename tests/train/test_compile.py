@@ -340,7 +340,7 @@ def _resnet_parts():
 
 
 def test_the_compiled_step_gives_the_eager_losses_for_20_steps(inductor_cache):
-    from resnets.train.loop import train_step
+    from resnets.train.steps import train_step
 
     data = make_dataset(16, seed=0)
     images = FakeNormalizer.fit("channel", data.images)(data.images).contiguous(

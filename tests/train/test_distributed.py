@@ -25,7 +25,7 @@ from resnets.errors import UserError
 from resnets.train import fit, load_checkpoint
 from resnets.train.distributed import (World, _attempt_store, rank_device,
                                        world_from_environment)
-from resnets.train.loop import new_run_dir
+from resnets.train.runs import new_run_dir
 
 from train_fakes import make_dataset, tiny_config
 
@@ -283,7 +283,7 @@ def test_a_restartable_job_names_its_run_so_a_restart_finds_it(tmp_path, monkeyp
     with pytest.raises(UserError, match="give the run a --name"):
         new_run_dir(config, World(rank=0, size=2, max_restarts=2, launched=True))
     named = World(rank=0, size=2, max_restarts=2, run_id="job-42", launched=True)
-    monkeypatch.setattr("resnets.train.loop.broadcast_text", lambda text, world, device: text)
+    monkeypatch.setattr("resnets.train.runs.broadcast_text", lambda text, world, device: text)
     first, again = new_run_dir(config, named), new_run_dir(config, named)
     assert first.path == again.path and first.path.name.endswith("-job-42")
 

@@ -109,7 +109,7 @@ def test_train_takes_any_kind_and_depth_name_the_registry_resolves(tmp_path):
 
 def test_each_dataset_brings_its_own_augmentation_unless_the_user_sets_it():
     from resnets.train import resolve_config
-    from resnets.train.loop import augmentation
+    from resnets.train.steps import augmentation
 
     digits = load("bundled", "train")
     photos = Dataset(digits.images[:4].expand(-1, 3, -1, -1), digits.labels[:4], digits.classes,

@@ -78,7 +78,7 @@ def test_predict_resizes_as_evaluation_does_and_shows_class_names(imagenet_run, 
 def test_ten_crop_evaluation_is_the_mean_of_the_ten_crops_softmax(photo_tree):
     from resnets.data import Loader, Normalizer, load
     from resnets.data.views import corner_offsets, resized_size
-    from resnets.train.loop import class_scores, evaluate
+    from resnets.train.steps import class_scores, evaluate
 
     # 224 crops of a 256 resize: these photos (375 to 500 pixels) are decoded at full size, as
     # by hand below (a resize to a half or less would use the decoder's reduced size).

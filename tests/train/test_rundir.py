@@ -32,6 +32,7 @@ FAKE_TRAINING = textwrap.dedent("""
     import os, resource, signal, sys
     sys.path.insert(0, {tests!r})
     import resnets.train.loop as loop
+    import resnets.train.setup as setup
     import resnets.train.parts as parts_module
     from resnets.train.parts import Parts
     from train_fakes import FakeLoader, FakeNormalizer, fake_create_model, fake_load_dataset
@@ -48,7 +49,7 @@ FAKE_TRAINING = textwrap.dedent("""
         time.sleep({pause})
         return real_step(*args, **kwargs)
     loop.train_step = step
-    loop.machine_busy_warning = lambda: None  # this machine's load is not under test here
+    setup.machine_busy_warning = lambda: None  # this machine's load is not under test here
     from resnets.cli import main
     sys.exit(main({args!r}))
 """)

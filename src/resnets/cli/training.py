@@ -177,7 +177,7 @@ def _add_weights_options(parser) -> None:
 def _cmd_train(args) -> int:
     from resnets.train import TrainingInterrupted, fit
     from resnets.train.distributed import session
-    from resnets.train.loop import new_run_dir
+    from resnets.train.runs import new_run_dir
     from resnets.train.progress import print_summary, run_directory_line
 
     config, run_dir = _train_config(args)

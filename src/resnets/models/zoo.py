@@ -19,7 +19,6 @@ import typing
 from dataclasses import dataclass, field
 from typing import Callable
 
-from torch import nn
 
 from resnets.errors import UserError
 from resnets.models.resnet import ResNet

@@ -27,7 +27,7 @@ from torch import nn
 from resnets.atomic import writable_folder, write_json
 from resnets.errors import UserError
 from resnets.modes import eval_mode
-from resnets.train.loop import train_step
+from resnets.train.steps import train_step
 
 
 def weighted_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:

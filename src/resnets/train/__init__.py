@@ -12,8 +12,9 @@ from resnets.train.checkpoint import load_checkpoint, save_checkpoint
 from resnets.train.config import Config, list_presets, resolve_config
 from resnets.train.inference import (InferenceModel, Trained, evaluate_checkpoint, load_trained,
                                      predict_images)
-from resnets.train.loop import (TrainingDiverged, TrainingInterrupted, evaluate, fit,
-                                resume_config, train_step)
+from resnets.train.loop import TrainingDiverged, TrainingInterrupted, fit
+from resnets.train.runs import resume_config
+from resnets.train.steps import evaluate, train_step
 from resnets.train.parts import Parts, default_parts
 from resnets.train.schedule import lr_at
 from resnets.train.state import TrainState

@@ -47,7 +47,7 @@ from resnets.train.config import Config
 from resnets.train.device import PRECISIONS as INFERENCE_PRECISIONS
 from resnets.train.device import (cpu_has_native_bf16, cuda_has_native_bf16,
                                    resolve_device)
-from resnets.train.loop import evaluate, image_shape
+from resnets.train.steps import evaluate, image_shape
 from resnets.train import parts as parts_module
 from resnets.train.parts import Parts
 from resnets.train.state import TrainState

@@ -6,8 +6,10 @@ batch `i` of epoch `e` depends only on (seed, e, i), so the step counter is the 
 of a run: a resumed run replays exactly what an uninterrupted one would have done. Whether the
 steps run compiled is `resnets.train.autocompile`'s business (`_Training._wrap_model`).
 
-`fit` is three parts: build (`_Training.__init__`: data, model, optimizer, loaders, state,
-restored from a checkpoint when resuming), loop (`_Training.loop`), finish (summary, plots).
+`fit` is three parts: build (`resnets.train.setup.TrainingSetup`: data, model, optimizer,
+loaders, state, restored from a checkpoint when resuming), loop (`_Training.loop`), finish
+(summary, plots). A step and an evaluation are `resnets.train.steps`'; the run directory's
+questions (new, resumable, its checkpoint) are `resnets.train.runs`'.
 What a checkpoint holds is `TrainState`'s business; what a run directory holds is `RunDir`'s.
 """
 
@@ -16,53 +18,34 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import platform
 import signal
-import subprocess
 import threading
 import time
-import warnings
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from resnets.atomic import write_json
 from resnets.errors import UserError
-from resnets.models.resnet import TRAINING_BYTES_PER_PARAMETER
 from resnets.models.fold import fold_batchnorm
 from resnets.models.fuse import fuse_for_cpu
-from resnets.models.summary import activation_bytes, count_parameters
-from resnets.modes import eval_mode
+from resnets.models.summary import count_parameters
 from resnets.rundir import RunDir
-from resnets.train.checkpoint import load_checkpoint
-from resnets.train.autocompile import StepCompiler
 from resnets.train.config import Config
-from resnets.train import finetune
-from resnets.train.device import (autocast, cpu_has_amx, cpu_has_native_bf16, cpu_threads,
-                                  machine_busy_warning, memory_limit, resolve_device,
-                                  resolve_precision, resolve_threads)
+from resnets.train.device import cpu_threads
 from resnets.train.distributed import (World, any_rank, average_buffers, broadcast_checkpoint,
-                                       broadcast_text, collective_errors, convert_sync_bn,
-                                       current_world, session, sum_over_ranks, wrap_model)
-from resnets.train.metrics import MetricsWriter, read_metrics, truncate_metrics
+                                       broadcast_text, collective_errors, session, sum_over_ranks)
+from resnets.train.metrics import MetricsWriter, read_metrics
 from resnets.train import parts as parts_module
 from resnets.train.parts import Parts
 from resnets.train.progress import Progress, make_progress
-from resnets.train.schedule import peak_lr, schedule_from_config
-from resnets.train.state import TRAINING_KEYS, Counters, Meter, TrainState, require
-from resnets.train.tensorboard import Board, check_available as check_tensorboard
-
-# Fields that may change when a run is resumed: they do not change what the run computes
-# (skip_bad_images changes only batches that held a file the run could not read: resuming
-# with it is how a run that stopped at a broken file goes on).
-RESUMABLE_CHANGES = frozenset({"device", "compile", "out", "name", "eval_batch_size",
-                               "threads", "workers", "skip_bad_images", "checkpoint_every",
-                               "dist_timeout", "tensorboard"})
-TRAIN_LINES_PER_EPOCH = 10  # training lines in metrics.jsonl when log_every is 0
+from resnets.train.state import Meter
+from resnets.train.tensorboard import check_available as check_tensorboard
+from resnets.train.runs import (after_failure, check_resumable, describe_checkpoint, new_run_dir,
+                                no_run_to_resume, resume_checkpoint, saved_config)
+from resnets.train.setup import TrainingSetup
+from resnets.train.steps import evaluate, train_step
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -76,177 +59,6 @@ class TrainingInterrupted(KeyboardInterrupt):
 
 class TrainingDiverged(UserError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
-
-
-def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor,
-               labels: torch.Tensor, *, precision: str = "fp32") -> tuple[torch.Tensor,
-                                                                          torch.Tensor]:
-    """One SGD step; returns (loss, number correct) as detached tensors (no device sync)."""
-    with autocast(images.device, precision):
-        logits = model(images)  # (B, classes)
-    loss = F.cross_entropy(logits.float(), labels)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    correct = (logits.detach().argmax(dim=1) == labels).sum()
-    return loss.detach(), correct
-
-
-def class_scores(model: nn.Module, images: torch.Tensor, precision: str = "fp32"
-                 ) -> torch.Tensor:
-    """Scores (B, classes), fp32, whose softmax is the prediction: the logits of a batch
-    (B, C, H, W); for several crops of each image (B, K, C, H, W), the log of the mean of the
-    K crops' softmax (the paper's 10-crop testing averages the crops' scores)."""
-    if images.ndim == 5:
-        batch, crops = images.shape[:2]
-        with autocast(images.device, precision):
-            logits = model(images.flatten(0, 1))  # (B * K, classes)
-        probabilities = logits.float().softmax(dim=1).view(batch, crops, -1).mean(dim=1)
-        return probabilities.log()
-    with autocast(images.device, precision):
-        logits = model(images)  # (B, classes)
-    return logits.float()
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, loader: Iterable, *, precision: str = "fp32",
-             num_classes: int | None = None,
-             combine: Callable[[torch.Tensor], torch.Tensor] | None = None,
-             on_batch: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None] | None = None
-             ) -> dict[str, Any]:
-    """Loss, top-1 and top-5 error (percent) and per-class top-1 error over `loader`.
-
-    `loader` yields (images, labels) batches already on the model's device; images of shape
-    (B, K, C, H, W) are K crops of each image, judged by their mean softmax (`class_scores`).
-    per_class_err is a list indexed by class (None for a class with no images). The model is
-    evaluated in eval mode and left in the mode it had. combine: sums the counts of several
-    processes that each saw part of every batch (torchrun); it needs `num_classes`.
-    `on_batch(images, labels, scores)` is called with every batch (TensorBoard keeps a few
-    misclassified images this way).
-    """
-    totals = torch.zeros(4, dtype=torch.float64)  # loss sum, images, top-1 wrong, top-5 wrong
-    class_total = class_wrong = None
-    if num_classes is not None:
-        class_total = torch.zeros(num_classes, dtype=torch.long)
-        class_wrong = torch.zeros(num_classes, dtype=torch.long)
-    with eval_mode(model):
-        for images, labels in loader:
-            if len(labels) == 0:  # this process's part of a last, small batch
-                continue
-            scores = class_scores(model, images, precision)  # (B, classes)
-            if on_batch is not None:
-                on_batch(images, labels, scores)
-            if class_total is None or scores.shape[1] > len(class_total):
-                grown = max(scores.shape[1], num_classes or 0)
-                class_total = _grown(class_total, grown)
-                class_wrong = _grown(class_wrong, grown)
-            top = scores.topk(min(5, scores.shape[1]), dim=1).indices  # (B, k)
-            hit1 = top[:, 0] == labels
-            totals += torch.tensor([F.cross_entropy(scores, labels, reduction="sum").item(),
-                                    len(labels), int((~hit1).sum()),
-                                    int((~(top == labels[:, None]).any(dim=1)).sum())],
-                                   dtype=torch.float64)
-            labels_cpu = labels.cpu()
-            class_total += torch.bincount(labels_cpu, minlength=len(class_total))
-            class_wrong += torch.bincount(labels_cpu[~hit1.cpu()], minlength=len(class_total))
-    if combine is not None:
-        totals = combine(totals)
-        class_total, class_wrong = combine(torch.stack([class_total, class_wrong]))
-    loss_sum, count, wrong_top1, wrong_top5 = totals.tolist()
-    if count == 0:
-        raise UserError("nothing to evaluate: the split is empty")
-    per_class = [None if int(t) == 0 else 100.0 * int(w) / int(t)
-                 for w, t in zip(class_wrong, class_total)]
-    return {"loss": loss_sum / count, "err": 100.0 * wrong_top1 / count,
-            "err_top5": 100.0 * wrong_top5 / count, "per_class_err": per_class, "n": int(count)}
-
-
-def _grown(counts: torch.Tensor | None, size: int) -> torch.Tensor:
-    grown = torch.zeros(size, dtype=torch.long)
-    if counts is not None:
-        grown[:len(counts)] = counts
-    return grown
-
-
-def image_shape(dataset) -> list[int]:
-    """[C, H, W] of a dataset's images (in memory, or streamed from disk)."""
-    if hasattr(dataset, "images"):
-        return list(dataset.images.shape[1:])
-    if getattr(dataset, "image_shape", None) is not None:  # known without decoding a file
-        return list(dataset.image_shape)
-    return list(dataset[0][0].shape)
-
-
-def augmentation(config: Config, dataset) -> tuple[int, bool]:
-    """(pad, flip) for training on `dataset`: the config's where it sets them, else the
-    dataset's own defaults (photos: pad 4 and flips; digits: pad 2, no flips), else none."""
-    pad = config.pad if config.pad is not None else getattr(dataset, "default_pad", 0)
-    flip = config.flip if config.flip is not None else getattr(dataset, "default_flip", False)
-    return pad, flip
-
-
-def check_resumable(saved: Config, given: Config, where: str | Path) -> None:
-    """Refuse to continue a run with settings that change what it computes."""
-    saved_values, given_values = saved.to_dict(), given.to_dict()
-    changed = [f"{key}={saved_values[key]!r} (given {given_values[key]!r})"
-               for key in saved_values
-               if key not in RESUMABLE_CHANGES and saved_values[key] != given_values[key]]
-    if changed:
-        raise UserError(f"{where}: cannot resume with a different config: the run has "
-                        f"{'; '.join(changed)}")
-
-
-def resume_config(run_dir: str | Path, overrides: dict | None = None) -> Config:
-    """The saved config of a run directory with `overrides` applied, refused at once if an
-    override changes what the run computes (only RESUMABLE_CHANGES may differ)."""
-    run = RunDir(run_dir)
-    if not run.exists():
-        raise _no_run_to_resume(run)
-    saved = _saved_config(run)
-    given = saved.replace(**(overrides or {}))
-    check_resumable(saved, given, run)
-    return given
-
-
-def _no_run_to_resume(run: RunDir) -> UserError:
-    path = Path(run.path)
-    if path.is_file():  # a checkpoint of a run, or weights from elsewhere
-        folder = RunDir(path.parent.parent if path.parent.name == "checkpoints" else path.parent)
-        if folder.ours():
-            return UserError(f"cannot resume from a file ({path}): --resume takes a run "
-                             f"directory, e.g. {folder} (it continues from checkpoints/last.pt)")
-        return UserError(f"cannot resume from a file ({path}): --resume takes a run directory; "
-                         f"to start a new run from these weights, use --weights {path}")
-    return UserError(f"cannot resume: run directory not found: {run}")
-
-
-def new_run_dir(config: Config, world: World | None = None) -> RunDir:
-    """Where a new run of `config` goes: OUT/NAME, or, without a name, a fresh default name
-    (MODEL-DATA-TIMESTAMP, numbered if taken) claimed atomically. Under torchrun, rank 0
-    decides and every process gets its answer (call it on every process); a job torchrun may
-    restart names its run after the rendezvous id, so the restarted group finds it again."""
-    world = world or current_world()
-    if config.name:
-        return RunDir(Path(config.out) / config.name)
-    if not world.distributed:
-        return RunDir.claim_new(config.out, RunDir.default_name(config.model, config.data))
-    path = ""
-    if world.main:
-        if world.run_id:
-            path = str(Path(config.out) / f"{RunDir.default_name(config.model, config.data)}"
-                       f"-{_safe(world.run_id)}")
-        elif world.max_restarts:
-            raise UserError("under torchrun --max-restarts, give the run a --name (or torchrun "
-                            "an --rdzv-id), so a restarted group finds the run it continues")
-        else:
-            path = str(RunDir.claim_new(config.out, RunDir.default_name(config.model,
-                                                                        config.data)).path)
-    with session(config.device, config.dist_timeout) as (_, device):
-        return RunDir(broadcast_text(path, world, device))
-
-
-def _safe(text: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_" else "_" for c in text)[:40]
 
 
 def fit(config: Config, run_dir: str | Path | None = None, *, resume: bool = False,
@@ -278,7 +90,7 @@ def fit(config: Config, run_dir: str | Path | None = None, *, resume: bool = Fal
             return _fit(config, run, resume, progress, parts, world, device)
         if resume:
             if not run.exists():
-                raise _no_run_to_resume(run)
+                raise no_run_to_resume(run)
         elif run.ours() and (run.finished() or run.last.exists()):
             raise UserError(f"run directory {run} already holds a run; resume it with "
                             f"--resume {run}, or choose another --name/--out")
@@ -293,14 +105,14 @@ def _fit(config: Config, run: RunDir, resume: bool, progress, parts: Parts | Non
     """`fit` once the run directory is settled (and, on rank 0, locked)."""
     finished = ""
     if world.main and resume and run.finished():  # nothing to train, but no silent changes
-        check_resumable(_saved_config(run), config, run)
+        check_resumable(saved_config(run), config, run)
         finished = json.dumps(run.read_summary())
     finished = broadcast_text(finished, world, device)
     if finished:
         return json.loads(finished)
     checkpoint = None
     if world.main:
-        checkpoint = _resume_checkpoint(run, config) if resume else None
+        checkpoint = resume_checkpoint(run, config) if resume else None
         if checkpoint is None and run.has_metrics():
             run.clear_partial()  # died before its first checkpoint: start it afresh
     checkpoint = broadcast_checkpoint(checkpoint, world, device)
@@ -315,7 +127,7 @@ def _fit(config: Config, run: RunDir, resume: bool, progress, parts: Parts | Non
         progress = "none"
     display = progress if isinstance(progress, Progress) else make_progress(progress)
     metrics = MetricsWriter(run.metrics) if world.main else _NoMetrics()
-    with metrics, training.board, collective_errors(world, lambda: _after_failure(run)):
+    with metrics, training.board, collective_errors(world, lambda: after_failure(run)):
         try:
             display.start(training.total_steps, training.steps_per_epoch, training.state.step)
             for note in training.notes:
@@ -331,35 +143,6 @@ class _NoMetrics(contextlib.nullcontext):
 
     def write(self, record: dict) -> None:
         pass
-
-
-def _saved_config(run: RunDir) -> Config:
-    """The config a run was started with (its config.json, less the environment entry)."""
-    if not run.config.is_file():
-        raise UserError(f"cannot resume {run}: no config.json (not a resnets run directory)")
-    return Config.from_dict({k: v for k, v in run.read_config().items() if k != "environment"})
-
-
-def _resume_checkpoint(run: RunDir, config: Config) -> dict:
-    if not run.last.is_file():
-        raise UserError(f"cannot resume {run}: it has no checkpoint (the run stopped "
-                        f"before its first evaluation); start it again without --resume")
-    try:
-        checkpoint = load_checkpoint(run.last)
-    except UserError as error:
-        if not run.best.is_file():
-            raise
-        raise UserError(f"{error}; {run.best} may still be good: copy it over {run.last} to "
-                        f"resume from the best evaluation") from None
-    require(checkpoint, TRAINING_KEYS, run.last)  # a hand-edited one: one line, not a KeyError
-    _check_checkpoint_config(config, checkpoint, run.last)
-    return checkpoint
-
-
-def _check_checkpoint_config(config: Config, checkpoint: dict, path: Path) -> None:
-    if "config" not in checkpoint:
-        raise UserError(f"{path}: checkpoint lacks its config (was it edited?)")
-    check_resumable(Config.from_dict(checkpoint["config"]), config, path)
 
 
 class _StopRequests:
@@ -392,164 +175,9 @@ class _StopRequests:
             signal.signal(number, handler)
 
 
-class _Training:
-    """One run being trained: built from a config (and a checkpoint when resuming)."""
-
-    def __init__(self, config: Config, run: RunDir, parts: Parts, checkpoint: dict | None,
-                 world: World | None = None, device: torch.device | None = None):
-        self.config, self.run = config, run
-        self.world = world or World()
-        self.device = device or resolve_device(config.device)
-        self.threads = resolve_threads(config.threads)
-        self.notes: list[str] = []  # lines for the display once it has started
-        # A resumed run keeps the arithmetic it started with, whatever "auto" means here.
-        precision = (checkpoint.get("precision") if checkpoint and "precision" in checkpoint
-                     else resolve_precision(config.precision, self.device))
-        if precision == "bf16" and self.device.type == "cpu" and not cpu_has_amx():
-            self.notes.append(
-                "note: precision bf16 on a CPU without AMX: "
-                + ("bf16 trains slower than fp32 here" if cpu_has_native_bf16() else
-                   "its bf16 arithmetic is emulated, several times slower than fp32")
-                + " (precision auto picks fp32 on this CPU)")
-        torch.manual_seed(config.seed)
-        train_set, eval_sets = self._datasets(parts)
-        self.state = self._state(parts, train_set, checkpoint, precision)
-        self._loaders(parts, train_set, eval_sets)
-        self.lr_at = schedule_from_config(config, self.total_steps,
-                                          depth=getattr(self.state.model, "depth", None),
-                                          steps_per_epoch=self.steps_per_epoch)
-        if checkpoint is not None:
-            self.state.load_state_dict(checkpoint, run.last)
-            self._resumed_on(checkpoint.get("world_size", 1))
-            if self.world.main:
-                truncate_metrics(run.metrics, self.state.step)
-        else:
-            self.state.best["split"] = self.best_split
-            if self.world.main:
-                write_json(run.config, {**config.to_dict(), "environment": {
-                    **_environment(), "device": str(self.device), "precision": precision,
-                    "threads": self.threads, "processes": self.world.size}})
-        self._wrap_model(checkpoint)
-        self.board = Board.open(config.tensorboard and self.world.main, run.path,
-                                self.state.step, self.state.normalizer, self.state.labels())
-        self.started = time.perf_counter() - self.state.counters.time
-        self.lr = self.lr_at(self.state.step)
-        busy = machine_busy_warning() if self.world.main else None
-        if busy:  # last, so a mistake in the settings is reported first; before the display
-            warnings.warn(busy)
-
-    def _wrap_model(self, checkpoint: dict | None) -> None:
-        """`forward_model`, what a training step calls (the model, under
-        DistributedDataParallel across processes), and `compiler`, which compiles the model's
-        units in place when `config.compile` says so (True, or "auto" and the run is long
-        enough: resnets.train.autocompile); a resumed run keeps its checkpoint's decision.
-        Evaluation and checkpoints use `state.model` itself."""
-        state = self.state
-        self.forward_model = wrap_model(state.model, self.device, self.world)
-        self.compiler = StepCompiler(
-            state.model, self.config.compile, device=self.device,
-            total_steps=self.total_steps, start_step=state.step, model_name=self.config.model,
-            run_key=(self.config.model, state.model_kwargs, state.input_size,
-                     self.config.batch_size, state.precision, self.config.channels_last,
-                     self.threads),
-            saved=checkpoint.get("compiled") if checkpoint else None,
-            on_decision=lambda on: setattr(state, "compiled", on), processes=self.world.size)
-
-    def _resumed_on(self, processes: int) -> None:
-        """Keep the rank-0-collects invariant of the meter, and say when the number of
-        processes changed (the global batch is the same, its BatchNorm slices are not)."""
-        if not self.world.main:
-            self.state.meter = Meter.zero(self.device)
-        if processes != self.world.size:
-            self.notes.append(
-                f"note: this run started on {processes} process{'es' if processes > 1 else ''} "
-                f"and continues on {self.world.size}: the same global batch of "
-                f"{self.config.batch_size}, but BatchNorm now sees slices of "
-                f"{self.config.batch_size // self.world.size} images, so it is no longer "
-                f"bit-exact with an uninterrupted run")
-
-    def _datasets(self, parts: Parts):
-        train_set = parts.load_dataset(self.config, "train")
-        if len(train_set) == 0:
-            raise UserError(f"dataset {self.config.data!r} has no training images")
-        if len(train_set) < self.config.batch_size:
-            raise UserError(f"batch_size {self.config.batch_size} is larger than the training "
-                            f"set ({len(train_set)} images)")
-        eval_sets = {split: dataset for split in ("val", "test")
-                     if len(dataset := parts.load_dataset(self.config, split)) > 0}
-        return train_set, eval_sets
-
-    def _state(self, parts: Parts, train_set, checkpoint: dict | None, precision: str
-               ) -> TrainState:
-        config = self.config
-        input_size = image_shape(train_set)  # [C, H, W]
-        base_kwargs = {"num_classes": len(train_set.classes), "in_channels": input_size[0],
-                       **config.model_args}
-        start = None
-        if checkpoint is not None:
-            model_kwargs = finetune.resumed_kwargs(config, checkpoint, base_kwargs, self.run.last)
-            normalizer = parts.normalizer_from_state(checkpoint["normalizer"])
-        else:  # from --weights (with the inputs they were trained on), or a fresh start
-            start, model_kwargs = finetune.start_weights(config, base_kwargs)
-            normalizer = (parts.normalizer_from_state(start.normalizer) if start is not None
-                          else parts.fit_normalizer(config.normalize, train_set))
-        self._check_memory(parts, model_kwargs, input_size)
-        model = parts.create_model(config.model, **model_kwargs)
-        if start is not None:
-            finetune.load_start(model, start, config.model, list(train_set.classes))
-        if config.sync_bn:
-            model = convert_sync_bn(model, self.device, self.world)
-        finetune.freeze(model, config.freeze)
-        model = model.to(self.device)
-        if config.channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        optimizer = finetune.optimizer(model, config, peak_lr(config))
-        return TrainState(config=config, model=model, model_kwargs=model_kwargs,
-                          normalizer=normalizer, classes=list(train_set.classes),
-                          class_names=getattr(train_set, "class_names", None),
-                          input_size=input_size, precision=precision, optimizer=optimizer,
-                          meter=Meter.zero(self.device), counters=Counters(),
-                          world_size=self.world.size)
-
-    def _check_memory(self, parts: Parts, model_kwargs: dict, input_size: list[int]) -> None:
-        """Refuse, before anything is allocated, a model and batch whose training state cannot
-        fit on the device: parameters and optimizer state plus the batch's activations,
-        estimated from a model built on the meta device."""
-        with torch.device("meta"):
-            probe = parts.create_model(self.config.model, **model_kwargs)
-        parameters = count_parameters(probe)
-        need = (parameters * TRAINING_BYTES_PER_PARAMETER
-                + activation_bytes(probe, input_size) * self.config.batch_size)
-        have = memory_limit(self.device)
-        if have is not None and need > have:
-            raise UserError(f"{self.config.model} ({parameters:,} parameters) at batch size "
-                            f"{self.config.batch_size} on {list(input_size)} images needs about "
-                            f"{need / 2**30:,.1f} GiB to train, more than the "
-                            f"{have / 2**30:,.1f} GiB of {self.device}; use a smaller "
-                            f"--batch-size or model")
-
-    def _loaders(self, parts: Parts, train_set, eval_sets: dict) -> None:
-        config, normalizer = self.config, self.state.normalizer
-        pad, flip = augmentation(config, train_set)
-        common = {"normalizer": normalizer, "device": self.device, "seed": config.seed,
-                  "channels_last": config.channels_last, "workers": config.workers}
-        if self.world.distributed:  # each process takes its part of every batch
-            common["part"] = self.world.part
-        self.loader = parts.make_loader(train_set, config.batch_size, shuffle=True,
-                                        pad=pad, flip=flip, drop_last=True,
-                                        augment=config.augment, lighting=config.lighting,
-                                        **common)
-        self.eval_loaders = {split: parts.make_loader(dataset, config.eval_batch_size,
-                                                      shuffle=False, pad=0, flip=False,
-                                                      drop_last=False, **common)
-                             for split, dataset in eval_sets.items()}
-        self.steps_per_epoch = len(self.loader)
-        self.total_steps = (config.iters if config.iters is not None
-                            else max(1, round(config.epochs * self.steps_per_epoch)))
-        self.log_every = config.log_every or max(1, self.steps_per_epoch
-                                                 // TRAIN_LINES_PER_EPOCH)
-        self.eval_every = config.eval_every or self.steps_per_epoch
-        self.best_split = next((s for s in ("val", "test") if s in eval_sets), None)
+class _Training(TrainingSetup):
+    """One run being trained: built from a config (and a checkpoint when resuming) by
+    `TrainingSetup`, then trained by `loop` and closed by `finish`."""
 
     # ---------------------------------------------------------------------- the loop
     def loop(self, metrics: MetricsWriter, display: Progress) -> None:
@@ -610,7 +238,7 @@ class _Training:
         if not math.isfinite(loss):
             raise TrainingDiverged(
                 f"loss is {loss} near step {state.step} (lr {self.lr:.4g}); training stopped. "
-                f"The last good checkpoint is {_describe_checkpoint(self.run.last)}. Try a "
+                f"The last good checkpoint is {describe_checkpoint(self.run.last)}. Try a "
                 f"lower --lr, a --warmup, or --precision fp32")
         record = {"split": "train", "step": state.step,
                   "epoch": state.step / self.steps_per_epoch, "loss": loss,
@@ -756,39 +384,3 @@ class _Training:
 def _last(records: list[dict], split: str) -> dict | None:
     matching = [r for r in records if r.get("split") == split]
     return matching[-1] if matching else None
-
-
-def _after_failure(run: RunDir) -> str:
-    """What a process whose group failed says about the run (rank 0 may be on another machine)."""
-    if not run.last.is_file():
-        return "no checkpoint was written yet: start the run again"
-    return (f"the last checkpoint, {_describe_checkpoint(run.last)}, is intact: torchrun "
-            f"--max-restarts K goes on from it by itself, or add --resume {run}")
-
-
-def _describe_checkpoint(path: Path) -> str:
-    if not path.is_file():
-        return "none (no checkpoint was written before the loss diverged)"
-    try:
-        step = load_checkpoint(path)["step"]
-    except (UserError, KeyError):
-        return f"{path}"
-    return f"{path} (step {step})"
-
-
-def _git_commit() -> str | None:
-    try:
-        result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent,
-                                capture_output=True, text=True, timeout=5)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return result.stdout.strip() or None if result.returncode == 0 else None
-
-
-def _environment() -> dict[str, Any]:
-    import resnets
-
-    return {"resnets": resnets.__version__, "torch": torch.__version__,
-            "python": platform.python_version(), "platform": platform.platform(),
-            "git_commit": _git_commit(),
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
