@@ -106,13 +106,13 @@ def test_resume_continues_a_stopped_run(run_dir, capsys):
 def test_resume_with_a_changed_setting_is_refused_before_any_checkpoint_is_read(
         run_dir, capsys, monkeypatch):
     import resnets.train.checkpoint as checkpoint_module
-    import resnets.train.loop as loop
+    import resnets.train.runs as runs
 
     def no_reading(*args, **kwargs):
         raise AssertionError("the checkpoint was read before the refusal")
 
     monkeypatch.setattr(checkpoint_module, "load_checkpoint", no_reading)
-    monkeypatch.setattr(loop, "load_checkpoint", no_reading)
+    monkeypatch.setattr(runs, "load_checkpoint", no_reading)
     (run_dir / "summary.json").unlink()
     assert main(["train", "--resume", str(run_dir), "--lr", "0.5"]) == 2
     assert "lr=0.2 (given 0.5)" in _one_error_line(capsys)

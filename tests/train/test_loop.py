@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import resnets.train.loop as loop
+import resnets.train.setup as setup
 from resnets.errors import UserError
 from resnets.train import fit, load_checkpoint
 from resnets.train.loop import TrainingDiverged, TrainingInterrupted, evaluate, train_step
@@ -207,7 +208,7 @@ def test_a_run_that_died_before_its_first_checkpoint_starts_afresh(tmp_path, fak
 
 def test_resume_keeps_the_precision_the_run_started_with(tmp_path, fake_rooms, monkeypatch,
                                                           ctrl_c_after_step):
-    monkeypatch.setattr(loop, "resolve_precision", lambda precision, device: "fp32")
+    monkeypatch.setattr(setup, "resolve_precision", lambda precision, device: "fp32")
     ctrl_c_after_step(2)
     with pytest.raises(TrainingInterrupted):
         fit(tiny_config(iters=6, precision="auto"), tmp_path / "run", progress="none")
@@ -220,7 +221,7 @@ def test_resume_keeps_the_precision_the_run_started_with(tmp_path, fake_rooms, m
         return real_step(*args, **kwargs)
 
     # on "another machine", auto would now mean bf16; the resumed run keeps fp32
-    monkeypatch.setattr(loop, "resolve_precision", lambda precision, device: "bf16")
+    monkeypatch.setattr(setup, "resolve_precision", lambda precision, device: "bf16")
     monkeypatch.setattr(loop, "train_step", recording_step)
     fit(tiny_config(iters=6, precision="auto"), tmp_path / "run", resume=True, progress="none")
     assert used and set(used) == {"fp32"}

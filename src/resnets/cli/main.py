@@ -36,7 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _run(parser, argv)
     except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
+        if _rank() == 0:  # under torchrun the processes share the settings: one line will do
+            print(f"error: {error}", file=sys.stderr)
         return 2
     except DistributedFailure as error:  # not the user's mistake, but not a bug here either
         print(f"error: {error}", file=sys.stderr)
@@ -56,12 +57,22 @@ def _run(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
 
     with warnings.catch_warnings():
         warnings.showwarning = one_line_warnings(warnings.showwarning)
-        args = parser.parse_args(argv)
+        words = sys.argv[1:] if argv is None else list(argv)
+        args = parser.parse_args(words)
+        args.argv = words[words.index(args.command) + 1:]  # the command's own arguments
         if getattr(args, "runs_models", False):  # set by the commands that train or run networks
             from resnets.train.device import keep_freed_memory
 
             keep_freed_memory()  # else fresh pages for every step's activations (device.py)
         return int(args.run(args) or 0)
+
+
+def _rank() -> int:
+    """This process's rank among torchrun's (0 outside torchrun)."""
+    import os
+
+    text = os.environ.get("RANK", "0") if "WORLD_SIZE" in os.environ else "0"
+    return int(text) if text.isdigit() else 0
 
 
 if __name__ == "__main__":

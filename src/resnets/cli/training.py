@@ -38,6 +38,10 @@ def _add_train(sub) -> None:
                        help="live bar on a terminal, one line per epoch otherwise (auto)")
     train.add_argument("--print-config", action="store_true",
                        help="print the resolved settings as TOML (a file --config reads) and exit")
+    train.add_argument("--nproc-per-node", type=positive_int, metavar="N",
+                       help="train in N processes on this machine (one per GPU, or a share of "
+                       "the CPU cores each), started through PyTorch's elastic launcher; "
+                       "--batch-size stays the global batch (for several machines: torchrun)")
     _add_config_flags(train)
     train.set_defaults(run=_cmd_train, runs_models=True)
 
@@ -177,13 +181,15 @@ def _add_weights_options(parser) -> None:
 def _cmd_train(args) -> int:
     from resnets.train import TrainingInterrupted, fit
     from resnets.train.distributed import session
-    from resnets.train.runs import new_run_dir
     from resnets.train.progress import print_summary, run_directory_line
+    from resnets.train.runs import new_run_dir
 
     config, run_dir = _train_config(args)
     if args.print_config:
         print(config.to_toml(), end="")
         return 0
+    if args.nproc_per_node is not None:
+        return _launch_train(args, config, run_dir)
     # Under torchrun every process runs this; rank 0 names the run and prints.
     with session(config.device, config.dist_timeout) as (world, _):
         if not args.resume:
@@ -201,6 +207,40 @@ def _cmd_train(args) -> int:
     else:  # quiet, but a script still learns where the run went
         print(run_directory_line(run_dir))
     return 0
+
+
+def _launch_train(args, config, run_dir) -> int:
+    """`train --nproc-per-node N`: settings checked and the run named here, once, then N
+    processes train it (resnets.train.launch); one line at the end if they failed."""
+    from resnets.train.distributed import current_world
+    from resnets.train.launch import check_processes, launch
+    from resnets.train.runs import new_run_dir
+
+    if current_world().distributed:
+        raise UserError("--nproc-per-node starts processes of its own: under torchrun, leave "
+                        "it out (torchrun's --nproc-per-node says how many)")
+    check_processes(args.nproc_per_node, config.batch_size, config.device, config.sync_bn)
+    worker_args = _without_option(args.argv, "--nproc-per-node")
+    if run_dir is None:  # a new run, named here so that every process and the last line agree
+        run_dir = new_run_dir(config).path
+        worker_args += ["--out", str(run_dir.parent), "--name", run_dir.name]
+    outcome = launch(args.nproc_per_node, worker_args, run_dir, config.threads)
+    if outcome.line:
+        print(f"error: {outcome.line}", file=sys.stderr)
+    return outcome.status
+
+
+def _without_option(argv: list[str], option: str) -> list[str]:
+    """`argv` (train's own arguments) less `option VALUE` and `option=VALUE`."""
+    kept, skip = [], False
+    for word in argv:
+        if skip:
+            skip = False
+        elif word == option:
+            skip = True
+        elif not word.startswith(option + "="):
+            kept.append(word)
+    return kept
 
 
 def _train_config(args):

@@ -36,6 +36,7 @@ from resnets.train.config import Config
 from resnets.train.device import cpu_threads
 from resnets.train.distributed import (World, any_rank, average_buffers, broadcast_checkpoint,
                                        broadcast_text, collective_errors, session, sum_over_ranks)
+from resnets.train.launch import launched_here, resume_command
 from resnets.train.metrics import MetricsWriter, read_metrics
 from resnets.train import parts as parts_module
 from resnets.train.parts import Parts
@@ -332,7 +333,9 @@ class _Training(TrainingSetup):
         what = "interrupted" if signal_number == signal.SIGINT else \
             f"stopped by {signal.Signals(signal_number).name}"
         how = f"`resnets train --resume {self.run}`"
-        if self.world.distributed:  # as many processes as now keep the run bit-exact
+        if launched_here():  # `resnets train --nproc-per-node N` started this process
+            how = resume_command(self.world.size, self.run)
+        elif self.world.distributed:  # as many processes as now keep the run bit-exact
             how = (f"`torchrun --nproc-per-node {self.world.local_size} -m resnets train "
                    f"--resume {self.run}`")
             if self.world.size > self.world.local_size:
