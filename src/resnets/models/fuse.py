@@ -18,8 +18,13 @@ puts those calls in place of the separate passes:
   `fuse_for_cpu` returns the model unchanged.
 
 The arithmetic is the unfused model's: the same convolution in fp32 (or bf16) with the ReLU and
-the addition applied to its fp32 result, so logits agree with the folded model to fp32
-rounding (tests/models/test_fold.py, every registered CIFAR model and resnet18/50). Measured:
+the addition applied to its fp32 result, so each fused call is within fp32's worst-case
+rounding (in any summation order) of its exact value, and logits agree with the folded model to
+fp32 rounding as the network amplifies it (tests/models/test_fold.py, every registered CIFAR
+model and resnet18/50; the bound: tests/fp32_rounding.py). oneDNN picks the kernel per CPU
+(fp32 brgemm for these calls on AVX2 and AVX-512 alike, the model's own convolutions fp32 jit
+ones, summing in another order); it never uses bf16 for fp32 tensors unless an fpmath mode
+asks it to (ONEDNN_DEFAULT_FPMATH_MODE, torch.backends.mkldnn's fp32_precision). Measured:
 benchmarks/bench_inference.py. For inference only, like the folded copy it is made from: the
 fused modules hold the weights as buffers, and nothing here is trained or checkpointed.
 
