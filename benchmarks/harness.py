@@ -43,7 +43,9 @@ RESULTS = Path(__file__).resolve().with_name("RESULTS.md")
 RESULTS_HEADER = "# Benchmark results\n\nEach entry: what was run, where, and the figures it printed.\n\n"
 
 BUSY_LOAD_PER_CORE = 0.5  # a record warns when the 1-minute load at the start is above this x cores
-IDLE_LOAD = 0.5  # whole-machine benchmarks (studies, trainings at once) record only at or below
+# Whole-machine benchmarks (studies, trainings at once: every core in use) record only when the
+# 1-minute load at the start is at most this, whatever the core count: half a busy core shows.
+IDLE_LOAD = 0.5
 
 
 # ------------------------------------------------------------------ what the record names
