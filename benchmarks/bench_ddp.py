@@ -6,7 +6,10 @@ images/s from the run's summary.json (training steps only: evaluation and start-
 Rounds alternate the order (A B, B A, ...); the table gives the median over rounds.
 
     python3 benchmarks/bench_ddp.py                      # on an idle machine
-    python3 benchmarks/bench_ddp.py --steps 4 --rounds 1 --results ''   # smoke test
+    python3 benchmarks/bench_ddp.py --steps 4 --rounds 1 --no-record   # smoke test
+
+Prints the table and appends it, with hardware, torch version, command, date and load average,
+to benchmarks/RESULTS.md (unless --no-record).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from hardware import append, command_line, describe, utc_date  # noqa: E402
+from harness import Load, add_record_options, record, results_path  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -47,12 +50,11 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--results", default=str(ROOT / "benchmarks" / "RESULTS.md"),
-                        help="file to append the record to ('' for none)")
+    add_record_options(parser)
     args = parser.parse_args()
     cores = os.cpu_count() or 1
     setups = [(1, cores), (cores, 1)]  # (processes, threads each)
-    load_before = os.getloadavg()[0]
+    load_average = Load.start()
     rates: dict[tuple[int, int], list[float]] = {s: [] for s in setups}
     with tempfile.TemporaryDirectory() as folder:
         for round_index in range(args.rounds):
@@ -63,19 +65,20 @@ def main() -> None:
                 rates[(processes, threads)].append(rate)
                 print(f"round {round_index}: {processes} process(es) x {threads} thread(s): "
                       f"{rate:,.0f} img/s", flush=True)
-    load_after = os.getloadavg()[0]
+    load_average.stop()
     base = statistics.median(rates[setups[0]])
     rows = [f"| {p} x {t} | {'DDP, gloo' if p > 1 else 'one process'} | "
             f"{statistics.median(rates[(p, t)]):,.0f} | "
             f"{statistics.median(rates[(p, t)]) / base:.2f}x |" for p, t in setups]
-    table = "\n".join(["| processes x threads | how | img/s (median) | vs 1 process |",
-                       "|---|---|---:|---:|", *rows])
-    print(table)
-    if args.results:
-        append(args.results, f"\n## DDP on one machine: {args.model}, global batch "
-               f"{args.batch_size}, {args.steps} steps ({utc_date()})\n\n{describe()}. "
-               f"`{command_line()}`; {args.rounds} rounds, alternating order; load average "
-               f"{load_before:.2f} before, {load_after:.2f} after.\n\n{table}\n")
+    table = ["| processes x threads | how | img/s (median) | vs 1 process |",
+             "|---|---|---:|---:|", *rows]
+    print("\n".join(table))
+    record(results_path(args), f"bench_ddp: DDP on one machine, {args.model}, global batch "
+           f"{args.batch_size}, {args.steps} steps", load=load_average, device="cpu",
+           table=table, facts=[
+               f"- method: the real `resnets train` on the bundled digits (DDP: under torchrun, "
+               f"gloo), training img/s from the run's summary.json; median of {args.rounds} "
+               f"rounds, alternating order"])
 
 
 if __name__ == "__main__":

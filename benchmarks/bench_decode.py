@@ -21,28 +21,26 @@ The speed-up compares the worker's part with the conventional pipeline: the batc
 on the GPU in training. --smallest/--largest 1000x750/1600x1200 shows the reduced-size decode.
 
     python3 benchmarks/bench_decode.py                               # 300 images, 5 passes
-    python3 benchmarks/bench_decode.py --count 20 --repeats 1 --results ''   # smoke test
+    python3 benchmarks/bench_decode.py --count 20 --repeats 1 --no-record   # smoke test
 
-Prints a table and appends it, with hardware, torch version, command and date, to
-benchmarks/RESULTS.md (unless --results '').
+Prints a table and appends it, with hardware, torch version, command, date and load average,
+to benchmarks/RESULTS.md (unless --no-record).
 """
 
 from __future__ import annotations
 
 import argparse
-import platform
+import itertools
 import random
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from hardware import append, command_line, describe as hardware, utc_date  # noqa: E402 (benchmarks/hardware.py)
+from harness import Load, Spread, add_record_options, record, results_path, time_it  # noqa: E402
 from jpeg_tree import parse_size, write_tree  # noqa: E402
 from resnets.data.augment import IMAGENET_EIGENVALUES, IMAGENET_EIGENVECTORS, flip, lighting  # noqa: E402
 from resnets.data.views import View, paper_sides  # noqa: E402
@@ -95,33 +93,31 @@ def conventional_random_resized(path: Path, rng: random.Random) -> torch.Tensor:
     return (_to_float(image) - MEAN) / STD
 
 
-def images_per_second(function, paths: list[Path], repeats: int) -> list[float]:
-    for i, path in enumerate(paths):  # untimed: the page cache, Pillow's first-use costs
-        function(path, random.Random(i))
-    rates = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+def images_per_second(function, paths: list[Path], repeats: int) -> Spread:
+    """Images/s of passes over all `paths`, after one untimed pass (the page cache, Pillow's
+    first-use costs)."""
+    def one_pass():
         for i, path in enumerate(paths):
             function(path, random.Random(i))
-        rates.append(len(paths) / (time.perf_counter() - start))
-    return rates
+
+    return time_it(one_pass, warmup=1, runs=repeats).per_second(len(paths))
 
 
-def batched_part_per_second(repeats: int, batch: int = 64) -> list[float]:
+def batched_part_per_second(repeats: int, batch: int = 64) -> Spread:
     """Images/s of the Loader's device part (normalise, flip, lighting) on this CPU."""
     images = torch.randint(0, 256, (batch, 3, CROP, CROP), dtype=torch.uint8)
     mean, std = MEAN.view(3, 1, 1) * 255, STD.view(3, 1, 1) * 255
-    rates = []
-    for run in range(repeats + 1):
-        start = time.perf_counter()
+    runs = itertools.count()
+
+    def four_batches():
+        run = next(runs)
         for index in range(4):
             generator = torch.Generator().manual_seed(run * 100 + index)
             x = images.to(torch.float32).sub_(mean).div_(std)
             x = flip(x, generator)
             x = lighting(x, generator, 0.1, scale=255 / std.flatten())
-        if run:  # the first run is a warm-up
-            rates.append(4 * batch / (time.perf_counter() - start))
-    return rates
+
+    return time_it(four_batches, warmup=1, runs=repeats).per_second(4 * batch)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -131,10 +127,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--largest", default="500x375", help="largest WxH drawn (default: 500x375)")
     parser.add_argument("--repeats", type=int, default=5, help="timed passes (median reported)")
     parser.add_argument("--dir", help="where to write the JPEGs (default: a temporary folder)")
-    parser.add_argument("--results", default=str(Path(__file__).with_name("RESULTS.md")),
-                        help="markdown file the table is appended to ('' for none)")
+    add_record_options(parser)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)  # as in a DataLoader worker
+    load_average = Load.start()
 
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(args.dir or scratch)
@@ -150,33 +146,26 @@ def main(argv: list[str] | None = None) -> int:
         medians, rows = {}, []
         for name, function in pipelines.items():
             rates = images_per_second(function, paths, args.repeats)
-            medians[name] = statistics.median(rates)
+            medians[name] = rates.median
             versus = ""
             if name.startswith("conventional"):
                 ours = medians[name.replace("conventional", "resnets").replace(" (PIL, per image)", " view (worker)")]
                 versus = f"ours {ours / medians[name]:.2f}x"
-            rows.append(f"| {name} | {medians[name]:.0f} ({min(rates):.0f}-{max(rates):.0f}) | "
+            rows.append(f"| {name} | {rates.cell('.0f')} | "
                         f"{1000 / medians[name]:.2f} | {versus} |")
             print(rows[-1], flush=True)
         batched = batched_part_per_second(args.repeats)
         rows.append(f"| resnets batched part (normalise, flip, lighting; on this CPU) | "
-                    f"{statistics.median(batched):.0f} | {1000 / statistics.median(batched):.2f} | |")
+                    f"{batched.median:.0f} | {1000 / batched.median:.2f} | |")
         print(rows[-1], flush=True)
         mean_kb = sum(path.stat().st_size for path in paths) / len(paths) / 1000
 
-    if args.results:
-        command = command_line()
-        date = utc_date()
-        block = "\n".join([
-            f"\n## bench_decode: decode + training augmentation at 224, images/s per worker ({date})\n",
-            f"- hardware: {hardware()} (timed with 1 torch thread, one process)",
-            f"- torch {torch.__version__}, Python {platform.python_version()}",
-            f"- command: `{command}`",
-            f"- data: {len(paths)} generated JPEGs (quality 90, mean {mean_kb:.0f} KB), sizes "
-            f"{args.smallest} to {args.largest}, a quarter portrait; median of {args.repeats} "
-            f"passes (min-max) after one untimed pass\n",
-            header, *rows, ""])
-        append(args.results, block)
+    record(results_path(args), "bench_decode: decode + training augmentation at 224, images/s "
+           "per worker", load=load_average.stop(), table=[header, *rows],
+           hardware_note=" (timed with 1 torch thread, one process)", facts=[
+               f"- data: {len(paths)} generated JPEGs (quality 90, mean {mean_kb:.0f} KB), sizes "
+               f"{args.smallest} to {args.largest}, a quarter portrait; median of {args.repeats} "
+               f"passes (min-max) after one untimed pass"])
     return 0
 
 

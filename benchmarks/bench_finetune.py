@@ -20,27 +20,25 @@ and two measurements each, as bench_imagenet_train.py:
 --warmup steps are run first and not timed. The timed steps all lie in one epoch.
 
     python3 benchmarks/bench_finetune.py                   # batch 32, 8 timed steps per mode
-    python3 benchmarks/bench_finetune.py --batch-size 4 --steps 2 --warmup 1 --results ''
+    python3 benchmarks/bench_finetune.py --batch-size 4 --steps 2 --warmup 1 --no-record
 
-Prints a table and appends it, with hardware, torch version, command and date, to
-benchmarks/RESULTS.md (unless --results '').
+Prints a table and appends it, with hardware, torch version, command, date and load average,
+to benchmarks/RESULTS.md (unless --no-record).
 """
 
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from hardware import append, command_line, describe as hardware, utc_date  # noqa: E402 (benchmarks/hardware.py)
+from harness import Load, add_record_options, record, results_path, time_fed, time_it  # noqa: E402
 from jpeg_tree import write_tree  # noqa: E402
 from resnets import create_model  # noqa: E402
 from resnets.data import Loader, Normalizer, load  # noqa: E402
@@ -67,23 +65,21 @@ def _model(freeze: str, classes: int, device: torch.device):
 
 
 def model_only(freeze: str, classes: int, batch: int, steps: int, warmup: int, device,
-               precision: str) -> list[float]:
-    """Seconds of each timed step on one in-memory batch."""
+               precision: str) -> float:
+    """Median seconds of a timed step on one in-memory batch."""
     model, optimizer, _ = _model(freeze, classes, device)
     images = torch.randn(batch, 3, 224, 224, device=device).contiguous(memory_format=torch.channels_last)
     labels = torch.randint(0, classes, (batch,), device=device)
-    times = []
-    for step in range(warmup + steps):
-        start = time.perf_counter()
+
+    def step():
         loss, _ = train_step(model, optimizer, images, labels, precision=precision)
         loss.item()  # wait for the device
-        if step >= warmup:
-            times.append(time.perf_counter() - start)
-    return times
+
+    return time_it(step, warmup=warmup, runs=steps).median
 
 
 def with_loader(freeze: str, dataset, batch: int, steps: int, warmup: int, device,
-                precision: str, workers: int) -> tuple[list[float], list[float]]:
+                precision: str, workers: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """(seconds waiting for each timed batch, seconds in each timed step)."""
     model, optimizer, _ = _model(freeze, len(dataset.classes), device)
     normalizer = Normalizer.from_state_dict(imagenet_normalizer())
@@ -91,18 +87,15 @@ def with_loader(freeze: str, dataset, batch: int, steps: int, warmup: int, devic
                     normalizer=normalizer, device=device, seed=0, channels_last=True,
                     workers=workers)
     batches = loader.batches(0)
-    waits, steps_s = [], []
-    for step in range(warmup + steps):
-        start = time.perf_counter()
-        images, labels = next(batches)
-        got = time.perf_counter()
+
+    def step(batch):
+        images, labels = batch
         loss, _ = train_step(model, optimizer, images, labels, precision=precision)
-        loss.item()
-        if step >= warmup:
-            waits.append(got - start)
-            steps_s.append(time.perf_counter() - got)
+        loss.item()  # wait for the device
+
+    waits, steps_s = time_fed(lambda: next(batches), step, warmup=warmup, runs=steps)
     batches.close()
-    return waits, steps_s
+    return waits.values, steps_s.values
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -116,8 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precision", default="auto", help="auto (default), bf16 or fp32")
     parser.add_argument("--dir", help="where to write the JPEGs (default: a temporary folder)")
-    parser.add_argument("--results", default=str(Path(__file__).with_name("RESULTS.md")),
-                        help="markdown file the table is appended to ('' for none)")
+    add_record_options(parser)
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     precision = resolve_precision(args.precision, device)
@@ -126,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     header = ("| mode | trainable params | batch | precision | model only img/s | with loader "
               "img/s | step ms | loader share |\n|---|---:|---:|---|---:|---:|---:|---:|")
     rows, rates = [], {}
+    load_average = Load.start()
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(args.dir or scratch)
         write_tree(root, count, smallest=(224, 224), largest=(224, 224), classes=args.classes)
@@ -133,8 +126,8 @@ def main(argv: list[str] | None = None) -> int:
         print(header, flush=True)
         for label, freeze in MODES.items():
             trainable = _model(freeze, args.classes, device)[2]
-            alone = statistics.median(model_only(freeze, args.classes, args.batch_size, args.steps,
-                                                 args.warmup, device, precision))
+            alone = model_only(freeze, args.classes, args.batch_size, args.steps, args.warmup,
+                               device, precision)
             waits, steps_s = with_loader(freeze, dataset, args.batch_size, args.steps,
                                          args.warmup, device, precision, args.workers)
             total = sum(waits) + sum(steps_s)
@@ -147,24 +140,18 @@ def main(argv: list[str] | None = None) -> int:
     speedup = rates["frozen backbone"] / rates["full fine-tuning"]
     print(f"frozen backbone / full fine-tuning, with loader: {speedup:.2f}x")
 
-    if args.results:
-        with torch.device("meta"):
-            total_params = count_parameters(create_model("resnet18", num_classes=args.classes))
-        block = "\n".join([
-            f"\n## bench_finetune: ResNet-18 fine-tuning at 224, frozen backbone vs full "
-            f"({utc_date()})\n",
-            f"- hardware: {hardware()}",
-            f"- torch {torch.__version__}, Python {platform.python_version()}, device {device}",
-            f"- command: `{command_line()}`",
-            f"- method: resnet18 ({total_params:,} parameters, {args.classes}-way head), randomly "
-            f"initialised (the timing does not depend on the weights' values); the finetune "
-            f"preset's SGD; {args.warmup} untimed steps, then {args.steps} timed steps per mode "
-            f"(median step; loader share = total wait / total time); {count} generated 224x224 "
-            f"JPEGs in {args.classes} class folders, augment random-resized, ImageNet "
-            f"normalisation, channels_last, {args.workers} loader worker(s)\n",
-            header, *rows,
-            f"\nfrozen backbone / full fine-tuning, with loader: {speedup:.2f}x\n"])
-        append(args.results, block)
+    with torch.device("meta"):
+        total_params = count_parameters(create_model("resnet18", num_classes=args.classes))
+    record(results_path(args), "bench_finetune: ResNet-18 fine-tuning at 224, frozen backbone "
+           "vs full", load=load_average.stop(), device=device, table=[header, *rows],
+           notes=[f"frozen backbone / full fine-tuning, with loader: {speedup:.2f}x"], facts=[
+               f"- method: resnet18 ({total_params:,} parameters, {args.classes}-way head), "
+               f"randomly initialised (the timing does not depend on the weights' values); the "
+               f"finetune preset's SGD; {args.warmup} untimed steps, then {args.steps} timed "
+               f"steps per mode (median step; loader share = total wait / total time); {count} "
+               f"generated 224x224 JPEGs in {args.classes} class folders, augment "
+               f"random-resized, ImageNet normalisation, channels_last, {args.workers} loader "
+               f"worker(s)"])
     return 0
 
 

@@ -15,27 +15,25 @@ For each model (1,000 classes, channels_last, the precision `auto` picks here):
 all lie in one epoch, so no epoch boundary (a new set of workers) falls among them.
 
     python3 benchmarks/bench_imagenet_train.py                   # resnet18, resnet50, batch 32
-    python3 benchmarks/bench_imagenet_train.py --models resnet18 --batch-size 4 --steps 2 --warmup 1 --results ''
+    python3 benchmarks/bench_imagenet_train.py --models resnet18 --batch-size 4 --steps 2 --warmup 1 --no-record
 
-Prints a table and appends it, with hardware, torch version, command and date, to
-benchmarks/RESULTS.md (unless --results '').
+Prints a table and appends it, with hardware, torch version, command, date and load average,
+to benchmarks/RESULTS.md (unless --no-record).
 """
 
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from hardware import append, command_line, describe as hardware, utc_date  # noqa: E402 (benchmarks/hardware.py)
+from harness import Load, add_record_options, record, results_path, time_fed, time_it  # noqa: E402
 from jpeg_tree import write_tree  # noqa: E402
 from resnets import create_model  # noqa: E402
 from resnets.data import Loader, Normalizer, load  # noqa: E402
@@ -51,40 +49,35 @@ def _model(name: str, device: torch.device):
     return model, optimizer
 
 
-def model_only(name: str, batch: int, steps: int, warmup: int, device, precision: str) -> list[float]:
-    """Seconds of each timed step on one in-memory batch."""
+def model_only(name: str, batch: int, steps: int, warmup: int, device, precision: str) -> float:
+    """Median seconds of a timed step on one in-memory batch."""
     model, optimizer = _model(name, device)
     images = torch.randn(batch, 3, 224, 224, device=device).contiguous(memory_format=torch.channels_last)
     labels = torch.randint(0, 1000, (batch,), device=device)
-    times = []
-    for step in range(warmup + steps):
-        start = time.perf_counter()
+
+    def step():
         loss, _ = train_step(model, optimizer, images, labels, precision=precision)
         loss.item()  # wait for the device
-        if step >= warmup:
-            times.append(time.perf_counter() - start)
-    return times
+
+    return time_it(step, warmup=warmup, runs=steps).median
 
 
 def with_loader(name: str, dataset, batch: int, steps: int, warmup: int, device, precision: str,
-                workers: int) -> tuple[list[float], list[float]]:
+                workers: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """(seconds waiting for each timed batch, seconds in each timed step)."""
     model, optimizer = _model(name, device)
     loader = Loader(dataset, batch, shuffle=True, flip=True, augment="paper", normalizer=None,
                     device=device, seed=0, channels_last=True, workers=workers)
     batches = loader.batches(0)
-    waits, steps_s = [], []
-    for step in range(warmup + steps):
-        start = time.perf_counter()
-        images, labels = next(batches)
-        got = time.perf_counter()
+
+    def step(batch):
+        images, labels = batch
         loss, _ = train_step(model, optimizer, images, labels % 1000, precision=precision)
-        loss.item()
-        if step >= warmup:
-            waits.append(got - start)
-            steps_s.append(time.perf_counter() - got)
+        loss.item()  # wait for the device
+
+    waits, steps_s = time_fed(lambda: next(batches), step, warmup=warmup, runs=steps)
     batches.close()
-    return waits, steps_s
+    return waits.values, steps_s.values
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -97,8 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precision", default="auto", help="auto (default), bf16 or fp32")
     parser.add_argument("--dir", help="where to write the JPEGs (default: a temporary folder)")
-    parser.add_argument("--results", default=str(Path(__file__).with_name("RESULTS.md")),
-                        help="markdown file the table is appended to ('' for none)")
+    add_record_options(parser)
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     precision = resolve_precision(args.precision, device)
@@ -107,13 +99,14 @@ def main(argv: list[str] | None = None) -> int:
     header = ("| model | batch | precision | model only img/s | with loader img/s | wait per step ms "
               "| step ms | loader share |\n|---|---:|---|---:|---:|---:|---:|---:|")
     rows = []
+    load_average = Load.start()
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(args.dir or scratch)
         write_tree(root, count)
         dataset = load(f"folder:{root}", "trainval", augment="paper", val_fraction=0)
         print(header, flush=True)
         for name in args.models.split(","):
-            alone = statistics.median(model_only(name, args.batch_size, args.steps, args.warmup, device, precision))
+            alone = model_only(name, args.batch_size, args.steps, args.warmup, device, precision)
             waits, steps_s = with_loader(name, dataset, args.batch_size, args.steps, args.warmup, device,
                                          precision, args.workers)
             total = sum(waits) + sum(steps_s)
@@ -122,20 +115,12 @@ def main(argv: list[str] | None = None) -> int:
                         f"{1000 * statistics.median(steps_s):.0f} | {100 * sum(waits) / total:.1f}% |")
             print(rows[-1], flush=True)
 
-    if args.results:
-        command = command_line()
-        date = utc_date()
-        block = "\n".join([
-            f"\n## bench_imagenet_train: ResNet training images/s at 224, loader share with "
-            f"{args.workers} worker ({date})\n",
-            f"- hardware: {hardware()}",
-            f"- torch {torch.__version__}, Python {platform.python_version()}, device {device}",
-            f"- command: `{command}`",
-            f"- method: {args.warmup} untimed steps, then {args.steps} timed steps (median step; "
-            f"loader share = total wait / total time); {count} generated JPEGs 400x350 to "
-            f"500x375, augment paper, channels_last, 1,000 classes\n",
-            header, *rows, ""])
-        append(args.results, block)
+    record(results_path(args), f"bench_imagenet_train: ResNet training images/s at 224, loader "
+           f"share with {args.workers} worker", load=load_average.stop(), device=device,
+           table=[header, *rows], facts=[
+               f"- method: {args.warmup} untimed steps, then {args.steps} timed steps (median "
+               f"step; loader share = total wait / total time); {count} generated JPEGs 400x350 "
+               f"to 500x375, augment paper, channels_last, 1,000 classes"])
     return 0
 
 

@@ -25,7 +25,7 @@ Models: resnet20 on 3x32x32 (10 classes) and resnet50 on 3x224x224 (1,000 classe
 and 64. Each cell: --warmup untimed calls, then --runs timed runs of about --seconds each
 (at least one call); the median run (min-max). The goal this answers: resnets' default at or above
 onnxruntime at batch 64. Prints the table and appends it, with the hardware, versions, command,
-date and load average before and after, to benchmarks/RESULTS.md (--results '' for none).
+date and load average before and after, to benchmarks/RESULTS.md (--no-record for none).
 
     python3 benchmarks/bench_inference.py               # resnet20 and resnet50, batch 1 and 64
     python3 benchmarks/bench_inference.py --quick       # tiny sizes: proves it runs
@@ -34,19 +34,16 @@ date and load average before and after, to benchmarks/RESULTS.md (--results '' f
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from hardware import (add_malloc_option, append, apply_malloc, command_line, describe,
-                      utc_date)  # noqa: E402
+from harness import (Load, Spread, add_malloc_option, add_record_options, apply_malloc,  # noqa: E402
+                     record, results_path, time_it)
 
 from resnets import create_model  # noqa: E402
 from resnets.export import _onnx_export  # noqa: E402 (what `resnets export --onnx` runs)
@@ -72,18 +69,8 @@ def _rates(call, batch: torch.Tensor, *, seconds: float, warmup: int, runs: int
            ) -> list[float]:
     """Images/s of `runs` timed runs, each of as many calls as the last warm-up call says fill
     `seconds` (at least one)."""
-    for _ in range(max(1, warmup)):
-        start = time.perf_counter()
-        call(batch)
-        last = time.perf_counter() - start
-    calls = max(1, round(seconds / max(last, 1e-9)))
-    rates = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        for _ in range(calls):
-            call(batch)
-        rates.append(calls * len(batch) / (time.perf_counter() - start))
-    return rates
+    return list(time_it(lambda: call(batch), warmup=warmup, runs=runs,
+                        seconds=seconds).per_second(len(batch)).values)
 
 
 def _session(model: nn.Module, size: int):
@@ -100,7 +87,7 @@ def _session(model: nn.Module, size: int):
 
 
 def _cell(rates: list[float]) -> str:
-    return f"{statistics.median(rates):,.0f} ({min(rates):,.0f}-{max(rates):,.0f})"
+    return Spread(rates).cell()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -118,20 +105,17 @@ def main(argv: list[str] | None = None) -> int:
                         help="skip the precision auto did not pick (bf16 on a CPU without "
                         "native bf16 takes minutes a call for resnet50 at batch 64)")
     add_malloc_option(parser)
-    parser.add_argument("--results", default=None,
-                        help="markdown file the record is appended to ('' for none; default "
-                        "benchmarks/RESULTS.md, none with --quick)")
+    add_record_options(parser, quick=True)
     args = parser.parse_args(argv)
     sizes = dict(MODELS)
     if args.quick:
         sizes["resnet50"] = (64, 1000)
         args.batch_sizes, args.seconds, args.runs, args.warmup = "1,4", 0.01, 1, 1
-    results = args.results if args.results is not None else (
-        "" if args.quick else str(Path(__file__).with_name("RESULTS.md")))
+    results = results_path(args, record_by_default=not args.quick)
     cpu = torch.device("cpu")
     auto = inference_precision("auto", cpu)
     malloc_line = apply_malloc(args.malloc)
-    load_before = os.getloadavg()[0]
+    load_average = Load.start()
 
     other = "bf16" if auto == "fp32" else "fp32"
     header = (f"| model | input | batch | model as is (fp32, no_grad) img/s | resnets default "
@@ -167,27 +151,19 @@ def main(argv: list[str] | None = None) -> int:
             print(row, flush=True)
             if batch_size == max(int(b) for b in args.batch_sizes.split(",")):
                 goals.append(f"{name} {ratio:.2f}x")
-    load_after = os.getloadavg()[0]
+    load_average.stop()
     verdict = (f"- goal: resnets' default at or above onnxruntime at the largest batch: "
                f"{', '.join(goals)} (precision auto chose {auto}: this CPU "
                f"{'has' if cpu_has_native_bf16() else 'has no'} native bf16)")
     print("\n" + verdict)
-    if results:
-        block = "\n".join([
-            f"\n## bench_inference: inference images/s, resnets default path vs onnxruntime "
-            f"({utc_date()})\n",
-            f"- hardware: {describe()}",
-            f"- torch {torch.__version__}, onnxruntime {ort_version}, Python "
-            f"{platform.python_version()}, device cpu",
-            f"- load average before/after (1 min): {load_before:.2f} / {load_after:.2f}",
-            f"- command: `{command_line()}`",
-            malloc_line,
-            f"- method: random weights with calibrated BatchNorm statistics; random normalised "
-            f"inputs; {args.warmup} warm-up calls, then {args.runs} runs of about "
-            f"{args.seconds:g} s (at least one call); median run (min-max); the bf16 path's "
-            f"logits differ from fp32 ones by bf16 rounding\n",
-            header, *rows, "", verdict, ""])
-        append(results, block)
+    record(results, "bench_inference: inference images/s, resnets default path vs onnxruntime",
+           load=load_average, device="cpu", others={"onnxruntime": ort_version},
+           table=[header, *rows], notes=[verdict], facts=[
+               malloc_line,
+               f"- method: random weights with calibrated BatchNorm statistics; random normalised "
+               f"inputs; {args.warmup} warm-up calls, then {args.runs} runs of about "
+               f"{args.seconds:g} s (at least one call); median run (min-max); the bf16 path's "
+               f"logits differ from fp32 ones by bf16 rounding"])
     return 0
 
 

@@ -12,33 +12,26 @@ unit in turn. Both are what the two commands spend nearly all their time on, so
 
 The model is randomly initialised (speed does not depend on the weights); the images are the
 bundled test digits (1 x 28 x 28), the data of docs/lesion.md and docs/landscape.md, or random
-images of --input-size. Prints a table and appends it, with hardware, torch version, command
-and date, to benchmarks/RESULTS.md (unless --no-record). Figures are medians of --repeats.
+images of --input-size. Prints a table and appends it, with hardware, torch version, command,
+date and load average, to benchmarks/RESULTS.md (unless --no-record). Figures are medians of
+--repeats.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
-import os
-import platform
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from hardware import describe  # noqa: E402 (benchmarks/hardware.py)
+from harness import Load, add_record_options, record, results_path, synchronizer, time_it  # noqa: E402
 
 from resnets.models import create_model  # noqa: E402
 from resnets.study.lesioning import units_removed  # noqa: E402
 from resnets.study.loss_landscape import grid, random_directions, scan  # noqa: E402
 from resnets.study.trained import evaluate  # noqa: E402
-
-RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
-
 
 
 def _batches(args, device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -58,21 +51,30 @@ def _batches(args, device: torch.device) -> list[tuple[torch.Tensor, torch.Tenso
             for i in range(0, args.images, args.batch_size)]
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+def _measure(args, model, batches, points, units, device) -> list[tuple[str, float, float, float]]:
+    """(precision, s per grid point, s per lesioned unit, s per intact evaluation) for each
+    precision: the median of --repeats timed repeats, after a warm-up evaluation."""
+    directions = random_directions(model, 1, seed=0)
+    sync, rows = synchronizer(device), []
+    for precision in args.precisions:
+        evaluate(model, batches[:1], precision)  # warm-up: allocator, kernels, autocast caches
 
+        def one_scan():
+            scan(model, batches, directions, points, precision=precision)
 
-def _median_seconds(work, count: int, repeats: int, device: torch.device) -> float:
-    """Median over `repeats` of (seconds for `work()`) / count."""
-    times = []
-    for _ in range(repeats):
-        _sync(device)
-        start = time.perf_counter()
-        work()
-        _sync(device)
-        times.append((time.perf_counter() - start) / count)
-    return statistics.median(times)
+        def lesion_each():
+            for unit in units:
+                with units_removed(model, [unit]):
+                    evaluate(model, batches, precision)
+
+        def intact():
+            evaluate(model, batches, precision)
+
+        seconds = [time_it(work, runs=args.repeats, sync=sync).median / count
+                   for work, count in ((one_scan, len(points)), (lesion_each, len(units)),
+                                       (intact, 1))]
+        rows.append((precision, *seconds))
+    return rows
 
 
 def main(argv=None) -> int:
@@ -88,7 +90,7 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
-    parser.add_argument("--no-record", action="store_true", help="do not append to RESULTS.md")
+    add_record_options(parser)
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -98,57 +100,25 @@ def main(argv=None) -> int:
     channels = batches[0][0].shape[1]
     torch.manual_seed(0)
     model = create_model(args.model, in_channels=channels).to(device).eval()
-    directions = random_directions(model, 1, seed=0)
     # Points off the origin, as most of a grid is; the spacing does not change the cost.
     points = [(str(i), (0.1 * (i + 1),)) for i in range(args.points)]
     units = [i * len(model.units) // args.units for i in range(args.units)]  # spread over the stages
-    load_before = os.getloadavg()[0]
-
-    rows = []
-    for precision in args.precisions:
-        evaluate(model, batches[:1], precision)  # warm-up: allocator, kernels, autocast caches
-
-        def one_scan():
-            scan(model, batches, directions, points, precision=precision)
-
-        def lesion_each():
-            for unit in units:
-                with units_removed(model, [unit]):
-                    evaluate(model, batches, precision)
-
-        rows.append((precision, _median_seconds(one_scan, len(points), args.repeats, device),
-                     _median_seconds(lesion_each, len(units), args.repeats, device),
-                     _median_seconds(lambda: evaluate(model, batches, precision), 1, args.repeats, device)))
+    load_average = Load.start()
+    rows = _measure(args, model, batches, points, units, device)
 
     images = sum(len(labels) for _, labels in batches)
     shape = "x".join(map(str, batches[0][0].shape[1:]))
-    lines = [
-        f"### bench_lesion_landscape: {args.model}, {images} images ({datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC)",
-        "",
-        f"- hardware: {describe()}; device {device}",
-        f"- torch {torch.__version__}, Python {platform.python_version()}",
-        f"- load average before/after (1 min): {load_before:.2f} / {os.getloadavg()[0]:.2f}",
-        f"- command: `python3 benchmarks/bench_lesion_landscape.py {' '.join(sys.argv[1:] if argv is None else argv)}`",
-        f"- method: images {shape}, batch {args.batch_size}; median of {args.repeats} repeats of "
-        f"{len(points)} grid points / {len(units)} lesioned units (units {units})",
-        "",
-        "| precision | s per grid point | s per lesioned unit | s per intact evaluation |",
-        "|---|---:|---:|---:|",
-        *[f"| {p} | {g:.3f} | {u:.3f} | {e:.3f} |" for p, g, u, e in rows],
-    ]
+    table = ["| precision | s per grid point | s per lesioned unit | s per intact evaluation |",
+             "|---|---:|---:|---:|", *[f"| {p} | {g:.3f} | {u:.3f} | {e:.3f} |" for p, g, u, e in rows]]
     per_point = {precision: seconds for precision, seconds, _, _ in rows}
-    if {"fp32", "bf16"} <= set(per_point):
-        lines.append("")
-        lines.append(f"- bf16 / fp32 time per grid point: {per_point['bf16'] / per_point['fp32']:.2f}x "
-                     f"(below 1: bf16 faster)")
-    text = "\n".join(lines)
-    print(text)
-    if not args.no_record:
-        with open(RESULTS, "a") as file:
-            file.write("\n\n" + text + "\n")
-        print(f"appended to {RESULTS}")
+    notes = ([f"- bf16 / fp32 time per grid point: {per_point['bf16'] / per_point['fp32']:.2f}x "
+              f"(below 1: bf16 faster)"] if {"fp32", "bf16"} <= set(per_point) else [])
+    print("\n".join([*table, *([""] + notes if notes else [])]))
+    record(results_path(args), f"bench_lesion_landscape: {args.model}, {images} images",
+           load=load_average.stop(), device=device, table=table, notes=notes, facts=[
+               f"- method: images {shape}, batch {args.batch_size}; median of {args.repeats} "
+               f"repeats of {len(points)} grid points / {len(units)} lesioned units (units {units})"])
     return 0
-
 
 if __name__ == "__main__":
     raise SystemExit(main())

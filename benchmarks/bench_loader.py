@@ -10,29 +10,23 @@ resnet20 training step (forward, backward, SGD step) at the same batch size.
     python3 benchmarks/bench_loader.py --data bundled       # the bundled digits
     python3 benchmarks/bench_loader.py --device cuda --data cifar10 --data-dir ~/data
 
-Prints a table and appends it, with hardware, torch version, command and date, to
-benchmarks/RESULTS.md (unless --no-record). Figures are medians of --repeats timed runs.
+Prints a table and appends it, with hardware, torch version, command, date and load average,
+to benchmarks/RESULTS.md (unless --no-record). Figures are medians of --repeats timed runs.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
-import os
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from hardware import describe  # noqa: E402 (benchmarks/hardware.py)
+from harness import Load, add_record_options, record, results_path, synchronizer, time_it  # noqa: E402
 
 from resnets.data import Dataset, Loader, Normalizer, load  # noqa: E402
-
-RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 
 
 class PerImage(torch.utils.data.Dataset):
@@ -56,26 +50,22 @@ class PerImage(torch.utils.data.Dataset):
         return image, self.labels[index]
 
 
-def _sync(device: torch.device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
 def time_batches(make_iter, batches: int, device: torch.device, repeats: int) -> float:
-    """Median batches/s over `repeats` runs of `batches` batches (after one warm-up batch)."""
-    rates = []
-    for _ in range(repeats):
-        iterator = make_iter()
-        next(iterator)
-        _sync(device)
-        start = time.perf_counter()
-        for _ in range(batches):
-            images, labels = next(iterator)
-            images.to(device, non_blocking=True)
-        _sync(device)
-        rates.append(batches / (time.perf_counter() - start))
-        del iterator
-    return statistics.median(rates)
+    """Median batches/s over `repeats` runs of `batches` batches, each run from a new iterator
+    after one warm-up batch."""
+    current = []
+
+    def fresh():
+        current.clear()  # the last run's iterator (and its workers) goes first
+        current.append(make_iter())
+        next(current[0])
+
+    def one_batch():
+        images, labels = next(current[0])
+        images.to(device, non_blocking=True)
+
+    return time_it(one_batch, runs=repeats, calls=batches, setup=fresh,
+                   sync=synchronizer(device)).per_second(1).median
 
 
 def training_step_s(in_channels: int, num_classes: int, size: int, batch: int, device, steps: int, repeats: int):
@@ -95,16 +85,7 @@ def training_step_s(in_channels: int, num_classes: int, size: int, batch: int, d
         loss.backward()
         optimizer.step()
 
-    step()
-    times = []
-    for _ in range(repeats):
-        _sync(device)
-        start = time.perf_counter()
-        for _ in range(steps):
-            step()
-        _sync(device)
-        times.append((time.perf_counter() - start) / steps)
-    return statistics.median(times)
+    return time_it(step, warmup=1, runs=repeats, calls=steps, sync=synchronizer(device)).median
 
 
 def _data(args) -> Dataset:
@@ -113,7 +94,6 @@ def _data(args) -> Dataset:
         images = torch.randint(0, 256, (args.images, 3, 32, 32), dtype=torch.uint8, generator=generator)
         return Dataset(images, torch.randint(0, 10, (args.images,), generator=generator), [str(i) for i in range(10)], "synthetic")
     return load(args.data, "train", root=args.data_dir)
-
 
 
 def main(argv=None) -> int:
@@ -128,13 +108,13 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=5, help="timed training steps per run")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
-    parser.add_argument("--no-record", action="store_true", help="do not append to RESULTS.md")
+    add_record_options(parser)
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    load_before = os.getloadavg()[0]
+    load_average = Load.start()
     data = _data(args)
     channels, size = data.images.shape[1], data.images.shape[-1]
     pad, flip = 4, True
@@ -155,37 +135,23 @@ def main(argv=None) -> int:
     step_s = training_step_s(channels, len(data.classes), size, args.batch_size, device, args.steps, args.repeats)
     loader_s = 1 / rows[0][1]
 
-    command = "python3 " + " ".join([sys.argv[0]] + (argv if argv is not None else sys.argv[1:]))
-    lines = [
-        f"### Loader vs DataLoader ({datetime.date.today().isoformat()})",
-        "",
-        f"- hardware: {describe()}; device {device}; torch {torch.__version__}",
-        f"- load average before/after (1 min): {load_before:.2f} / {os.getloadavg()[0]:.2f} "
-        "(other processes on the machine slow the Loader's multi-threaded ops most; compare --threads 1)",
-        f"- data: {args.data}, {len(data)} images {tuple(data.images.shape[1:])}, batch {args.batch_size}, "
-        f"pad {pad} + crop, flip, pixel-mean; median of {args.repeats} runs x {args.batches} batches",
-        f"- command: `{command}`",
-        "",
-        "| pipeline | batches/s | images/s | vs Loader |",
-        "|---|---:|---:|---:|",
-    ]
-    for name, rate in rows:
-        lines.append(f"| {name} | {rate:,.1f} | {rate * args.batch_size:,.0f} | {rate / rows[0][1]:.2f}x |")
-    lines.append("")
+    table = ["| pipeline | batches/s | images/s | vs Loader |", "|---|---:|---:|---:|",
+             *[f"| {name} | {rate:,.1f} | {rate * args.batch_size:,.0f} | {rate / rows[0][1]:.2f}x |"
+               for name, rate in rows]]
     if step_s is None:
-        lines.append("- resnet20 training step: not measured (resnets.create_model not available on this branch)")
+        step = "- resnet20 training step: not measured (resnets.create_model not available on this branch)"
     else:
-        lines.append(f"- resnet20 training step at batch {args.batch_size}: {step_s * 1e3:,.1f} ms "
-                     f"(median of {args.repeats} x {args.steps} steps); Loader batch: {loader_s * 1e3:,.2f} ms; "
-                     f"Loader share of a step: {100 * loader_s / (loader_s + step_s):.1f}%")
-    lines.append("")
-    text = "\n".join(lines)
-    print(text)
-    if not args.no_record:
-        new = not RESULTS.exists()
-        with open(RESULTS, "a") as file:
-            file.write(("# Benchmark results\n\nEach entry: what was run, where, and the figures it printed.\n\n" if new else "") + text + "\n")
-        print(f"appended to {RESULTS}")
+        step = (f"- resnet20 training step at batch {args.batch_size}: {step_s * 1e3:,.1f} ms "
+                f"(median of {args.repeats} x {args.steps} steps); Loader batch: {loader_s * 1e3:,.2f} ms; "
+                f"Loader share of a step: {100 * loader_s / (loader_s + step_s):.1f}%")
+    print("\n".join([*table, "", step]))
+    record(results_path(args), "bench_loader: Loader vs DataLoader, augmented batches per second",
+           load=load_average.stop(), device=device, table=table, notes=[step], facts=[
+               "- other processes on the machine slow the Loader's multi-threaded ops most; "
+               "compare --threads 1",
+               f"- data: {args.data}, {len(data)} images {tuple(data.images.shape[1:])}, batch "
+               f"{args.batch_size}, pad {pad} + crop, flip, pixel-mean; median of {args.repeats} "
+               f"runs x {args.batches} batches"])
     return 0
 
 

@@ -15,10 +15,10 @@ For a cold scan, drop the caches between runs (as root: `sync; echo 3 >
 /proc/sys/vm/drop_caches`) and pass --repeats 1.
 
     python3 benchmarks/bench_scan.py --dir /tmp/imagenet-names --keep   # 1.28M files, kept for reruns
-    python3 benchmarks/bench_scan.py --count 20000 --results ''        # smoke test
+    python3 benchmarks/bench_scan.py --count 20000 --no-record        # smoke test
 
-Prints a table and appends it, with hardware, command and date, to benchmarks/RESULTS.md
-(unless --results ''). Goal (issue #11): under 30 s for 1.28M files.
+Prints a table and appends it, with hardware, command, date and load average, to
+benchmarks/RESULTS.md (unless --no-record). Goal (issue #11): under 30 s for 1.28M files.
 """
 
 from __future__ import annotations
@@ -26,9 +26,7 @@ from __future__ import annotations
 import argparse
 import gc
 import os
-import platform
 import shutil
-import statistics
 import sys
 import tempfile
 import time
@@ -38,7 +36,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from hardware import append, command_line, describe as hardware, utc_date  # noqa: E402 (benchmarks/hardware.py)
+from harness import Load, Spread, add_record_options, record, results_path, time_it  # noqa: E402
 from resnets.data import load  # noqa: E402
 
 IMAGENET_TRAIN = 1_281_167
@@ -64,16 +62,14 @@ def make_tree(root: Path, count: int, classes: int, val_per_class: int) -> float
     return time.perf_counter() - start
 
 
-def timed_load(root: Path, split: str, repeats: int) -> tuple[list[float], int]:
-    times, size = [], 0
-    for _ in range(repeats):
-        gc.collect()
-        start = time.perf_counter()
-        dataset = load(f"folder:{root}", split, augment="paper", val_fraction=0)
-        times.append(time.perf_counter() - start)
-        size = len(dataset)
-        del dataset
-    return times, size
+def timed_load(root: Path, split: str, repeats: int) -> tuple[Spread, int]:
+    """Seconds of `repeats` scans of `split` (a garbage collection before each), and its size."""
+    sizes = []
+
+    def scan():
+        sizes.append(len(load(f"folder:{root}", split, augment="paper", val_fraction=0)))
+
+    return time_it(scan, runs=repeats, setup=gc.collect), sizes[-1]
 
 
 def traced_memory(root: Path, split: str) -> tuple[int, int, int]:
@@ -95,13 +91,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="timed scans (median reported)")
     parser.add_argument("--dir", help="where to make the tree (default: a temporary folder, removed after)")
     parser.add_argument("--keep", action="store_true", help="keep the tree in --dir for another run")
-    parser.add_argument("--results", default=str(Path(__file__).with_name("RESULTS.md")),
-                        help="markdown file the table is appended to ('' for none)")
+    add_record_options(parser)
     args = parser.parse_args(argv)
     warnings.simplefilter("ignore")  # the tree has no classes.txt, nothing else to say
 
     scratch = None if args.dir else tempfile.mkdtemp(prefix="resnets-scan-")
     root = Path(args.dir or scratch)
+    load_average = Load.start()
     try:
         made = make_tree(root, args.count, args.classes, args.val_per_class)
         if made:
@@ -114,26 +110,19 @@ def main(argv: list[str] | None = None) -> int:
         for split, folder in (("trainval", "train/"), ("test", "val/")):
             times, size = timed_load(root, split, args.repeats)
             kept, peak, packed = traced_memory(root, split)
-            rows.append(f"| {folder} | {size:,} | {statistics.median(times):.2f} ({min(times):.2f}-{max(times):.2f}) | "
+            rows.append(f"| {folder} | {size:,} | {times.cell('.2f')} | "
                         f"{packed / 1e6:.1f} | {kept / 1e6:.1f} | {peak / 1e6:.1f} |")
             print(rows[-1], flush=True)
     finally:
         if scratch or not args.keep:
             shutil.rmtree(root, ignore_errors=True)
 
-    if args.results:
-        command = command_line()
-        date = utc_date()
-        block = "\n".join([
-            f"\n## bench_scan: scanning an ImageNet-sized tree ({date})\n",
-            f"- hardware: {hardware()}; file system of the tree: {filesystem(root)}",
-            f"- Python {platform.python_version()}",
-            f"- command: `{command}`",
-            f"- data: {args.count:,} empty train files in {args.classes:,} class folders, "
-            f"{args.val_per_class} per class in val/; warm directory cache; median of "
-            f"{args.repeats} scans (min-max); memory traced in one more, untimed, load\n",
-            header, *rows, ""])
-        append(args.results, block)
+    record(results_path(args), "bench_scan: scanning an ImageNet-sized tree",
+           load=load_average.stop(), table=[header, *rows],
+           hardware_note=f"; file system of the tree: {filesystem(root)}", facts=[
+               f"- data: {args.count:,} empty train files in {args.classes:,} class folders, "
+               f"{args.val_per_class} per class in val/; warm directory cache; median of "
+               f"{args.repeats} scans (min-max); memory traced in one more, untimed, load"])
     return 0
 
 

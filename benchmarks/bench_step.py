@@ -36,12 +36,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -49,8 +46,8 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from hardware import (add_malloc_option, append, apply_malloc, command_line, describe,
-                      utc_date)  # noqa: E402
+from harness import (Load, Spread, add_malloc_option, add_record_options, apply_malloc,  # noqa: E402
+                     record, results_path, time_it)
 
 from resnets import create_model  # noqa: E402
 from resnets.data import Dataset, Loader, Normalizer, load  # noqa: E402
@@ -116,19 +113,13 @@ def _model(name: str, classes: int, channels_last: bool):
     return model, optimizer
 
 
-def _rates(step, batches, *, batch_size: int, warmup: int, steps: int, runs: int) -> list[float]:
-    for _ in range(warmup):
-        step(*next(batches))
-    rates = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        for _ in range(steps):
-            step(*next(batches))
-        rates.append(batch_size * steps / (time.perf_counter() - start))
-    return rates
+def _rates(step, batches, *, batch_size: int, warmup: int, steps: int, runs: int) -> Spread:
+    """Images/s of `runs` runs of `steps` steps, each step on the next of `batches`."""
+    return time_it(lambda: step(*next(batches)), warmup=warmup, runs=runs,
+                   calls=steps).per_second(batch_size)
 
 
-def conventional(name: str, data: Dataset, workers: int, args) -> list[float]:
+def conventional(name: str, data: Dataset, workers: int, args) -> Spread:
     images = data.images.permute(0, 2, 3, 1).contiguous().numpy()  # (N, H, W, C) for PIL
     pixels = data.images.float().div(255)
     mean = pixels.mean(dim=(0, 2, 3)).tolist()
@@ -150,7 +141,7 @@ def conventional(name: str, data: Dataset, workers: int, args) -> list[float]:
 
 
 def ours(name: str, data: Dataset, precision: str, channels_last: bool, scope: str | None,
-         args) -> list[float]:
+         args) -> Spread:
     normalizer = Normalizer.fit("channel", data.images)
     loader = Loader(data, args.batch_size, shuffle=True, pad=PAD, flip=True,
                     normalizer=normalizer, channels_last=channels_last, workers=0)
@@ -173,20 +164,13 @@ def probe(args) -> int:
     x = torch.randn(args.batch_size, 3, 32, 32).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (args.batch_size,))
 
-    def timed(count):
-        times = []
-        for _ in range(count):
-            start = time.perf_counter()
-            train_step(model, optimizer, x, y, precision=args.precision)
-            times.append(time.perf_counter() - start)
-        return times
+    def step():
+        train_step(model, optimizer, x, y, precision=args.precision)
 
-    timed(1)
-    eager = statistics.median(timed(3))
+    eager = time_it(step, warmup=1, runs=3).median
     attach(compile_targets(model, args.scope))
-    first = timed(1)[0]
-    timed(1)
-    compiled = statistics.median(timed(3))
+    first = time_it(step).median  # compiles
+    compiled = time_it(step, warmup=1, runs=3).median
     print(json.dumps({"eager_s": eager, "compiled_s": compiled,
                       "compile_s": max(0.0, first - compiled)}))
     return 0
@@ -202,11 +186,7 @@ def compile_seconds(name: str, scope: str, precision: str, cache: Path, args) ->
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def _cell(rates: list[float]) -> str:
-    return f"{statistics.median(rates):,.0f} ({min(rates):,.0f}-{max(rates):,.0f})"
-
-
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="resnet20,resnet56,resnet110")
     parser.add_argument("--batch-size", type=int, default=128)
@@ -227,69 +207,77 @@ def main(argv: list[str] | None = None) -> int:
                         help="resnet8, batch 16, 512 images, 1 run of 2 steps, not recorded: "
                         "proves the script runs, measures nothing")
     add_malloc_option(parser)
-    parser.add_argument("--results", default=None,
-                        help="markdown file the record is appended to ('' for none; default "
-                        "benchmarks/RESULTS.md, none with --quick)")
+    add_record_options(parser, quick=True)
     parser.add_argument("--probe", help=argparse.SUPPRESS)  # internal: one compile probe
     parser.add_argument("--scope", default="units", help=argparse.SUPPRESS)
     parser.add_argument("--precision", default="fp32", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.probe:
-        return probe(args)
-    if args.quick:
-        args.models, args.batch_size, args.images = "resnet8", 16, 512
-        args.steps, args.runs, args.warmup = 2, 1, 1
-    results = args.results if args.results is not None else (
-        "" if args.quick else str(Path(__file__).with_name("RESULTS.md")))
-    scopes = [s for s in args.scopes.split(",") if s]
-    malloc_line = apply_malloc(args.malloc)
-    load_before = os.getloadavg()[0]
-    data = _data(args)
-    auto = resolve_precision("auto", torch.device("cpu"))
+    return parser
 
+
+def step_table(args, data: Dataset, auto: str, scopes: list[str]) -> tuple[list[str], list[str]]:
+    """The images/s table (printed as it grows), and each model's best resnets / conventional."""
     rows = [f"conventional (PIL per image, DataLoader 0 workers, fp32, contiguous)",
             f"conventional (PIL per image, DataLoader {args.workers} workers, fp32, contiguous)",
             "resnets Loader + eager fp32, contiguous",
             "resnets Loader + eager bf16 + channels_last",
             f"resnets step, eager (channels_last, precision auto = {auto})",
             *[f"resnets step, compiled ({scope}; channels_last, {auto})" for scope in scopes]]
-    header = ("| model | pipeline | img/s, median (min-max) | vs conventional |\n"
-              "|---|---|---:|---:|")
-    print(header, flush=True)
-    table, goals = [], []
+    table = ["| model | pipeline | img/s, median (min-max) | vs conventional |",
+             "|---|---|---:|---:|"]
+    print("\n".join(table), flush=True)
+    goals = []
     for name in args.models.split(","):
         measured = [conventional(name, data, 0, args), conventional(name, data, args.workers, args),
                     ours(name, data, "fp32", False, None, args),
                     ours(name, data, "bf16", True, None, args),
                     ours(name, data, auto, True, None, args),
                     *[ours(name, data, auto, True, scope, args) for scope in scopes]]
-        medians = [statistics.median(r) for r in measured]
+        medians = [r.median for r in measured]
         baseline = max(medians[:2])
         for row, rates, median in zip(rows, measured, medians):
             ratio = "" if row.startswith("conventional") else f"{median / baseline:.2f}x"
-            line = f"| {name} | {row} | {_cell(rates)} | {ratio} |"
-            table.append(line)
-            print(line, flush=True)
-        best = max(medians[4:])
-        goals.append(f"{name} {best / baseline:.2f}x")
+            table.append(f"| {name} | {row} | {rates.cell()} | {ratio} |")
+            print(table[-1], flush=True)
+        goals.append(f"{name} {max(medians[4:]) / baseline:.2f}x")
+    return table, goals
 
-    compile_rows = []
-    if not args.no_compile_time:
-        compile_header = ("| model | scope | cold compile s | warm compile s | eager step s | "
-                          "compiled step s | speed-up |\n|---|---|---:|---:|---:|---:|---:|")
-        print("\n" + compile_header, flush=True)
-        for name in args.models.split(","):
-            for scope in scopes:
-                with tempfile.TemporaryDirectory(prefix="bench-inductor-") as cache:
-                    cold = compile_seconds(name, scope, auto, Path(cache), args)
-                    warm = compile_seconds(name, scope, auto, Path(cache), args)
-                line = (f"| {name} | {scope} | {cold['compile_s']:.1f} | "
-                        f"{warm['compile_s']:.1f} | {warm['eager_s']:.3f} | "
-                        f"{warm['compiled_s']:.3f} | "
-                        f"{warm['eager_s'] / warm['compiled_s']:.2f}x |")
-                compile_rows.append(line)
-                print(line, flush=True)
-    load_after = os.getloadavg()[0]
+
+def compile_table(args, auto: str, scopes: list[str]) -> list[str]:
+    """Cold and warm compile seconds per model and scope, each in a fresh process (printed as
+    it grows); with the record's sentence saying how, first."""
+    table = ["- compile seconds: each in a fresh process (cold: empty TorchInductor cache; "
+             "warm: the cache the cold run filled); step times from the warm process", "",
+             "| model | scope | cold compile s | warm compile s | eager step s | "
+             "compiled step s | speed-up |", "|---|---|---:|---:|---:|---:|---:|"]
+    print("\n" + "\n".join(table[2:]), flush=True)
+    for name in args.models.split(","):
+        for scope in scopes:
+            with tempfile.TemporaryDirectory(prefix="bench-inductor-") as cache:
+                cold = compile_seconds(name, scope, auto, Path(cache), args)
+                warm = compile_seconds(name, scope, auto, Path(cache), args)
+            table.append(f"| {name} | {scope} | {cold['compile_s']:.1f} | "
+                         f"{warm['compile_s']:.1f} | {warm['eager_s']:.3f} | "
+                         f"{warm['compiled_s']:.3f} | "
+                         f"{warm['eager_s'] / warm['compiled_s']:.2f}x |")
+            print(table[-1], flush=True)
+    return table
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.probe:
+        return probe(args)
+    if args.quick:
+        args.models, args.batch_size, args.images = "resnet8", 16, 512
+        args.steps, args.runs, args.warmup = 2, 1, 1
+    scopes = [s for s in args.scopes.split(",") if s]
+    malloc_line = apply_malloc(args.malloc)
+    load_average = Load.start()
+    data = _data(args)
+    auto = resolve_precision("auto", torch.device("cpu"))
+    table, goals = step_table(args, data, auto, scopes)
+    compiled = [] if args.no_compile_time else compile_table(args, auto, scopes)
+    load_average.stop()
 
     amx = cpu_has_amx()
     goal = 2.5 if amx else 1.5
@@ -297,28 +285,17 @@ def main(argv: list[str] | None = None) -> int:
                f"{'has' if amx else 'has no'} AMX); best resnets step (eager or compiled) / "
                f"best conventional: {', '.join(goals)}")
     print("\n" + verdict)
-    if results:
-        block = "\n".join([
-            f"\n## bench_step: training images/s, resnets step vs a conventional pipeline "
-            f"({utc_date()})\n",
-            f"- hardware: {describe()}",
-            f"- torch {torch.__version__}, Python {platform.python_version()}, device cpu",
-            f"- load average before/after (1 min): {load_before:.2f} / {load_after:.2f}",
-            f"- command: `{command_line()}`",
-            malloc_line,
-            f"- data: {args.data}, {len(data)} images 3x32x32, batch {args.batch_size}, pad "
-            f"{PAD} + crop, flip, per-channel normalisation; SGD momentum {MOMENTUM}, wd {WD}",
-            f"- method: {args.warmup} warm-up steps (at least 2 when compiled: the first "
-            f"compiles), then {args.runs} runs of {args.steps} steps, batches included; "
-            f"median run (min-max)\n",
-            header, *table, "",
-            *([("- compile seconds: each in a fresh process (cold: empty TorchInductor cache; "
-                "warm: the cache the cold run filled); step times from the warm process\n"),
-               compile_header, *compile_rows, ""] if compile_rows else []),
-            verdict, ""])
-        append(results, block)
+    record(results_path(args, record_by_default=not args.quick), "bench_step: training "
+           "images/s, resnets step vs a conventional pipeline", load=load_average,
+           device="cpu", table=[*table, *([""] + compiled if compiled else [])],
+           notes=[verdict], facts=[
+               malloc_line,
+               f"- data: {args.data}, {len(data)} images 3x32x32, batch {args.batch_size}, pad "
+               f"{PAD} + crop, flip, per-channel normalisation; SGD momentum {MOMENTUM}, wd {WD}",
+               f"- method: {args.warmup} warm-up steps (at least 2 when compiled: the first "
+               f"compiles), then {args.runs} runs of {args.steps} steps, batches included; "
+               f"median run (min-max)"])
     return 0
-
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -15,30 +15,27 @@ bare `resnets study` trains (16 runs of 8 epochs: about 25 minutes per round wit
 
 Other load on the machine would be measured too, so the table is appended to
 benchmarks/RESULTS.md only if the load average (1 min) before the first round is at most
-IDLE_LOAD. Where a setting wins, make it the default in `default_jobs`
+IDLE_LOAD (benchmarks/harness.py). Where a setting wins, make it the default in `default_jobs`
 (src/resnets/study/parallel.py).
 
     python3 benchmarks/bench_study_jobs.py                    # on an idle machine
     python3 benchmarks/bench_study_jobs.py --default-study --rounds 1
-    python3 benchmarks/bench_study_jobs.py --iters 2 --rounds 1 --results ''   # smoke test
+    python3 benchmarks/bench_study_jobs.py --iters 2 --rounds 1 --no-record   # smoke test
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
-
-IDLE_LOAD = 0.5  # 1-minute load average at most this before the first round
+from harness import (Load, add_record_options, machine_was_idle, record,  # noqa: E402
+                     results_path, time_command)
 
 
 def study_file(args, folder: Path) -> Path:
@@ -77,20 +74,11 @@ def run_once(args, study: Path, jobs: int, out: Path, name: str, src: Path = ROO
                name, "--out", str(out), "--progress", "none", "--jobs", str(jobs)]
     environ = {**os.environ, **(environ or {}), "PYTHONPATH": os.pathsep.join(
         filter(None, [str(src), os.environ.get("PYTHONPATH")]))}
-    started = time.perf_counter()
-    result = subprocess.run(command, capture_output=True, text=True, env=environ)
-    seconds = time.perf_counter() - started
-    if result.returncode != 0:
-        raise SystemExit(f"`{' '.join(command)}` failed:\n{result.stderr}")
-    return seconds, result.stdout
+    seconds, result = time_command(command, env=environ)
+    return seconds.median, result.stdout
 
 
-def main(argv: list[str] | None = None) -> int:
-    from resnets.study.parallel import worker_threads
-    from resnets.study.spec import read_study
-    from resnets.train.device import available_cores
-    from resnets.train.progress import format_duration
-
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, nargs="+", default=[1, 2], metavar="N",
                         help="--jobs values to compare (default: 1 2)")
@@ -102,13 +90,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--default-study", action="store_true",
                         help="time the bundled default study instead (ignores the four above)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds (median reported)")
-    parser.add_argument("--results", default=str(Path(__file__).with_name("RESULTS.md")),
-                        help="markdown file the table is appended to when the machine was "
-                        "idle ('' for none)")
-    args = parser.parse_args(argv)
-    cores = available_cores()
+    add_record_options(parser)
+    return parser
 
-    load_before = os.getloadavg()[0]
+
+def time_rounds(args) -> tuple[dict[int, list[float]], dict[int, set[str]], int]:
+    """Wall seconds of each --jobs value per round (order alternating), the tables the studies
+    printed, and the study's number of runs."""
+    from resnets.study.spec import read_study
+    from resnets.train.progress import format_duration
+
     seconds: dict[int, list[float]] = {jobs: [] for jobs in args.jobs}
     tables: dict[int, set[str]] = {jobs: set() for jobs in args.jobs}
     with tempfile.TemporaryDirectory(prefix="bench-study-jobs-") as folder:
@@ -122,19 +113,29 @@ def main(argv: list[str] | None = None) -> int:
                 tables[jobs].add(table)
                 print(f"round {round_number + 1}, --jobs {jobs}: {format_duration(wall)}",
                       flush=True)
-        runs = len(read_study(study).runs())
-    load_after = os.getloadavg()[0]
+        return seconds, tables, len(read_study(study).runs())
+
+
+def main(argv: list[str] | None = None) -> int:
+    from resnets.study.parallel import worker_threads
+    from resnets.train.device import available_cores
+    from resnets.train.progress import format_duration
+
+    args = _parser().parse_args(argv)
+    cores = available_cores()
+    load_average = Load.start()
+    seconds, tables, runs = time_rounds(args)
+    load_average.stop()
 
     base = statistics.median(seconds[args.jobs[0]])
-    header = ("| --jobs | threads per run | runs | wall time (median) | min-max s | vs --jobs "
-              f"{args.jobs[0]} |\n|---:|---:|---:|---:|---|---:|")
-    rows = []
+    table = ["| --jobs | threads per run | runs | wall time (median) | min-max s | vs --jobs "
+             f"{args.jobs[0]} |", "|---:|---:|---:|---:|---|---:|"]
     for jobs in args.jobs:
         median = statistics.median(seconds[jobs])
         threads = cores if jobs == 1 else worker_threads(min(jobs, runs), cores)
-        rows.append(f"| {jobs} | {threads} | {runs} | {format_duration(median)} "
-                    f"({median:.0f} s) | {min(seconds[jobs]):.0f}-{max(seconds[jobs]):.0f} | "
-                    f"{base / median:.2f}x |")
+        table.append(f"| {jobs} | {threads} | {runs} | {format_duration(median)} "
+                     f"({median:.0f} s) | {min(seconds[jobs]):.0f}-{max(seconds[jobs]):.0f} | "
+                     f"{base / median:.2f}x |")
     best = min(args.jobs, key=lambda jobs: statistics.median(seconds[jobs]))
     same = len(set().union(*tables.values())) == 1
     notes = [f"- fastest: --jobs {best}, {base / statistics.median(seconds[best]):.2f}x the "
@@ -143,35 +144,15 @@ def main(argv: list[str] | None = None) -> int:
              f" across configurations and rounds" + ("" if same else
                                                      " (threads per run differ: float sums in "
                                                      "another order)")]
-    print(header)
-    print("\n".join(rows))
-    print("\n".join(notes))
-    print(f"load average (1 min) before / after: {load_before:.2f} / {load_after:.2f}; "
-          f"{cores} cores")
-    if load_before > IDLE_LOAD:
-        print(f"NOT IDLE: load {load_before:.2f} > {IDLE_LOAD} before the first round; not "
-              f"recorded")
-        return 0
-    if args.results:
-        import torch
-        from hardware import append, command_line, utc_date
-        from hardware import describe as hardware
-
-        what = study_words(args)
-        block = "\n".join([
-            f"\n## bench_study_jobs: a study's wall time, --jobs {' vs '.join(map(str, args.jobs))}"
-            f" ({utc_date()})\n",
-            f"- hardware: {hardware()}",
-            f"- torch {torch.__version__}, Python {platform.python_version()}, device auto",
-            f"- command: `{command_line()}`",
-            f"- method: {what}; each configuration a whole `resnets study --jobs N` from an "
-            f"empty folder (process start, data, evaluations, plots, report); median of "
-            f"{args.rounds} rounds (order alternating); load average before / after "
-            f"{load_before:.2f} / {load_after:.2f}\n",
-            header, *rows, "", *notes, ""])
-        append(args.results, block)
+    print("\n".join([*table, *notes, load_average.summary()]))
+    if machine_was_idle(load_average):
+        record(results_path(args), f"bench_study_jobs: a study's wall time, --jobs "
+               f"{' vs '.join(map(str, args.jobs))}", load=load_average, device="auto",
+               table=table, notes=notes, facts=[
+                   f"- method: {study_words(args)}; each configuration a whole `resnets study "
+                   f"--jobs N` from an empty folder (process start, data, evaluations, plots, "
+                   f"report); median of {args.rounds} rounds (order alternating)"])
     return 0
-
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -11,17 +11,16 @@ rounds show what the on-disk cache saves.
 The small study by default (plain and residual 20 and 56 on the bundled digits, seed 0, 2
 epochs: four runs); `--default-study` times what a bare `resnets study` trains (16 runs of 8
 epochs). Appended to benchmarks/RESULTS.md only if the 1-minute load average before the first
-round is at most IDLE_LOAD.
+round is at most IDLE_LOAD (benchmarks/harness.py).
 
     python3 benchmarks/bench_study_versions.py --before d494a3d --after .
     python3 benchmarks/bench_study_versions.py --before d494a3d --after . --default-study --rounds 1
+    python3 benchmarks/bench_study_versions.py --before HEAD --iters 2 --rounds 1 --no-record
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -31,7 +30,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_study_jobs import IDLE_LOAD, run_once, study_file, study_words  # noqa: E402
+from bench_study_jobs import run_once, study_file, study_words  # noqa: E402
+from harness import Load, add_record_options, machine_was_idle, record, results_path  # noqa: E402
 
 
 def unpack(revision: str, folder: Path) -> Path:
@@ -46,10 +46,7 @@ def unpack(revision: str, folder: Path) -> Path:
     return target / "src"
 
 
-def main(argv: list[str] | None = None) -> int:
-    from resnets.study.spec import read_study
-    from resnets.train.progress import format_duration
-
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--before", required=True, help="git revision, or . (working tree)")
     parser.add_argument("--after", default=".", help="git revision, or . (default)")
@@ -61,12 +58,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--default-study", action="store_true",
                         help="time the bundled default study instead (ignores the four above)")
     parser.add_argument("--rounds", type=int, default=2, help="rounds (median reported)")
-    parser.add_argument("--results", default=str(Path(__file__).with_name("RESULTS.md")),
-                        help="markdown file the table is appended to when the machine was "
-                        "idle ('' for none)")
-    args = parser.parse_args(argv)
-    versions = {"before": args.before, "after": args.after}
-    load_before = os.getloadavg()[0]
+    add_record_options(parser)
+    return parser
+
+
+def time_rounds(args, versions: dict[str, str]) -> tuple[dict[str, list[float]], int]:
+    """Wall seconds of the study with each version per round (order alternating), and the
+    study's number of runs."""
+    from resnets.study.spec import read_study
+    from resnets.train.progress import format_duration
+
     seconds: dict[str, list[float]] = {label: [] for label in versions}
     with tempfile.TemporaryDirectory(prefix="bench-study-versions-") as folder:
         folder = Path(folder)
@@ -82,43 +83,33 @@ def main(argv: list[str] | None = None) -> int:
                 seconds[label].append(wall)
                 print(f"round {round_number + 1}, {label} ({versions[label]}): "
                       f"{format_duration(wall)}", flush=True)
-        runs = len(read_study(study).runs())
-    load_after = os.getloadavg()[0]
+        return seconds, len(read_study(study).runs())
+
+
+def main(argv: list[str] | None = None) -> int:
+    from resnets.train.progress import format_duration
+
+    args = _parser().parse_args(argv)
+    versions = {"before": args.before, "after": args.after}
+    load_average = Load.start()
+    seconds, runs = time_rounds(args, versions)
+    load_average.stop()
 
     base = statistics.median(seconds["before"])
-    header = ("| version | revision | runs | wall time (median) | each round, s | speed vs "
-              "before |\n|---|---|---:|---:|---|---:|")
-    rows = [f"| {label} | {versions[label]} | {runs} | "
-            f"{format_duration(statistics.median(seconds[label]))} | "
-            f"{', '.join(f'{s:.0f}' for s in seconds[label])} | "
-            f"{base / statistics.median(seconds[label]):.2f}x |" for label in versions]
-    print(header)
-    print("\n".join(rows))
-    print(f"load average (1 min) before / after: {load_before:.2f} / {load_after:.2f}")
-    if load_before > IDLE_LOAD:
-        print(f"NOT IDLE: load {load_before:.2f} > {IDLE_LOAD} before the first round; not "
-              f"recorded")
-        return 0
-    if args.results:
-        import torch
-        from hardware import append, command_line, utc_date
-        from hardware import describe as hardware
-
-        what = study_words(args)
-        block = "\n".join([
-            f"\n## bench_study_versions: a study's wall time, {args.before} vs {args.after} "
-            f"({utc_date()})\n",
-            f"- hardware: {hardware()}",
-            f"- torch {torch.__version__}, Python {platform.python_version()}, device auto",
-            f"- command: `{command_line()}`",
-            f"- method: {what}; each a whole `resnets study` from an empty folder, one run at "
-            f"a time, each version with its own empty TorchInductor cache at the start; "
-            f"{args.rounds} rounds (order alternating); load average before / after "
-            f"{load_before:.2f} / {load_after:.2f}\n",
-            header, *rows, ""])
-        append(args.results, block)
+    table = ["| version | revision | runs | wall time (median) | each round, s | speed vs "
+             "before |", "|---|---|---:|---:|---|---:|",
+             *[f"| {label} | {versions[label]} | {runs} | "
+               f"{format_duration(statistics.median(seconds[label]))} | "
+               f"{', '.join(f'{s:.0f}' for s in seconds[label])} | "
+               f"{base / statistics.median(seconds[label]):.2f}x |" for label in versions]]
+    print("\n".join([*table, load_average.summary()]))
+    if machine_was_idle(load_average):
+        record(results_path(args), f"bench_study_versions: a study's wall time, {args.before} "
+               f"vs {args.after}", load=load_average, device="auto", table=table, facts=[
+                   f"- method: {study_words(args)}; each a whole `resnets study` from an empty "
+                   f"folder, one run at a time, each version with its own empty TorchInductor "
+                   f"cache at the start; {args.rounds} rounds (order alternating)"])
     return 0
-
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -10,21 +10,19 @@ the table gives the median over rounds of each process's images/s and of their s
 Other load on the machine would be measured too, so the script checks that it had the machine
 to itself, two ways, and appends to benchmarks/RESULTS.md only when both pass:
 
-- the load average (1 min) before the first round is at most IDLE_LOAD;
+- the load average (1 min) before the first round is at most IDLE_LOAD (benchmarks/harness.py);
 - in each configuration whose threads fit the cores (processes x threads <= cores), every
   worker got at least MIN_CPU_SHARE of its threads' wall time as CPU time: a worker that waited
   for a core while its own siblings could not have filled them all waited for someone else.
 
     python3 benchmarks/bench_threads.py          # on an idle machine: 2 at once, 2 vs 1 threads
-    python3 benchmarks/bench_threads.py --steps 1 --warmup 0 --rounds 1 --results ''  # smoke test
+    python3 benchmarks/bench_threads.py --steps 1 --warmup 0 --rounds 1 --no-record  # smoke test
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -32,8 +30,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from harness import Load, add_record_options, machine_was_idle, record, results_path  # noqa: E402
 
-IDLE_LOAD = 0.5       # 1-minute load average at most this before the first round
 MIN_CPU_SHARE = 0.9   # CPU seconds / (wall seconds x threads) each worker must get, when
                       # the configuration's threads fit the cores
 
@@ -88,10 +86,7 @@ def run_together(args, threads: int) -> list[dict]:
     return results
 
 
-def main(argv: list[str] | None = None) -> int:
-    from resnets.train.device import available_cores
-
-    cores = available_cores()
+def _parser(cores: int) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="resnet20")
     parser.add_argument("--batch-size", type=int, default=128)
@@ -102,26 +97,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, nargs="+", metavar="N",
                         help=f"threads per process to compare (default: {cores} (every "
                         f"core, torch's default) and the share, cores // processes)")
-    parser.add_argument("--results", default=str(Path(__file__).with_name("RESULTS.md")),
-                        help="markdown file the table is appended to when the machine was "
-                        "idle ('' for none)")
+    add_record_options(parser)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from resnets.train.device import available_cores
+
+    cores = available_cores()
+    args = _parser(cores).parse_args(argv)
     if args.worker:
         return worker(args)
     configurations = args.threads or [cores, max(1, cores // args.processes)]
 
-    load_before = os.getloadavg()[0]
+    load_average = Load.start()
     measured: dict[int, list[list[dict]]] = {threads: [] for threads in configurations}
     for round_number in range(args.rounds):
         order = configurations if round_number % 2 == 0 else configurations[::-1]
         for threads in order:
             measured[threads].append(run_together(args, threads))
-    load_after = os.getloadavg()[0]
+    load_average.stop()
 
-    header = ("| threads per process | processes | img/s per process | img/s together | "
-              "lowest CPU share per process |\n|---:|---:|---|---:|---|")
-    rows, waited = [], []
+    table = ["| threads per process | processes | img/s per process | img/s together | "
+             "lowest CPU share per process |", "|---:|---:|---|---:|---|"]
+    waited = []
     for threads in configurations:
         rounds = measured[threads]
         each = [statistics.median(r[i]["img_s"] for r in rounds) for i in range(args.processes)]
@@ -131,39 +131,16 @@ def main(argv: list[str] | None = None) -> int:
             waited.append(f"{threads} thread(s): a worker got {min(shares):.0%} of its "
                           f"threads' time")
         together = statistics.median(sum(result["img_s"] for result in r) for r in rounds)
-        rows.append(f"| {threads} | {args.processes} | {', '.join(f'{v:.0f}' for v in each)} "
-                    f"| {together:.0f} | {', '.join(f'{s:.0%}' for s in shares)} |")
-    print(header)
-    print("\n".join(rows))
-    print(f"load average (1 min) before / after: {load_before:.2f} / {load_after:.2f}; "
-          f"{cores} cores")
-    problems = ([f"load {load_before:.2f} > {IDLE_LOAD} before the first round"]
-                if load_before > IDLE_LOAD else []) + waited
-    if problems:
-        print("NOT IDLE: other load was measured too; not recorded (" + "; ".join(problems)
-              + ")")
-        return 0
-    if args.results:
-        import torch
-        from hardware import append, command_line, utc_date
-        from hardware import describe as hardware
-
-        command = command_line()
-        date = utc_date()
-        block = "\n".join([
-            f"\n## bench_threads: {args.processes} trainings at once, threads per process "
-            f"({date})\n",
-            f"- hardware: {hardware()}",
-            f"- torch {torch.__version__}, Python {platform.python_version()}, device cpu",
-            f"- command: `{command}`",
-            f"- method: {args.model}, batch {args.batch_size}, fp32 channels_last; "
-            f"{args.warmup} warm-up steps, then {args.steps} timed steps in every process at "
-            f"once; median of {args.rounds} rounds (order alternating); load average before "
-            f"/ after {load_before:.2f} / {load_after:.2f}\n",
-            header, *rows, ""])
-        append(args.results, block)
+        table.append(f"| {threads} | {args.processes} | {', '.join(f'{v:.0f}' for v in each)} "
+                     f"| {together:.0f} | {', '.join(f'{s:.0%}' for s in shares)} |")
+    print("\n".join([*table, load_average.summary()]))
+    if machine_was_idle(load_average, waited):
+        record(results_path(args), f"bench_threads: {args.processes} trainings at once, threads "
+               f"per process", load=load_average, device="cpu", table=table, facts=[
+                   f"- method: {args.model}, batch {args.batch_size}, fp32 channels_last; "
+                   f"{args.warmup} warm-up steps, then {args.steps} timed steps in every "
+                   f"process at once; median of {args.rounds} rounds (order alternating)"])
     return 0
-
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -5,26 +5,25 @@ cross-entropy, backward, SGD with momentum and weight decay. Inputs are random C
 batches (3x32x32, 10 classes) already in memory, so the figure is the model's cost alone.
 Each configuration runs `--warmup` untimed steps, then `--runs` timed runs of `--steps` steps;
 the table reports the median run (and the min-max spread) and appends itself, with the
-hardware, torch version, command and date, to benchmarks/RESULTS.md.
+hardware, torch version, command, date and load average, to benchmarks/RESULTS.md (unless
+--no-record).
 
     python3 benchmarks/bench_train.py                      # resnet20, resnet56 at batch 128
-    python3 benchmarks/bench_train.py --steps 3 --runs 1 --results /tmp/r.md   # smoke test
+    python3 benchmarks/bench_train.py --models resnet20 --steps 3 --runs 1 --no-record   # smoke test
 """
 
 from __future__ import annotations
 
 import argparse
-import platform
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from hardware import append, command_line, describe, utc_date  # noqa: E402 (benchmarks/hardware.py)
+from harness import (Load, Spread, add_record_options, record, results_path,  # noqa: E402
+                     synchronizer, time_it)
 
 from resnets import create_model  # noqa: E402
 from resnets.train.device import autocast  # noqa: E402
@@ -35,11 +34,8 @@ MODES = {"fp32": ("fp32", False), "bf16+channels_last": ("bf16", True),
          "fp32+channels_last": ("fp32", True), "bf16": ("bf16", False)}
 
 
-
-
-
 def images_per_second(model_name: str, mode: str, *, batch_size: int, steps: int, runs: int,
-                      warmup: int, device: torch.device, image_size: int) -> list[float]:
+                      warmup: int, device: torch.device, image_size: int) -> Spread:
     precision, channels_last = MODES[mode]
     torch.manual_seed(0)
     model = create_model(model_name, num_classes=10, in_channels=3).to(device).train()
@@ -58,19 +54,8 @@ def images_per_second(model_name: str, mode: str, *, batch_size: int, steps: int
         loss.backward()
         optimizer.step()
 
-    for _ in range(warmup):
-        step()
-    rates = []
-    for _ in range(runs):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        for _ in range(steps):
-            step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        rates.append(batch_size * steps / (time.perf_counter() - start))
-    return rates
+    return time_it(step, warmup=warmup, runs=runs, calls=steps,
+                   sync=synchronizer(device)).per_second(batch_size)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -84,8 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--modes", default="fp32,bf16+channels_last,fp32+channels_last,bf16",
                         help=f"columns, from {', '.join(MODES)} (speed-up: 2nd / 1st)")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--results", default=str(Path(__file__).with_name("RESULTS.md")),
-                        help="markdown file the table is appended to ('' for none)")
+    add_record_options(parser)
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     modes = args.modes.split(",")
@@ -96,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     header = (f"| model | batch | {' | '.join(f'{m} img/s' for m in modes)} | "
               f"speed-up {modes[1]} / {modes[0]} |\n|---|---|{'---|' * len(modes)}---|")
     rows = []
+    load_average = Load.start()
     print(header, flush=True)
     for model_name in args.models.split(","):
         medians, cells = [], []
@@ -103,28 +88,18 @@ def main(argv: list[str] | None = None) -> int:
             rates = images_per_second(model_name, mode, batch_size=args.batch_size,
                                       steps=args.steps, runs=args.runs, warmup=args.warmup,
                                       device=device, image_size=args.image_size)
-            median = statistics.median(rates)
-            medians.append(median)
-            cells.append(f"{median:.0f} ({min(rates):.0f}-{max(rates):.0f})")
+            medians.append(rates.median)
+            cells.append(rates.cell(".0f"))
         row = (f"| {model_name} | {args.batch_size} | {' | '.join(cells)} | "
                f"{medians[1] / medians[0]:.2f}x |")
         rows.append(row)
         print(row, flush=True)
 
-    if args.results:
-        command = command_line()
-        date = utc_date()
-        block = "\n".join([
-            f"\n## bench_train: training images/s, bf16+channels_last vs fp32 ({date})\n",
-            f"- hardware: {describe()}",
-            f"- torch {torch.__version__}, Python {platform.python_version()}, device "
-            f"{device}",
-            f"- command: `{command}`",
-            f"- method: {args.warmup} warm-up steps, then {args.runs} runs of {args.steps} "
-            f"steps on random {args.image_size}x{args.image_size} RGB batches; median run "
-            f"(min-max)\n",
-            header, *rows, ""])
-        append(args.results, block)
+    record(results_path(args), "bench_train: training images/s, bf16+channels_last vs fp32",
+           load=load_average.stop(), device=device, table=[header, *rows], facts=[
+               f"- method: {args.warmup} warm-up steps, then {args.runs} runs of {args.steps} "
+               f"steps on random {args.image_size}x{args.image_size} RGB batches; median run "
+               f"(min-max)"])
     return 0
 
 

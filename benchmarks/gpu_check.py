@@ -20,10 +20,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 
-from hardware import describe  # noqa: E402
+from harness import hardware, time_command, versions  # noqa: E402
 
 ENV = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
 
@@ -48,15 +46,13 @@ def train(out: Path, name: str, device: str, steps: int, *extra: str,
                    "--nproc-per-node", str(processes), "-m", "resnets", *args]
     else:
         command = [sys.executable, "-m", "resnets", *args]
-    started = time.perf_counter()
-    result = subprocess.run(command, env=ENV, capture_output=True, text=True)
-    seconds = time.perf_counter() - started
+    seconds, result = time_command(command, env=ENV, check=False)
     if result.returncode != 0:
         tail = (result.stderr or result.stdout).strip().splitlines()[-1:]
         return False, f"exit {result.returncode}: {' '.join(tail)}", None
     summary = json.loads((out / name / "summary.json").read_text())
     config = json.loads((out / name / "config.json").read_text())
-    return True, f"{summary['img_s']:,.0f} img/s ({seconds:.0f} s with start-up)", {
+    return True, f"{summary['img_s']:,.0f} img/s ({seconds.median:.0f} s with start-up)", {
         "summary": summary, "environment": config["environment"]}
 
 
@@ -86,7 +82,7 @@ def main() -> int:
         print("no CUDA device here: run this on a GPU machine (or --device cpu to try the "
               "script)")
         return 2
-    print(describe(), flush=True)
+    print(f"{hardware()}\n{versions(args.device)}", flush=True)
     rows: list[tuple[str, bool, str]] = []
     with tempfile.TemporaryDirectory() as folder:
         out = Path(folder)
