@@ -1,0 +1,126 @@
+"""The training step against this machine's own limit: its dense matmul rate in fp32 and bf16,
+and the FLOP/s a resnets training step achieves, as a share of the rate at its precision.
+
+A training step costs about 3 forward passes of multiply-adds (forward, and the backward's
+input and weight gradients), 2 FLOPs each, per image: achieved FLOP/s = img/s x 3 x 2 x the
+forward multiply-adds (`resnets.models.summary.count_macs`, at 3x32x32). The limit is a
+square fp32 / bf16 matmul (`--matmul-size`, 2048 by default) on the same threads. Where a
+model trains below `--goal` of the limit at the precision it trains in (precision `auto`),
+torch.profiler says which operators take the rest of the step.
+
+    python3 benchmarks/bench_roofline.py                                  # resnet20, resnet56
+    python3 benchmarks/bench_roofline.py --models resnet20 --runs 1 --no-record   # a trial
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from harness import Load, add_record_options, record, results_path, time_it  # noqa: E402
+
+from resnets import create_model  # noqa: E402
+from resnets.models.summary import count_macs  # noqa: E402
+from resnets.train.device import autocast, resolve_precision  # noqa: E402
+
+PRECISIONS = ("fp32", "bf16")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def matmul_flops(precision: str, size: int, runs: int) -> float:
+    """FLOP/s of a `size` x `size` matmul in `precision` (median of `runs` runs of 1 s)."""
+    a = torch.randn(size, size).to(DTYPES[precision])
+    b = torch.randn(size, size).to(DTYPES[precision])
+    seconds = time_it(lambda: torch.mm(a, b), warmup=2, runs=runs, seconds=1.0).median
+    return 2 * size**3 / seconds
+
+
+def training_step(model_name: str, precision: str, batch_size: int):
+    """One resnets training step (channels_last, SGD with momentum), as a function."""
+    torch.manual_seed(0)
+    model = create_model(model_name, num_classes=10, in_channels=3).train()
+    model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    images = torch.randn(batch_size, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    labels = torch.randint(0, 10, (batch_size,))
+    device = torch.device("cpu")
+
+    def step():
+        with autocast(device, precision):
+            logits = model(images)
+        loss = F.cross_entropy(logits.float(), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def step_flops(model_name: str, precision: str, batch_size: int, runs: int) -> tuple[float, float]:
+    """(img/s, achieved FLOP/s) of the training step."""
+    macs = count_macs(create_model(model_name, num_classes=10, in_channels=3), (3, 32, 32))
+    step = training_step(model_name, precision, batch_size)
+    images_per_second = time_it(step, warmup=3, runs=runs, calls=5).per_second(batch_size).median
+    return images_per_second, images_per_second * 3 * 2 * macs
+
+
+def top_operators(model_name: str, precision: str, batch_size: int, count: int = 8) -> list[str]:
+    """The operators that take most of a step's time (self CPU time, 3 profiled steps)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    step = training_step(model_name, precision, batch_size)
+    step()
+    with profile(activities=[ProfilerActivity.CPU]) as profiler:
+        for _ in range(3):
+            step()
+    events = sorted(profiler.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in events) or 1
+    return [f"{e.key} {100 * e.self_cpu_time_total / total:.1f}%" for e in events[:count]]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="resnet20,resnet56")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--matmul-size", type=int, default=2048)
+    parser.add_argument("--runs", type=int, default=3, help="timed runs (median reported)")
+    parser.add_argument("--goal", type=float, default=0.5,
+                        help="share of the matmul rate a step should reach (default 0.5)")
+    add_record_options(parser)
+    args = parser.parse_args(argv)
+    load = Load.start()
+    trains_in = resolve_precision("auto", torch.device("cpu"))
+    limits = {p: matmul_flops(p, args.matmul_size, args.runs) for p in PRECISIONS}
+    header = ("| model | precision | img/s | achieved GFLOP/s | matmul GFLOP/s | share |\n"
+              "|---|---|---:|---:|---:|---:|")
+    rows, notes = [], []
+    print(header, flush=True)
+    for model_name in args.models.split(","):
+        for precision in PRECISIONS:
+            rate, flops = step_flops(model_name, precision, args.batch_size, args.runs)
+            share = flops / limits[precision]
+            mark = " (auto)" if precision == trains_in else ""
+            rows.append(f"| {model_name} | {precision}{mark} | {rate:.0f} | {flops / 1e9:.1f} | "
+                        f"{limits[precision] / 1e9:.1f} | {100 * share:.0f}% |")
+            print(rows[-1], flush=True)
+            if precision == trains_in and share < args.goal:
+                ops = top_operators(model_name, precision, args.batch_size)
+                notes.append(f"- {model_name} ({precision}) is below {100 * args.goal:.0f}% of "
+                             f"the matmul rate; the step's time by operator: {'; '.join(ops)}")
+                print(notes[-1], flush=True)
+    record(results_path(args), "bench_roofline: the training step against the machine's "
+           "matmul rate", load=load.stop(), table=[header, *rows], notes=notes, facts=[
+               f"- method: {args.matmul_size}x{args.matmul_size} matmul, median of {args.runs} "
+               f"runs of 1 s; training step at batch {args.batch_size}, 3x32x32, channels_last, "
+               f"median of {args.runs} runs of 5 steps; achieved = img/s x 3 x 2 x forward "
+               f"multiply-adds; precision auto picks {trains_in} here"])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
