@@ -39,7 +39,34 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_data_commands(sub)
     _add_study_commands(sub)
     _add_trained_run_studies(sub)
+    _add_report_command(sub)
     return parser
+
+
+def _add_report_command(sub) -> None:
+    report = sub.add_parser(
+        "report", help="a run, a study or several runs as one self-contained HTML page",
+        description="Write one HTML page (figures inline, nothing fetched when it is viewed) "
+        "of a run directory, a study directory, a lesion/landscape/diagnose output folder, or "
+        "several run directories compared.")
+    report.add_argument("paths", nargs="+", metavar="PATH",
+                        help="a run or study directory, or several run directories")
+    report.add_argument("--out", metavar="FILE", help="the page (default: report.html in the "
+                        "run or study directory; in the current folder for several runs)")
+    report.add_argument("--open", action="store_true", help="open it in your web browser")
+    report.set_defaults(run=_cmd_report)
+
+
+def _cmd_report(args) -> int:
+    from resnets.report import write_page
+
+    path = write_page(args.paths, args.out)
+    print(path)
+    if args.open:
+        import webbrowser
+
+        webbrowser.open(path.resolve().as_uri())
+    return 0
 
 
 def _add_model_commands(sub) -> None:
@@ -258,12 +285,18 @@ def _cmd_study(args) -> int:
         train[key.strip()] = value.strip()
     study = resolve_study(args.config, name=args.name, root=args.out, changes=changes,
                           train=train)
+    from resnets.report import refresh_study_page
+
+    def refresh(study_dir) -> None:  # the page, rewritten after every run: watch it
+        refresh_study_page(study_dir, log=lambda line: print(line, file=sys.stderr))
+
     try:
         study_dir = run_study(study, args.out, progress=args.progress, jobs=args.jobs,
-                              shard=args.shard)
+                              shard=args.shard, on_run_done=refresh)
     except TrainingInterrupted as interrupted:
         print(str(interrupted), file=sys.stderr)
         return 128 + interrupted.signal_number
+    refresh(study_dir)
     if all_finished(study_dir, study):  # else other workers still train: the last one reports
         print((study_dir / "report" / "table.md").read_text(), end="")  # what run_study wrote
     return 0

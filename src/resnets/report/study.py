@@ -75,7 +75,8 @@ def study_page(study_dir: str | Path) -> tuple[str, str, dict, int | None]:
     defined = (f"kinds {', '.join(map(str, study['kinds']))}; depths "
                f"{', '.join(map(str, study['depths']))}; seeds "
                f"{', '.join(map(str, study['seeds']))}; preset {study['preset']}; training "
-               f"settings {study['train'] or 'the preset'}")
+               f"settings: " + (", ".join(f"{key} = {value}" for key, value
+                                          in sorted(study["train"].items())) or "the preset's"))
     runs = [read_run(study_dir / run["run_dir"], finished=False) for run in data["runs"]]
     body = [f"<h1>Study {text(study['name'])}</h1>",
             paragraph(str(study_dir), "note"), paragraph(defined), paragraph(status, "status"),
