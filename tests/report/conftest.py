@@ -22,6 +22,7 @@ NASTY = {
     "model": "<script>alert(7)</script>",
     "landscape_run": '<img src=x onerror=alert(8)>',
     "split": "<script>alert(9)</script>",
+    "class": '<script>alert(10)</script>"><img src=x onerror=alert(11)>',
 }
 
 
@@ -72,8 +73,10 @@ def _edit_json(path, edit):
 @pytest.fixture(scope="session")
 def nasty_run(tiny_run, tmp_path_factory):
     """The tiny run, copied into a folder named with HTML, every shown string made hostile."""
+    from resnets.train.checkpoint import load_checkpoint, save_checkpoint
+
     run = tmp_path_factory.mktemp("nasty") / NASTY["folder"]
-    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("checkpoints", "*.html"))
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("best.pt", "*.html"))
 
     def config(data):
         data.update(name=NASTY["name"], data=NASTY["data"],
@@ -91,6 +94,9 @@ def nasty_run(tiny_run, tmp_path_factory):
     _edit_json(run / "summary.json", lambda data: data.update(model=NASTY["model"]))
     _edit_json(run / "lesion" / "lesion.json", lesion)
     _edit_json(run / "landscape" / "landscape.json", landscape)
+    checkpoint = load_checkpoint(run / "checkpoints" / "last.pt")
+    checkpoint["class_names"] = [NASTY["class"]] + checkpoint["classes"][1:]
+    save_checkpoint(checkpoint, run / "checkpoints" / "last.pt")
     lines = (run / "metrics.jsonl").read_text().splitlines()
     lines.insert(1, json.dumps({"split": NASTY["split"], "step": 1, "err": 50.0}))
     (run / "metrics.jsonl").write_text("\n".join(lines) + "\n")

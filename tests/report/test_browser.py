@@ -80,7 +80,7 @@ def test_run_with_html_in_its_strings_runs_no_script(browser, nasty_run, tmp_pat
     assert page.evaluate("""Array.from(document.querySelectorAll('*')).filter(
         e => Array.from(e.attributes).some(a => a.name.startsWith('on'))).length""") == 0
     shown = page.evaluate("document.body.innerText")
-    for key in ("name", "data", "model", "lesion_unit", "platform"):
+    for key in ("name", "data", "model", "lesion_unit", "platform", "class"):
         assert NASTY[key] in shown, key  # shown as the text it is
     svg_text = page.evaluate("Array.from(document.querySelectorAll('svg text'))"
                              ".map(t => t.textContent).join('\\n')")

@@ -13,6 +13,7 @@ from resnets.report import build_page, write_page
 from resnets.report.page import script_json
 from resnets.report.study import verdict
 from resnets.study.report import TABLE_HEADER, collect, table_markdown
+from resnets.train.checkpoint import load_checkpoint
 from resnets.train.progress import summary_rows
 
 
@@ -61,6 +62,8 @@ def test_run_page_holds_the_config_and_the_final_figures_of_summary_json(tiny_ru
     for key in ("lr", "batch_size", "schedule", "augment", "iters"):  # the resolved config
         assert (key, str(config[key])) in rows
     assert ("torch", config["environment"]["torch"]) in rows
+    classes = load_checkpoint(tiny_run / "checkpoints" / "last.pt")["classes"]
+    assert ("classes", f"{len(classes)}: {', '.join(classes)}") in rows  # the digits 0 to 9
     assert _embedded(page)["runs"][0]["summary"] == summary
     assert page.count('<svg class="figure"') == 4 + 2 + 1  # curves; lesion 2; landscape 1
     assert "Lesion study" in page and "Loss landscape" in page
@@ -141,7 +144,7 @@ def test_strings_from_a_run_are_escaped_in_the_html(nasty_run, tmp_path):
     assert not [a for t, a in tags if any(key.startswith("on") for key in a)]
     for value in NASTY.values():
         assert value not in page  # never raw
-    for key in ("name", "data", "model_args_key", "lesion_unit", "platform", "model"):
+    for key in ("name", "data", "model_args_key", "lesion_unit", "platform", "model", "class"):
         assert html.escape(NASTY[key]) in page or html.escape(json.dumps(NASTY[key])[1:-1]) in page
     # text inside the SVG figures is escaped by matplotlib (a run's name in a title, a legend)
     assert "&lt;script&gt;alert(4)&lt;/script&gt;" in page

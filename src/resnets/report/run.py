@@ -32,6 +32,7 @@ class RunFiles:
     config: dict
     summary: dict | None  # None: not finished
     records: list
+    classes: list | str  # the classes the model was trained on, or why they are not known
 
     @property
     def environment(self) -> dict:
@@ -60,7 +61,22 @@ def read_run(path: str | Path, *, finished: bool = True) -> RunFiles:
     _check_records(records, run.metrics)
     if summary is not None:
         _check_summary(summary, run.summary)
-    return RunFiles(run, run_label(run.path), config, summary, records)
+    return RunFiles(run, run_label(run.path), config, summary, records, _classes(run))
+
+
+def _classes(run: RunDir) -> list | str:
+    """The class names the checkpoint holds (loaded with weights_only=True), or a reason."""
+    from resnets.train.checkpoint import load_checkpoint
+    from resnets.train.state import display_labels
+
+    if not run.last.is_file():
+        return "no checkpoint to read them from"
+    try:
+        checkpoint = load_checkpoint(run.last)
+        return [str(name) for name in display_labels(checkpoint["classes"],
+                                                     checkpoint.get("class_names"))]
+    except (UserError, KeyError, TypeError) as error:
+        return f"not read ({error})"
 
 
 def _check_records(records: list, path: Path) -> None:
@@ -93,8 +109,16 @@ def what_rows(files: RunFiles) -> list[tuple[str, Any]]:
             ("model arguments", _value(config.get("model_args") or {})),
             ("weights", _value(config.get("weights")) or "random initialisation"),
             ("data", _value(config.get("data"))),
+            ("classes", _classes_text(files.classes)),
             ("budget", _value({key: config.get(key) for key in ("iters", "epochs", "batch_size")
                                if config.get(key) is not None}))]
+
+
+def _classes_text(classes: list | str, shown: int = 20) -> str:
+    if isinstance(classes, str):
+        return classes
+    more = f", ... ({len(classes) - shown} more)" if len(classes) > shown else ""
+    return f"{len(classes)}: {', '.join(classes[:shown])}{more}"
 
 
 def _value(value: Any) -> str:
