@@ -75,6 +75,10 @@ def test_run_page_shows_the_lesion_table_of_lesion_json(tiny_run):
     rows = {tuple(row) for table in _Tables(page).tables for row in table}
     for unit in result["units"]:
         assert (unit["name"], f"{unit['err']:.2f}", f"{unit['delta_err']:+.2f}") in rows
+    for row in result["random"]:  # random.csv's columns, errors to 2 decimals as printed
+        assert (str(row["k"]), str(len(row["subsets"])), f"{row['err_mean']:.2f}",
+                f"{row['err_std']:.2f}", f"{row['err_min']:.2f}", f"{row['err_max']:.2f}",
+                f"{row['loss_mean']:.4f}") in rows
 
 
 def test_study_page_table6_is_the_study_reports_table(tiny_study):

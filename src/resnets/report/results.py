@@ -42,6 +42,15 @@ def _built(path: Path, build: Callable[[dict, int], str], level: int) -> str:
                         f"{error})") from None
 
 
+def _cell(column: str, value) -> str:
+    """A lesion CSV value as the terminal shows it: errors to 2 decimals, losses to 4."""
+    if column == "subsets":
+        return str(len(value))  # the CSV's column counts the subsets the JSON lists
+    if isinstance(value, float):
+        return f"{value:.4f}" if column.startswith("loss") else f"{value:.2f}"
+    return str(value)
+
+
 def lesion_section(result: dict, level: int = 2) -> str:
     from resnets.study.lesioning import RANDOM_COLUMNS  # (imports torch: only when needed)
     from resnets.study.plots import plot_lesion_random, plot_lesion_units
@@ -50,7 +59,7 @@ def lesion_section(result: dict, level: int = 2) -> str:
     units = [[row["name"], "cannot be removed" if row["err"] is None else f"{row['err']:.2f}",
               "" if row["err"] is None else f"{row['delta_err']:+.2f}"]
              for row in result["units"]]
-    random = [[row[c] if c != "subsets" else len(row[c]) for c in RANDOM_COLUMNS]
+    random = [[_cell(column, row[column]) for column in RANDOM_COLUMNS]
               for row in result["random"]]
     body = [paragraph(f"{result['run']} ({result['model']}) on {result['images']} "
                       f"{result['split']} images: {base:.2f}% error with no unit removed."),
