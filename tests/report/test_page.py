@@ -204,3 +204,21 @@ def test_an_edited_metrics_file_with_text_for_a_number_is_one_error(tiny_run, tm
     (run / "metrics.jsonl").write_text("\n".join(lines) + "\n")
     with pytest.raises(UserError, match=f"record 1 has {key} = '<b>1</b>', not a number"):
         build_page([run])
+
+
+def test_study_page_shows_the_diagnostics_kept_in_the_study(tiny_study, tmp_path):
+    import shutil
+
+    from resnets.study.diagnostics import diagnose, write_diagnosis
+
+    copy = tmp_path / "tiny"
+    shutil.copytree(tiny_study[0], copy, ignore=shutil.ignore_patterns("checkpoints", "*.html"))
+    result = diagnose(["resnet8", "plain8"], steps=1, batch_size=8)
+    write_diagnosis(result, copy / "diagnostics")  # `resnets diagnose --out STUDY/diagnostics`
+    page = build_page([copy])
+    section = page[page.index("<h2>Diagnostics</h2>"):page.index('id="run-')]
+    assert section.count('<svg class="figure"') == 3  # grad norms, Figure 7, identity
+    rows = {tuple(row) for table in _Tables(section).tables for row in table}
+    for name, row in result["models"].items():
+        assert (name, f"{row['init']['first_last_ratio']:.3g}",
+                f"{row['trained']['first_last_ratio']:.3g}") in rows

@@ -52,6 +52,7 @@ def _torn(run):
     (lambda run: (run / "summary.json").unlink(), "is an unfinished run"),
     (_torn, "a torn last line"),
     (lambda run: (run / "summary.json").write_text("{}"), "is not a summary training wrote"),
+    (lambda run: (run / "config.json").write_text("[1]"), "is not a config training wrote"),
     (lambda run: (run / "lesion" / "lesion.json").write_text('{"units": 3}'),
      "is not a result resnets wrote"),
 ])

@@ -55,6 +55,8 @@ def read_run(path: str | Path, *, finished: bool = True) -> RunFiles:
         raise UserError(f"{path} is an unfinished run (no {run.summary.name}); report it once "
                         f"it has finished (a study's page shows its unfinished runs)")
     config = run.read_config()
+    if not isinstance(config, dict) or not isinstance(config.get("environment", {}), dict):
+        raise UserError(f"{run.config} is not a config training wrote (not a JSON object)")
     summary = run.read_summary() if run.finished() else None
     # a finished run wrote whole lines; one still training may be mid-line
     records = read_metrics(run.metrics, complete=summary is not None)
