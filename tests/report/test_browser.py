@@ -5,8 +5,8 @@ that a run's strings hold. Skipped only where no Chromium is found, and never in
 import os
 
 import pytest
-from chromium import Browser, find_chromium
-from conftest import NASTY
+from headless_chromium import Browser, find_chromium
+from report_inputs import NASTY
 
 from resnets.report import write_page
 

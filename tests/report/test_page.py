@@ -7,7 +7,7 @@ import re
 from html.parser import HTMLParser
 
 import pytest
-from conftest import NASTY
+from report_inputs import NASTY
 
 from resnets.report import build_page, write_page
 from resnets.report.page import script_json

@@ -5,7 +5,7 @@ import errno
 import shutil
 
 import pytest
-from conftest import STUDY_TRAIN
+from report_inputs import STUDY_TRAIN
 
 from resnets.cli import main
 
