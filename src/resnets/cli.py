@@ -296,8 +296,9 @@ def _cmd_study(args) -> int:
     except TrainingInterrupted as interrupted:
         print(str(interrupted), file=sys.stderr)
         return 128 + interrupted.signal_number
-    refresh(study_dir)
-    if all_finished(study_dir, study):  # else other workers still train: the last one reports
+    finished = all_finished(study_dir, study)  # before the page: another worker may finish
+    refresh(study_dir)  # meanwhile, and its report/table.md is not there yet
+    if finished:  # else other workers still train: the last one reports
         print((study_dir / "report" / "table.md").read_text(), end="")  # what run_study wrote
     return 0
 

@@ -16,6 +16,7 @@ import json
 import math
 import re
 import tempfile
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
@@ -62,11 +63,15 @@ def _clean_svg(svg: str) -> str:
     return svg.replace("<svg ", '<svg class="figure" role="img" ', 1)
 
 
-def _svg_settings():
+@contextmanager
+def _svg_settings() -> Iterator[None]:
     from matplotlib import rc_context
 
     # text as <text> (escaped by matplotlib, selectable, small) rather than glyph paths
-    return rc_context({"svg.fonttype": "none"})
+    with rc_context({"svg.fonttype": "none"}), warnings.catch_warnings():
+        # a study's panel before its first test evaluation has no labelled line: not news
+        warnings.filterwarnings("ignore", message="No artists with labels found")
+        yield
 
 
 def figure_svg(figure) -> str:
