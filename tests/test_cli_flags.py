@@ -23,6 +23,8 @@ ANY_TEXT = {
     "train --out", "train --data-dir", "study --out", "study --data-dir", "diagnose --out",
     "diagnose --data-dir", "eval --data-dir", "plot --out", "download --to", "export --onnx",
     "export --torchvision", "lesion --out", "landscape --out",
+    # the page: a folder or an unwritable path is refused when written (tests/report)
+    "report --out",
     # model and dataset names mean something only to the parts training uses (the registry and
     # resnets.data, or a test's stand-ins such as "tiny" and "fake"): refused by them when the
     # run loads its data and builds its model
@@ -87,7 +89,7 @@ POSITIONALS = {
     "study": [], "study report": ["no-such-study"], "diagnose": ["resnet8"],
     "eval": ["no-such.pt"], "predict": ["no-such.pt", "no-such.png"], "export": ["no-such.pt"],
     "plot": ["no-such-run"], "lesion": ["no-such-run"], "landscape": ["no-such-run"],
-    "weights": [],
+    "weights": [], "report": ["no-such-run"],
 }
 
 

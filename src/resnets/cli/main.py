@@ -11,7 +11,7 @@ from resnets.errors import DistributedFailure, UserError, one_line_warnings
 
 def build_parser() -> argparse.ArgumentParser:
     from resnets import __version__
-    from resnets.cli import catalog, studies, training
+    from resnets.cli import catalog, reports, studies, training
 
     parser = Parser(prog="resnets", description="Residual networks: build, train, study.")
     parser.add_argument("--version", action="version", version=f"resnets {__version__}")
@@ -22,6 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     catalog.add_weights_command(sub)
     catalog.add_data_commands(sub)
     studies.add_commands(sub)
+    reports.add_commands(sub)
     return parser
 
 

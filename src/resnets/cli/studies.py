@@ -160,6 +160,7 @@ def _add_measurement_options(parser) -> None:
 
 
 def _cmd_study(args) -> int:
+    from resnets.cli.reports import study_page_refresher
     from resnets.study.degradation import all_finished, resolve_study, run_study
     from resnets.train import TrainingInterrupted
 
@@ -172,13 +173,16 @@ def _cmd_study(args) -> int:
     train.update(_settings(args.set))
     study = resolve_study(args.config, name=args.name, root=args.out, changes=changes,
                           train=train)
+    refresh = study_page_refresher()
     try:
         study_dir = run_study(study, args.out, progress=args.progress, jobs=args.jobs,
-                              shard=args.shard)
+                              shard=args.shard, on_run_done=refresh)
     except TrainingInterrupted as interrupted:
         print(str(interrupted), file=sys.stderr)
         return 128 + interrupted.signal_number
-    if all_finished(study_dir, study):  # else other workers still train: the last one reports
+    finished = all_finished(study_dir, study)  # before the page: a shard may finish meanwhile
+    refresh(study_dir)
+    if finished:  # else other workers still train: the last one reports
         print((study_dir / "report" / "table.md").read_text(), end="")  # what run_study wrote
     return 0
 

@@ -83,6 +83,7 @@ def run_study(
     log: Callable[[str], None] | None = None,
     jobs: int | None = None,
     shard: str | None = None,
+    on_run_done: Callable[[Path], None] | None = None,
 ) -> Path:
     """Train every unfinished run of `study` that no other process is training, then, once
     every run is finished, write its report. Returns the study dir.
@@ -92,6 +93,8 @@ def run_study(
     shard: "I/N": this process is worker I of N sharing the study folder; it trains its own
     share of the runs first, then helps with the others'. Runs another process holds are left
     to it: the process that sees the last run finished writes the report.
+    on_run_done(study_dir): called after each run this call trains to the end (the command
+    line refreshes the study's page with it).
     """
     from resnets.study.parallel import (check_jobs, default_jobs, gpu_count, parse_shard,
                                         shard_order)
@@ -109,7 +112,7 @@ def run_study(
     study_dir = prepare(study, root)
     directories = run_dirs(study_dir, study)
     session = _Session(study, study_dir, directories, shard_order(list(directories), shard),
-                       log)
+                       log, on_run_done)
     if jobs == 1:
         _train_here(session, progress)
     else:
@@ -198,9 +201,10 @@ class _Session:
     """One `run_study` call: the runs it looks at, in its order; what it trained; its lines."""
 
     def __init__(self, study: Study, study_dir: Path, directories: dict, order: list,
-                 log: Callable[[str], None]):
+                 log: Callable[[str], None],
+                 on_run_done: Callable[[Path], None] | None = None):
         self.study, self.study_dir, self.directories = study, study_dir, directories
-        self.order, self.log = order, log
+        self.order, self.log, self.on_run_done = order, log, on_run_done
         self.runs = list(directories)
         self.earlier = {run for run, run_dir in directories.items() if run_dir.finished()}
         self.started = time.monotonic()
@@ -263,6 +267,8 @@ class _Session:
                 result = f": test error {error:.2f}%" if error is not None else ""
                 self.log(f"{self.tag(run)} {run.name} finished in {format_duration(seconds)}"
                          f"{result} ({self.elapsed()})")
+            if self.on_run_done is not None:
+                self.on_run_done(self.study_dir)
         elif kind == "held":
             self.taken_first.add(run)
             self._tell(run, f"{run.name}: another process took it first, skipped", what="held")

@@ -59,8 +59,9 @@ def plot_figure6(rows: Sequence[dict], path: str | Path) -> Path:
     return save_figure(figure, Path(path))
 
 
-def plot_diagnosis(result: dict, out_dir: str | Path) -> list[Path]:
-    """grad_norms.png, response_std.png (the paper's Figure 7) and identity.png."""
+def plot_diagnosis(result: dict, out_dir: str | Path, suffix: str = ".png") -> list[Path]:
+    """grad_norms.png, response_std.png (the paper's Figure 7) and identity.png (or .svg...:
+    `suffix` is the format)."""
     out_dir = Path(out_dir)
     models, steps, colours = result["models"], result["steps"], _colours()
     paths = []
@@ -77,7 +78,7 @@ def plot_diagnosis(result: dict, out_dir: str | Path) -> list[Path]:
     axis.set_ylabel("gradient norm ||dL/dW||")
     axis.set_title("Gradient reaching each layer")
     axis.legend(fontsize=8)
-    paths.append(save_figure(figure, out_dir / "grad_norms.png"))
+    paths.append(save_figure(figure, out_dir / f"grad_norms{suffix}"))
 
     figure = Figure(figsize=(8, 6.5), layout="constrained")
     by_layer, by_size = figure.subplots(2, 1)
@@ -93,7 +94,7 @@ def plot_diagnosis(result: dict, out_dir: str | Path) -> list[Path]:
         axis.set_yscale("log")  # plain nets' responses can be orders of magnitude apart
         axis.legend(fontsize=8)
     by_layer.set_title(f"Std of responses after BN, before nonlinearity/addition (after {steps} steps)")
-    paths.append(save_figure(figure, out_dir / "response_std.png"))
+    paths.append(save_figure(figure, out_dir / f"response_std{suffix}"))
 
     figure = Figure(figsize=(8, 4), layout="constrained")
     axis = figure.add_subplot()
@@ -110,7 +111,7 @@ def plot_diagnosis(result: dict, out_dir: str | Path) -> list[Path]:
         axis.legend(fontsize=8)
     else:
         axis.text(0.5, 0.5, "no residual units (plain networks only)", ha="center", transform=axis.transAxes)
-    paths.append(save_figure(figure, out_dir / "identity.png"))
+    paths.append(save_figure(figure, out_dir / f"identity{suffix}"))
     return paths
 
 

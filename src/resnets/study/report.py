@@ -127,19 +127,26 @@ def _format(mean: float | None, std: float | None, seeds: int) -> str:
     return f"{mean:.2f} ± {std:.2f}" if seeds > 1 else f"{mean:.2f}"
 
 
-def table_markdown(data: dict) -> str:
-    lines = [
-        "| model | layers | params | train error % | test error % | seeds |",
-        "|---|---:|---:|---:|---:|---:|",
-    ]
+TABLE_HEADER = ("model", "layers", "params", "train error %", "test error %", "seeds")
+
+
+def table_rows(data: dict) -> list[list[str]]:
+    """Table 6's cells (under TABLE_HEADER), one row per (kind, depth), as every view of the
+    table (table.md, `resnets report`'s page) shows them."""
+    rows = []
     for row in data["rows"]:
         seeds = len(row["seeds"])
         params = f"{row['params']:,}" if row["params"] else ""
         name = f"{row['kind']}{row['depth']}" + ("" if row["finished"] else " (unfinished)")
-        lines.append(
-            f"| {name} | {row['layers']} | {params} | {_format(row['train_err_mean'], row['train_err_std'], seeds)} "
-            f"| {_format(row['test_err_mean'], row['test_err_std'], seeds)} | {seeds} |"
-        )
+        rows.append([name, str(row["layers"]), params,
+                     _format(row["train_err_mean"], row["train_err_std"], seeds),
+                     _format(row["test_err_mean"], row["test_err_std"], seeds), str(seeds)])
+    return rows
+
+
+def table_markdown(data: dict) -> str:
+    lines = ["| " + " | ".join(TABLE_HEADER) + " |", "|---|---:|---:|---:|---:|---:|"]
+    lines += ["| " + " | ".join(cells) + " |" for cells in table_rows(data)]
     return "\n".join(lines) + "\n"
 
 

@@ -47,9 +47,10 @@ class MetricsWriter:
         self.close()
 
 
-def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+def read_metrics(path: str | Path, *, complete: bool = False) -> list[dict[str, Any]]:
     """All records of a metrics.jsonl file (or of a run directory's). A torn last line
-    (a crash mid-write) is skipped; any other bad line raises `UserError`."""
+    (a crash mid-write) is skipped, unless `complete` (a finished run's file, which has none)
+    asks for it to raise `UserError` too; any other bad line raises `UserError`."""
     path = Path(path)
     if path.is_dir():
         path = RunDir(path).metrics
@@ -64,7 +65,10 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
             records.append(json.loads(line))
         except json.JSONDecodeError:
             if number == len(lines):
-                break
+                if not complete:
+                    break
+                raise UserError(f"{path}:{number}: a torn last line (not a whole JSON "
+                                f"record); the run did not finish writing it") from None
             raise UserError(f"{path}:{number}: not a JSON line") from None
     return records
 

@@ -2,6 +2,7 @@
 
 `plot_runs(run_dirs, out_dir)` draws loss.png and error.png against iterations for one run or
 an overlay: training dashed, validation and test solid (test bolder), one colour per run.
+`run_figure(runs, key)` is one such figure (also of the learning rate or the throughput).
 `save_figure` writes any matplotlib Figure atomically; the study's figures use it too.
 """
 
@@ -67,22 +68,32 @@ def plot_runs(run_dirs: Sequence[str | Path], out_dir: str | Path, *,
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"--out {out_dir} is a file; plots need a folder")
     writable_folder(out_dir)
-    written = []
-    for name, key, ylabel in (("loss.png", "loss", "cross-entropy loss"),
-                              ("error.png", "err", "top-1 error (%)")):
-        figure = Figure(figsize=(7, 4.5), layout="constrained")
-        ax = figure.add_subplot()
-        plot_metric(ax, runs, key)
-        ax.set_ylabel(ylabel)
-        if key == "loss":
-            values = [r["loss"] for _, records in runs for r in records
-                      if r.get("loss") is not None]
-            if values and min(values) > 0:
-                ax.set_yscale("log")
-        title = runs[0][0] if len(runs) == 1 else f"{len(runs)} runs"
-        ax.set_title(title)
-        written.append(save_figure(figure, out_dir / name))
-    return written
+    return [save_figure(run_figure(runs, key), out_dir / name) for name, key in
+            (("loss.png", "loss"), ("error.png", "err"))]
+
+
+# metrics key -> (y axis label, splits drawn): the figures a run's curves are drawn in.
+FIGURES = {"loss": ("cross-entropy loss", ("train", "val", "test")),
+           "err": ("top-1 error (%)", ("train", "val", "test")),
+           "lr": ("learning rate", ("train",)),
+           "img_s": ("training throughput (images/s)", ("train",))}
+
+
+def run_figure(runs: Sequence[tuple[str, list[dict]]], key: str) -> Figure:
+    """One figure of `key` (a FIGURES key) against iterations for (label, records) runs: the
+    figure plot_runs saves, and the one `resnets report` shows."""
+    ylabel, splits = FIGURES[key]
+    figure = Figure(figsize=(7, 4.5), layout="constrained")
+    ax = figure.add_subplot()
+    plot_metric(ax, runs, key, splits)
+    ax.set_ylabel(ylabel)
+    if key == "loss":
+        values = [r["loss"] for _, records in runs for r in records
+                  if r.get("loss") is not None]
+        if values and min(values) > 0:
+            ax.set_yscale("log")
+    ax.set_title(runs[0][0] if len(runs) == 1 else f"{len(runs)} runs")
+    return figure
 
 
 def save_figure(figure: Figure, path: Path) -> Path:

@@ -130,7 +130,7 @@ class TrainState:
 
     def labels(self) -> list[str]:
         """The classes as a person reads them: display names where the dataset has them."""
-        return list(self.class_names) if self.class_names else list(self.classes)
+        return display_labels(self.classes, self.class_names)
 
     def save(self, path: str | Path, lr: float) -> Path:
         return save_checkpoint(self.state_dict(lr), path)
@@ -178,6 +178,12 @@ class TrainState:
                    input_size=list(checkpoint["input_size"]),
                    precision=checkpoint.get("precision", "fp32"),
                    step=checkpoint.get("step", 0))
+
+
+def display_labels(classes: list, class_names: list | None) -> list[str]:
+    """Classes as a person reads them (a TrainState's, or a checkpoint's "classes" and
+    "class_names"): display names where the dataset has them."""
+    return list(class_names) if class_names else list(classes)
 
 
 def require(checkpoint: dict, keys: tuple[str, ...], path: str | Path) -> None:
