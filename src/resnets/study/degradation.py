@@ -335,11 +335,7 @@ def _train_in_workers(session: _Session, jobs: int, cores: int, progress: str) -
     """Up to `jobs` runs at once, each in a worker process (parallel.Workers). A failed run
     stops new ones from starting (the running ones finish) and is raised at the end; Ctrl-C
     or SIGTERM is passed on to the workers, which write their checkpoints and stop."""
-    import signal
-
-    from resnets.study.parallel import (StopSignals, Workers, gpu_count, worker_device,
-                                        worker_threads)
-    from resnets.train import TrainingInterrupted
+    from resnets.study.parallel import StopSignals, Workers, gpu_count, worker_threads
 
     recipe = session.study.config_for(session.runs[0])  # threads and device: the same for all
     todo = sum(not run_dir.finished() for run_dir in session.directories.values())
@@ -355,34 +351,55 @@ def _train_in_workers(session: _Session, jobs: int, cores: int, progress: str) -
             slot = workers.free_slot()
             if slot is not None and not stop.received and not failed \
                     and (run := session.next_run()) is not None:
-                session.looks[run] += 1
-                device = worker_device(recipe.device, slot, gpus)
-                verb = "resuming" if session.directories[run].resumable() else "training"
-                count = threads or recipe.threads
-                how = ", ".join(filter(None, [
-                    device, f"{count} thread{'s' if count > 1 else ''}" if count else None]))
-                session.log(f"{session.tag(run)} {verb} {run.name} (worker {slot + 1}/{jobs}"
-                            f"{': ' + how if how else ''}; {session.elapsed()})")
-                workers.start(run, slot, threads=threads, device=device)
+                _start_worker(session, workers, run, slot, recipe, threads, gpus)
                 continue
             if not workers.busy():
                 break
             ended = workers.wait(stop)
-            if ended is None:  # a signal, passed on to the workers
-                continue
-            run, outcome, seconds = ended
-            if outcome["outcome"] == "failed":
-                running = len(workers.running)
-                then = f"; the {running} running finish, no new run starts" if running else ""
-                session.log(f"{session.tag(run)} {run.name} failed: {outcome['message']} "
-                            f"(log: {outcome['log']}){then}")
-                failed.append((run, outcome["message"]))
-            elif outcome["outcome"] == "interrupted":
-                stopped.append(run)
-            else:
-                session.ended(run, outcome, seconds)
-    if stop.received:
-        number = stop.received[0]
+            if ended is not None:  # else a signal, passed on to the workers
+                _worker_ended(session, workers, ended, failed, stopped)
+    _raise_for(session, stop.received, stopped, failed)
+
+
+def _start_worker(session: _Session, workers, run: Run, slot: int, recipe, threads, gpus: int
+                  ) -> None:
+    """Start `run` in worker `slot`, and say so."""
+    from resnets.study.parallel import worker_device
+
+    session.looks[run] += 1
+    device = worker_device(recipe.device, slot, gpus)
+    verb = "resuming" if session.directories[run].resumable() else "training"
+    count = threads or recipe.threads
+    how = ", ".join(filter(None, [
+        device, f"{count} thread{'s' if count > 1 else ''}" if count else None]))
+    session.log(f"{session.tag(run)} {verb} {run.name} (worker {slot + 1}/{workers.jobs}"
+                f"{': ' + how if how else ''}; {session.elapsed()})")
+    workers.start(run, slot, threads=threads, device=device)
+
+
+def _worker_ended(session: _Session, workers, ended, failed: list, stopped: list) -> None:
+    """Note how a worker's run ended: failed, interrupted or finished."""
+    run, outcome, seconds = ended
+    if outcome["outcome"] == "failed":
+        running = len(workers.running)
+        then = f"; the {running} running finish, no new run starts" if running else ""
+        session.log(f"{session.tag(run)} {run.name} failed: {outcome['message']} "
+                    f"(log: {outcome['log']}){then}")
+        failed.append((run, outcome["message"]))
+    elif outcome["outcome"] == "interrupted":
+        stopped.append(run)
+    else:
+        session.ended(run, outcome, seconds)
+
+
+def _raise_for(session: _Session, signals: list, stopped: list, failed: list) -> None:
+    """After the workers: TrainingInterrupted for a signal, a UserError for a failed run."""
+    import signal
+
+    from resnets.train import TrainingInterrupted
+
+    if signals:
+        number = signals[0]
         what = "interrupted" if number == signal.SIGINT else \
             f"stopped by {signal.Signals(number).name}"
         stopped.sort(key=session.runs.index)  # in the study's order, not the order they ended
