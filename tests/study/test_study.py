@@ -213,3 +213,15 @@ def test_figure6_draws_a_single_evaluation_as_a_dot(tmp_path, monkeypatch):
              "curves": {"train": [[5, 70.0], [15, 40.0]], "test": [[5, 80.0], [15, 45.0]]}}]
     assert plot_figure6(rows, tmp_path / "figure6.png").is_file()
     assert drawn == [(2, None), (1, "o"), (2, None), (2, None)]
+
+
+def test_every_study_run_evaluates_the_test_split_for_figure6_curves():
+    from resnets.train import resolve_config
+
+    # The quick preset evaluates the test split once; a study's runs draw test curves.
+    assert resolve_config("quick").eval_test == "end"
+    study = Study(name="s", depths=[20], train={"data": "bundled", "epochs": 1}).validate()
+    assert study.config_for(spec.Run("plain", 20, 0)).eval_test == "every"
+    own = Study(name="s", depths=[20], train={"data": "bundled", "epochs": 1,
+                                              "eval_test": "end"}).validate()
+    assert own.config_for(spec.Run("plain", 20, 0)).eval_test == "end"  # the study's choice

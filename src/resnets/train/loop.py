@@ -48,6 +48,7 @@ from resnets.train.device import (autocast, cpu_has_amx, cpu_has_native_bf16, cp
 from resnets.train.distributed import (World, any_rank, average_buffers, broadcast_checkpoint,
                                        broadcast_text, collective_errors, convert_sync_bn,
                                        current_world, session, sum_over_ranks, wrap_model)
+from resnets.train.eval_policy import evaluation_point, splits_due
 from resnets.train.metrics import MetricsWriter, read_metrics, truncate_metrics
 from resnets.train import parts as parts_module
 from resnets.train.parts import Parts
@@ -79,12 +80,13 @@ class TrainingDiverged(UserError):
 
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor,
-               labels: torch.Tensor, *, precision: str = "fp32") -> tuple[torch.Tensor,
-                                                                          torch.Tensor]:
-    """One SGD step; returns (loss, number correct) as detached tensors (no device sync)."""
+               labels: torch.Tensor, *, precision: str = "fp32", label_smoothing: float = 0.0
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """One SGD step; returns (loss, number correct) as detached tensors (no device sync).
+    The loss is cross-entropy against targets smoothed by `label_smoothing`."""
     with autocast(images.device, precision):
         logits = model(images)  # (B, classes)
-    loss = F.cross_entropy(logits.float(), labels)
+    loss = F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -567,12 +569,14 @@ class _Training:
                         group["lr"] = self.lr * group.get("lr_scale", 1.0)
                     loss, correct = self.compiler.run(train_step, self.forward_model,
                                                       state.optimizer, images, labels,
-                                                      precision=state.precision)
+                                                      precision=state.precision,
+                                                      label_smoothing=self.config.label_smoothing)
                     state.step += 1
                     state.meter.add(loss, correct, len(labels))
                     state.counters.train_images += len(labels) * world.size
                     step = state.step
-                    evaluate_now = step % self.eval_every == 0 or step == self.total_steps
+                    evaluate_now = evaluation_point(step, total_steps=self.total_steps,
+                                                    every=self.eval_every)
                     if step % self.log_every == 0 or step % self.steps_per_epoch == 0 \
                             or evaluate_now:
                         self._count_training_time(tick)
@@ -647,6 +651,11 @@ class _Training:
 
     def _evaluate(self, metrics: MetricsWriter, display: Progress) -> None:
         state = self.state
+        due = splits_due(state.step, total_steps=self.total_steps, every=self.eval_every,
+                         policies={"val": self.config.eval_val, "test": self.config.eval_test},
+                         available=self.eval_loaders)
+        if not due:  # an evaluation point with every split left for the end
+            return
         average_buffers(state.model, self.world)  # every rank evaluates the same statistics
         combine = (lambda counts: sum_over_ranks(counts, self.world)) \
             if self.world.distributed else None
@@ -659,8 +668,8 @@ class _Training:
             model = fold_batchnorm(state.model)
         if state.precision == "fp32":
             model = fuse_for_cpu(model)  # on the CPU; elsewhere as it is
-        for split, loader in self.eval_loaders.items():
-            wrong = self.board.collector()
+        for split in due:
+            loader, wrong = self.eval_loaders[split], self.board.collector()
             result = evaluate(model, loader, precision=state.precision,
                               num_classes=len(state.classes), combine=combine, on_batch=wrong)
             record = {"split": split, "step": state.step,
