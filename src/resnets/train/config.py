@@ -171,12 +171,12 @@ class Config:
                              "checkpoint is written at each", "run")
     # Which splits are evaluated at those points (resnets.train.eval_policy): the quickstart
     # needs one test figure, at the end; a study's Figure 6 draws test curves ("every").
-    eval_val: str = _field("every", "when the validation split is evaluated: every (at each "
-                           "evaluation, every eval_every steps, and at the end) | end (once, "
-                           "at the end)", "run", choices=EVAL_POLICIES)
-    eval_test: str = _field("every", "when the test split is evaluated: every (at each "
-                            "evaluation, every eval_every steps, and at the end) | end (once, "
-                            "at the end)", "run", choices=EVAL_POLICIES)
+    eval_val: str = _field("every", "when the validation split is evaluated: at every "
+                           "evaluation point (every eval_every steps and the last) or only at "
+                           "the end", "run", choices=EVAL_POLICIES)
+    eval_test: str = _field("every", "when the test split is evaluated: at every evaluation "
+                            "point (every eval_every steps and the last) or only at the end",
+                            "run", choices=EVAL_POLICIES)
     eval_batch_size: int = _field(500, "images per evaluation batch", "run")
     # A checkpoint is written at every evaluation; a long run on many processes may want one
     # more often, since a restarted process group goes back to the last one.
