@@ -225,3 +225,20 @@ def test_every_study_run_evaluates_the_test_split_for_figure6_curves():
     own = Study(name="s", depths=[20], train={"data": "bundled", "epochs": 1,
                                               "eval_test": "end"}).validate()
     assert own.config_for(spec.Run("plain", 20, 0)).eval_test == "end"  # the study's choice
+
+
+def test_default_study_draws_7_test_points_a_run_in_under_half_the_earlier_work():
+    from resnets.data import load
+    from resnets.train.eval_policy import count_evaluations
+
+    config = spec.default_study().config_for(spec.Run("plain", 56, 0))
+    steps = round(config.epochs * (len(load("bundled", "train")) // config.batch_size))
+    counts = count_evaluations(total_steps=steps, every=config.eval_every,
+                               policies={"val": config.eval_val, "test": config.eval_test})
+    assert counts == {"test": 7, "val": 1}
+    # Images through the network, a training image as 3 (forward, backward's two passes), an
+    # evaluated one as 1; both grow alike with depth. Before: 8 epochs of 28 steps, 400 val +
+    # 1,000 test digits after each epoch.
+    work = 3 * steps * config.batch_size + 1000 * counts["test"] + 400 * counts["val"]
+    assert work <= 0.5 * (3 * 224 * 128 + 8 * (400 + 1000))
+    assert "zero_init_last" not in config.model_args and config.lr == 0.1
