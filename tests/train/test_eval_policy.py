@@ -99,3 +99,12 @@ def test_an_interrupted_run_with_test_at_the_end_evaluates_it_once_resumed(
 def test_fit_default_evaluates_both_splits_at_every_point(tmp_path, fake_rooms):
     fit(tiny_config(), tmp_path / "run", progress="none")
     assert _evaluated_steps(tmp_path / "run") == {"val": [4, 8, 12], "test": [4, 8, 12]}
+
+
+def test_the_policy_changes_what_is_evaluated_never_what_is_trained(tmp_path, fake_rooms):
+    losses = {}
+    for policy in ("every", "end"):
+        fit(tiny_config(eval_val=policy, eval_test=policy), tmp_path / policy, progress="none")
+        losses[policy] = [r["loss"] for r in read_metrics(tmp_path / policy)
+                          if r["split"] == "train"]
+    assert len(losses["every"]) == 12 and losses["end"] == losses["every"]

@@ -41,9 +41,11 @@ def _quick_paragraph() -> str:
 def test_quick_preset_is_what_the_docs_say():
     config = resolve_config("quick")
     said = _quick_paragraph()
+    wd = f"{config.wd:.0e}".replace("e-0", "e-")  # 5e-4, as written
+    smoothing = (f"label smoothing {config.label_smoothing:g}" if config.label_smoothing
+                 else "no label smoothing")
     for phrase in (f"{config.epochs:g} epochs", f"batch {config.batch_size}",
-                   f"lr {config.lr:g}", f"wd {config.wd:g}", f"momentum {config.momentum:g}",
-                   f"label smoothing {config.label_smoothing:g}",
+                   f"lr {config.lr:g}", f"wd {wd}", f"momentum {config.momentum:g}", smoothing,
                    f"{config.warmup}-step linear warm-up", f"{config.schedule} decay",
                    f"validation {'every epoch' if config.eval_val == 'every' else 'at the end'}",
                    f"test split {'every epoch' if config.eval_test == 'every' else 'once, at the end'}"):
@@ -52,27 +54,28 @@ def test_quick_preset_is_what_the_docs_say():
     assert config.warmup_mode == "linear"
 
 
-def test_quick_evaluates_the_test_split_once_and_trains_a_third_of_the_old_images():
+def test_quick_evaluates_the_test_split_once_and_a_third_of_the_digits_it_did():
+    from resnets.data import load
+
     config = resolve_config("quick")
-    steps_per_epoch = 3600 // config.batch_size  # the loader drops the last partial batch
+    steps_per_epoch = len(load("bundled", "train")) // config.batch_size  # drop_last
     steps = round(config.epochs * steps_per_epoch)
     counts = count_evaluations(total_steps=steps, every=config.eval_every or steps_per_epoch,
                                policies={"val": config.eval_val, "test": config.eval_test})
-    assert counts["test"] == 1
-    # Work in images through the network, a training image counted as 3 (forward and the
-    # backward's two passes), an evaluated one as 1. The old quick: 15 epochs of 28 steps of
-    # 128, 400 val + 1,000 test digits after each epoch.
-    old = 3 * 15 * 28 * 128 + 15 * (400 + 1000)
-    new = 3 * steps * config.batch_size + 400 * counts["val"] + 1000 * counts["test"]
-    assert new <= old / 3
+    assert counts == {"val": round(config.epochs), "test": 1}
+    # Before: 400 val + 1,000 test digits after each of the 15 epochs.
+    assert 400 * counts["val"] + 1000 * counts["test"] <= (15 * (400 + 1000)) / 3
 
 
-def test_quick_reaches_under_2_percent_test_error_on_the_bundled_digits(tmp_path):
-    # The whole preset as a user runs it (about 25 s on a 2-core CPU): the one test that the
-    # recipe still gets the quickstart's accuracy. Its runs (seeds 0, 1, 2) measured 1.1-1.4%
-    # (docs/training.md); 2% leaves room for another CPU's rounding or bf16 on AMX.
-    config = resolve_config("quick", overrides={"device": "cpu"})
+def test_a_third_of_the_quick_run_already_gets_under_3_percent_test_error(tmp_path):
+    # The quick recipe on the real digits and resnet20, cut to 5 of its epochs (about 25 s on
+    # a 2-core CPU; the whole run would take 75 s). Measured with this cut (cosine over 5-10
+    # epochs, seeds 0 and 1, one thread): 1.6-2.0%; the whole run: 1.1-1.4%. The bound is
+    # 3%: a run is one draw of 1,000 digits (binomial std about 0.4 points at 1.8%), and
+    # another CPU, thread count or bf16 rounds differently and so trains another trajectory.
+    # A broken loss, schedule or augmentation ends far above it.
+    config = resolve_config("quick", overrides={"device": "cpu", "epochs": 5})
     summary = fit(config, tmp_path / "quick", progress="none")
-    assert summary["final"]["test_err"] < 2.0
+    assert summary["final"]["test_err"] < 3.0
     tests = [r for r in read_metrics(tmp_path / "quick") if r["split"] == "test"]
     assert [r["step"] for r in tests] == [summary["steps"]]  # once, at the end
