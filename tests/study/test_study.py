@@ -241,4 +241,4 @@ def test_default_study_draws_7_test_points_a_run_in_under_half_the_earlier_work(
     # 1,000 test digits after each epoch.
     work = 3 * steps * config.batch_size + 1000 * counts["test"] + 400 * counts["val"]
     assert work <= 0.5 * (3 * 224 * 128 + 8 * (400 + 1000))
-    assert "zero_init_last" not in config.model_args and config.lr == 0.1
+    assert "zero_init_last" not in config.model_args and config.lr == 0.05
