@@ -213,3 +213,32 @@ def test_figure6_draws_a_single_evaluation_as_a_dot(tmp_path, monkeypatch):
              "curves": {"train": [[5, 70.0], [15, 40.0]], "test": [[5, 80.0], [15, 45.0]]}}]
     assert plot_figure6(rows, tmp_path / "figure6.png").is_file()
     assert drawn == [(2, None), (1, "o"), (2, None), (2, None)]
+
+
+def test_every_study_run_evaluates_the_test_split_for_figure6_curves():
+    from resnets.train import resolve_config
+
+    # The quick preset evaluates the test split once; a study's runs draw test curves.
+    assert resolve_config("quick").eval_test == "end"
+    study = Study(name="s", depths=[20], train={"data": "bundled", "epochs": 1}).validate()
+    assert study.config_for(spec.Run("plain", 20, 0)).eval_test == "every"
+    own = Study(name="s", depths=[20], train={"data": "bundled", "epochs": 1,
+                                              "eval_test": "end"}).validate()
+    assert own.config_for(spec.Run("plain", 20, 0)).eval_test == "end"  # the study's choice
+
+
+def test_default_study_draws_7_test_points_a_run_in_under_half_the_earlier_work():
+    from resnets.data import load
+    from resnets.train.eval_policy import count_evaluations
+
+    config = spec.default_study().config_for(spec.Run("plain", 56, 0))
+    steps = round(config.epochs * (len(load("bundled", "train")) // config.batch_size))
+    counts = count_evaluations(total_steps=steps, every=config.eval_every,
+                               policies={"val": config.eval_val, "test": config.eval_test})
+    assert counts == {"test": 7, "val": 1}
+    # Images through the network, a training image as 3 (forward, backward's two passes), an
+    # evaluated one as 1; both grow alike with depth. Before: 8 epochs of 28 steps, 400 val +
+    # 1,000 test digits after each epoch.
+    work = 3 * steps * config.batch_size + 1000 * counts["test"] + 400 * counts["val"]
+    assert work <= 0.5 * (3 * 224 * 128 + 8 * (400 + 1000))
+    assert "zero_init_last" not in config.model_args and config.lr == 0.05

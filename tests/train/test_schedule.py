@@ -66,3 +66,14 @@ def test_paper_warmup_follows_the_built_models_depth_and_is_off_when_unknown():
 
 def test_constant_schedule_holds_the_rate():
     assert math.isclose(lr_at(5, lr=0.3, total_steps=10, schedule="constant"), 0.3)
+
+
+def test_linear_schedule_falls_in_a_straight_line_to_zero_after_the_warmup():
+    lr = lambda step: lr_at(step, lr=0.4, total_steps=140, schedule="linear", warmup=40)
+    assert lr(0) == pytest.approx(0.01) and lr(39) == pytest.approx(0.4)
+    assert lr(40) == pytest.approx(0.4)  # the decay starts at the peak
+    assert lr(90) == pytest.approx(0.2)  # half way through the decay, half the peak
+    assert lr(140) == pytest.approx(0.0, abs=1e-12)
+    steps = [lr(s) for s in range(40, 141)]
+    drops = [a - b for a, b in zip(steps, steps[1:])]
+    assert drops == pytest.approx([0.4 / 100] * 100)  # a straight line: equal drops

@@ -18,6 +18,10 @@ from resnets.models.zoo import KINDS, cifar_units_per_stage, generic_name
 from resnets.train.config import toml_value
 
 DEFAULT_STUDY = Path(__file__).with_name("degradation.toml")
+# Figure 6 draws test-error curves, so every run of a study evaluates the test split at each
+# evaluation point unless the study's [train] says otherwise (the `quick` preset it starts
+# from evaluates the test split once, at the end).
+RUN_DEFAULTS = {"eval_test": "every"}
 
 
 @dataclass
@@ -70,7 +74,7 @@ class Study:
 
         recipe = resolve_config(preset=self.preset, overrides=self.train)  # parses model_args
         model_args = {**recipe.model_args, "depth": run.depth}
-        overrides = {**self.train, "model": generic_name("cifar", run.kind),
+        overrides = {**RUN_DEFAULTS, **self.train, "model": generic_name("cifar", run.kind),
                      "model_args": model_args, "seed": run.seed}
         return resolve_config(preset=self.preset, overrides=overrides)
 

@@ -31,6 +31,7 @@ from resnets.data.views import AUGMENTS
 from resnets.errors import UserError
 from resnets.train.autocompile import check_setting as check_compile_setting
 from resnets.train.device import PRECISIONS, check_device_name
+from resnets.train.eval_policy import POLICIES as EVAL_POLICIES
 from resnets.train.finetune import FREEZE
 from resnets.train.schedule import SCHEDULES, WARMUP_MODES
 
@@ -119,6 +120,10 @@ class Config:
     nesterov: bool = _field(False, "Nesterov momentum", "optim")
     wd: float = _field(5e-4, "weight decay (L2, applied to every parameter, as in the paper)",
                        "optim")
+    # Soft targets (Szegedy et al. 2016): the right class gets 1 - x + x/classes, the others
+    # x/classes; it keeps the logits from growing without bound, so a short run overfits less.
+    label_smoothing: float = _field(0.0, "label smoothing of the training loss, 0 <= x < 1 "
+                                    "(0: plain cross-entropy, as the paper)", "optim")
     backbone_lr_scale: float = _field(1.0, "the learning rate of every layer but the "
                                       "classifier fc is lr x this (e.g. 0.1 to fine-tune "
                                       "pretrained weights gently)", "optim")
@@ -162,8 +167,16 @@ class Config:
     name: str | None = _field(None, "run directory name (None: MODEL-DATA-TIMESTAMP)", "run")
     log_every: int = _field(0, "steps between training lines in metrics.jsonl "
                             "(0: about 10 per epoch)", "run")
-    eval_every: int = _field(0, "steps between validation/test evaluations (0: once per "
-                             "epoch)", "run")
+    eval_every: int = _field(0, "steps between evaluations (0: once per epoch); a "
+                             "checkpoint is written at each", "run")
+    # Which splits are evaluated at those points (resnets.train.eval_policy): the quickstart
+    # needs one test figure, at the end; a study's Figure 6 draws test curves ("every").
+    eval_val: str = _field("every", "when the validation split is evaluated: at every "
+                           "evaluation point (every eval_every steps and the last) or only at "
+                           "the end", "run", choices=EVAL_POLICIES)
+    eval_test: str = _field("every", "when the test split is evaluated: at every evaluation "
+                            "point (every eval_every steps and the last) or only at the end",
+                            "run", choices=EVAL_POLICIES)
     eval_batch_size: int = _field(500, "images per evaluation batch", "run")
     # A checkpoint is written at every evaluation; a long run on many processes may want one
     # more often, since a restarted process group goes back to the last one.
@@ -470,6 +483,8 @@ def _validate(config: Config) -> None:
         raise UserError(f"momentum must be in [0, 1), got {config.momentum}")
     if config.nesterov and config.momentum == 0:
         raise UserError("nesterov needs momentum > 0")
+    if not 0 <= config.label_smoothing < 1:
+        raise UserError(f"label_smoothing must be in [0, 1), got {config.label_smoothing}")
     if config.val_fraction is not None and not 0 <= config.val_fraction < 1:
         raise UserError(f"val_fraction must be in [0, 1), got {config.val_fraction}")
     if config.image_size is not None and config.image_size < 1:

@@ -36,6 +36,7 @@ from resnets.train.config import Config
 from resnets.train.device import cpu_threads
 from resnets.train.distributed import (World, any_rank, average_buffers, broadcast_checkpoint,
                                        broadcast_text, collective_errors, session, sum_over_ranks)
+from resnets.train.eval_policy import evaluation_point, splits_due
 from resnets.train.launch import launched_here, resume_command
 from resnets.train.metrics import MetricsWriter, read_metrics
 from resnets.train import parts as parts_module
@@ -196,12 +197,14 @@ class _Training(TrainingSetup):
                         group["lr"] = self.lr * group.get("lr_scale", 1.0)
                     loss, correct = self.compiler.run(train_step, self.forward_model,
                                                       state.optimizer, images, labels,
-                                                      precision=state.precision)
+                                                      precision=state.precision,
+                                                      label_smoothing=self.config.label_smoothing)
                     state.step += 1
                     state.meter.add(loss, correct, len(labels))
                     state.counters.train_images += len(labels) * world.size
                     step = state.step
-                    evaluate_now = step % self.eval_every == 0 or step == self.total_steps
+                    evaluate_now = evaluation_point(step, total_steps=self.total_steps,
+                                                    every=self.eval_every)
                     if step % self.log_every == 0 or step % self.steps_per_epoch == 0 \
                             or evaluate_now:
                         self._count_training_time(tick)
@@ -276,6 +279,11 @@ class _Training(TrainingSetup):
 
     def _evaluate(self, metrics: MetricsWriter, display: Progress) -> None:
         state = self.state
+        due = splits_due(state.step, total_steps=self.total_steps, every=self.eval_every,
+                         policies={"val": self.config.eval_val, "test": self.config.eval_test},
+                         available=self.eval_loaders)
+        if not due:  # an evaluation point with every split left for the end
+            return
         average_buffers(state.model, self.world)  # every rank evaluates the same statistics
         combine = (lambda counts: sum_over_ranks(counts, self.world)) \
             if self.world.distributed else None
@@ -288,8 +296,8 @@ class _Training(TrainingSetup):
             model = fold_batchnorm(state.model)
         if state.precision == "fp32":
             model = fuse_for_cpu(model)  # on the CPU; elsewhere as it is
-        for split, loader in self.eval_loaders.items():
-            wrong = self.board.collector()
+        for split in due:
+            loader, wrong = self.eval_loaders[split], self.board.collector()
             result = evaluate(model, loader, precision=state.precision,
                               num_classes=len(state.classes), combine=combine, on_batch=wrong)
             record = {"split": split, "step": state.step,

@@ -11,7 +11,7 @@ import math
 from functools import partial
 from typing import Callable, Sequence
 
-SCHEDULES = ("cosine", "step", "constant")
+SCHEDULES = ("cosine", "linear", "step", "constant")
 WARMUP_MODES = ("linear", "constant")
 
 
@@ -23,6 +23,8 @@ def lr_at(step: int, *, lr: float, total_steps: int, schedule: str = "cosine",
     Warm-up (steps 0..warmup-1): "linear" ramps lr*(step+1)/warmup, reaching `lr` at its last
     step; "constant" holds `warmup_lr` (the paper's 0.01 for ResNet-110). From `warmup` on:
       cosine    lr * (1 + cos(pi * t)) / 2, t = (step - warmup) / (total_steps - warmup)
+      linear    lr * (1 - t): with a linear warm-up, the one-cycle triangle of short
+                recipes (airbench's), which spends less of a short run at a low rate
       step      lr * gamma ** (number of milestones <= step), milestones in steps; none given
                 means 50% and 75% of total_steps
       constant  lr
@@ -38,9 +40,11 @@ def lr_at(step: int, *, lr: float, total_steps: int, schedule: str = "cosine",
     if schedule == "step":
         points = milestones or default_milestones(total_steps)
         return lr * gamma ** sum(1 for m in points if step >= m)
-    if schedule == "cosine":
+    if schedule in ("cosine", "linear"):
         span = max(total_steps - warmup, 1)
         progress = min((step - warmup) / span, 1.0)
+        if schedule == "linear":
+            return lr * (1.0 - progress)
         return lr * 0.5 * (1.0 + math.cos(math.pi * progress))
     raise ValueError(f"unknown schedule {schedule!r}")
 

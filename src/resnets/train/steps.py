@@ -19,12 +19,13 @@ from resnets.train.device import (autocast)
 
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor,
-               labels: torch.Tensor, *, precision: str = "fp32") -> tuple[torch.Tensor,
-                                                                          torch.Tensor]:
-    """One SGD step; returns (loss, number correct) as detached tensors (no device sync)."""
+               labels: torch.Tensor, *, precision: str = "fp32", label_smoothing: float = 0.0
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """One SGD step; returns (loss, number correct) as detached tensors (no device sync).
+    The loss is cross-entropy against targets smoothed by `label_smoothing`."""
     with autocast(images.device, precision):
         logits = model(images)  # (B, classes)
-    loss = F.cross_entropy(logits.float(), labels)
+    loss = F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
