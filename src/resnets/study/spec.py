@@ -15,7 +15,7 @@ from pathlib import Path
 
 from resnets.errors import UserError
 from resnets.models.zoo import KINDS, cifar_units_per_stage, generic_name
-from resnets.train.config import toml_value
+from resnets.train.values import toml_value
 
 DEFAULT_STUDY = Path(__file__).with_name("degradation.toml")
 # Figure 6 draws test-error curves, so every run of a study evaluates the test split at each
