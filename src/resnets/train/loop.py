@@ -569,7 +569,7 @@ class _Training:
                                                       state.optimizer, images, labels,
                                                       precision=state.precision)
                     state.step += 1
-                    state.meter.add(loss, correct, len(labels))
+                    state.meter.add(loss, correct, len(labels), processes=world.size)
                     state.counters.train_images += len(labels) * world.size
                     step = state.step
                     evaluate_now = step % self.eval_every == 0 or step == self.total_steps
@@ -606,7 +606,7 @@ class _Training:
         if meter.steps == 0:
             return
         loss_sum, correct, images = self._meter_totals()
-        loss = loss_sum / (meter.steps * self.world.size)
+        loss = loss_sum / meter.steps  # the meter holds each step's global loss (state.Meter)
         if not math.isfinite(loss):
             raise TrainingDiverged(
                 f"loss is {loss} near step {state.step} (lr {self.lr:.4g}); training stopped. "

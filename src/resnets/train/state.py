@@ -21,7 +21,8 @@ A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts (so i
     compiled               whether training steps run compiled (True | False), once decided
                            (resnets.train.compile); None before
     world_size             the processes that trained it (torchrun; 1 without); rank 0's
-                           meter holds all of theirs (optional: 1 when absent)
+                           meter holds all of theirs, its loss_terms the number of process
+                           step losses in its loss_sum (optional: 1 when absent)
 """
 
 from __future__ import annotations
@@ -49,7 +50,12 @@ TRAINING_KEYS = MODEL_KEYS + ("optimizer_state", "step", "rng", "progress", "bes
 @dataclass
 class Meter:
     """Training figures accumulated since the last training line (sums kept on the device, so
-    a step never waits for the device)."""
+    a step never waits for the device).
+
+    `loss_sum` holds this process's share of each step's loss (its loss / the processes), so
+    the processes' sums add up to the sum of the steps' losses over the global batch, and the
+    line's loss is that sum / steps whatever number of processes took each step: a checkpoint
+    saved by two processes and resumed on one (or the other way) keeps its mean right."""
 
     loss_sum: torch.Tensor
     correct: torch.Tensor
@@ -62,20 +68,29 @@ class Meter:
         return cls(torch.zeros((), dtype=torch.float64, device=device),
                    torch.zeros((), dtype=torch.long, device=device))
 
-    def add(self, loss: torch.Tensor, correct: torch.Tensor, images: int) -> None:
-        self.loss_sum += loss
+    def add(self, loss: torch.Tensor, correct: torch.Tensor, images: int,
+            processes: int = 1) -> None:
+        """One step: this process's mean `loss` over its part of the global batch, taken by
+        `processes` processes with equal parts."""
+        self.loss_sum += loss / processes
         self.correct += correct
         self.steps += 1
         self.images += images
 
     def state_dict(self) -> dict:
-        return {"loss_sum": self.loss_sum.item(), "correct": int(self.correct.item()),
+        # "step_loss_sum": the sum of the steps' global losses (a checkpoint before it saved
+        # "loss_sum", the processes' sums of their own losses: `from_state_dict` reads both)
+        return {"step_loss_sum": self.loss_sum.item(), "correct": int(self.correct.item()),
                 "steps": self.steps, "images": self.images, "seconds": self.seconds}
 
     @classmethod
-    def from_state_dict(cls, state: dict, device: torch.device) -> "Meter":
+    def from_state_dict(cls, state: dict, device: torch.device, world_size: int = 1
+                        ) -> "Meter":
+        """`state` as `state_dict` wrote it, or as it was written before "step_loss_sum" by
+        `world_size` processes."""
         meter = cls.zero(device)
-        meter.loss_sum += state["loss_sum"]
+        meter.loss_sum += (state["step_loss_sum"] if "step_loss_sum" in state
+                           else state["loss_sum"] / world_size)
         meter.correct += state["correct"]
         meter.steps, meter.images, meter.seconds = state["steps"], state["images"], state["seconds"]
         return meter
@@ -142,7 +157,8 @@ class TrainState:
         require(checkpoint, TRAINING_KEYS, path)
         load_weights(self.model, checkpoint, path)
         restore = {"optimizer_state": self.optimizer.load_state_dict, "rng": set_rng_state,
-                   "progress": self._load_progress}
+                   "progress": lambda progress: self._load_progress(
+                       progress, checkpoint.get("world_size", 1))}
         for key, load in restore.items():
             try:
                 load(checkpoint[key])
@@ -152,11 +168,11 @@ class TrainState:
         self.step = checkpoint["step"]
         self.best = dict(checkpoint["best"])
 
-    def _load_progress(self, progress: dict) -> None:
+    def _load_progress(self, progress: dict, world_size: int) -> None:
         self.counters = Counters(**progress["counters"])
         self.counters.skipped = list(self.counters.skipped)
         device = self.meter.loss_sum.device if self.meter is not None else torch.device("cpu")
-        self.meter = Meter.from_state_dict(progress["meter"], device)
+        self.meter = Meter.from_state_dict(progress["meter"], device, world_size)
 
     @classmethod
     def from_checkpoint(cls, checkpoint: dict, parts, path: str | Path = "checkpoint"
