@@ -15,3 +15,21 @@ class UserError(ValueError):
 class DistributedFailure(RuntimeError):
     """A collective failed or timed out under torchrun: another process died or hung. The
     message is one line that says where the last checkpoint is."""
+
+
+def integer(value, what: str, low: int | None = None) -> int:
+    """`value` as an int if it is a whole number of an integer type (int, numpy's, a 0-d integer
+    tensor: anything `operator.index` takes; never a bool, a float such as 1.5 or 1.0, or a
+    string) at least `low`; else a UserError naming `what`. The one check every public
+    function taking a count, an index or a seed makes, so that 1.5 is refused, not truncated."""
+    import operator
+
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        number = operator.index(value)
+    except TypeError:
+        raise UserError(f"{what} must be an integer, got {value!r}") from None
+    if low is not None and number < low:
+        raise UserError(f"{what} must be >= {low}, got {number}")
+    return number

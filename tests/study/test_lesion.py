@@ -145,6 +145,44 @@ def test_units_removed_leaves_the_model_as_it_was_even_after_an_error():
             pass
 
 
+def test_units_are_named_as_the_lesion_table_names_them_and_non_integers_are_refused():
+    """The lesion CSV names units "layer1.0"; units_removed takes those names (one, or a list
+    mixed with indices) and refuses 1.5 (it used to remove unit 1 silently), True and "3"."""
+    torch.manual_seed(0)
+    model = _trained_looking(create_model("resnet20"))
+    images = _images(size=32)
+    names = [row["name"] for row in unit_table(model)]
+    with torch.no_grad():
+        with units_removed(model, [4]):
+            by_index = model(images)
+        with units_removed(model, names[4]):
+            by_name = model(images)
+        with units_removed(model, [names[4], 4]):  # the same unit twice is removed once
+            both = model(images)
+    assert torch.equal(by_index, by_name) and torch.equal(by_index, both)
+    for bad, message in [([1.5], "must be an integer, got 1.5"), ([1.0], "got 1.0"),
+                         ([True], "got True"), (["3"], "no unit named '3'"),
+                         ("layer9.9", "no unit named 'layer9.9'")]:
+        with pytest.raises(UserError, match=message):
+            with units_removed(model, bad):
+                pass
+    assert all("forward" not in unit.__dict__ for unit in model.units)
+
+
+def test_the_studies_refuse_non_integer_counts_and_seeds():
+    from resnets.study.loss_landscape import axis, random_directions
+
+    model = create_model("resnet20")
+    with pytest.raises(UserError, match=r"subsets \(--subsets\) must be an integer, got 2.5"):
+        random_subsets([0, 1, 2], 2.5, None, seed=0)
+    with pytest.raises(UserError, match=r"seed \(--seed\) must be an integer, got 0.5"):
+        random_directions(model, 1, 0.5)
+    with pytest.raises(UserError, match=r"dims \(--dims\) must be an integer"):
+        random_directions(model, 1.0, 0)
+    with pytest.raises(UserError, match=r"points \(--points\) must be an integer, got 5.0"):
+        axis(5.0, 1.0)
+
+
 def test_random_subsets_are_distinct_seeded_and_all_of_them_where_few_exist():
     candidates = [0, 1, 2, 4, 5]
     plan = random_subsets(candidates, 4, None, seed=0)
@@ -158,7 +196,7 @@ def test_random_subsets_are_distinct_seeded_and_all_of_them_where_few_exist():
         random_subsets(candidates, 4, 6, seed=0)
     with pytest.raises(UserError, match=r"must be between 1 and 5 \(the removable units\), got 0"):
         random_subsets(candidates, 4, 0, seed=0)
-    with pytest.raises(UserError, match="subsets must be >= 1"):
+    with pytest.raises(UserError, match=r"subsets \(--subsets\) must be >= 1"):
         random_subsets(candidates, 0, None, seed=0)
 
 

@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from resnets.atomic import write_json, write_text
-from resnets.errors import UserError
+from resnets.errors import UserError, integer
 from resnets.study.progress import counter
 from resnets.study.trained import Batches, check_precision, evaluate, fixed_batches, load_run
 
@@ -70,15 +70,38 @@ def unit_table(model: nn.Module) -> list[dict]:
     return rows
 
 
+def unit_indices(model: nn.Module, units: int | str | Iterable[int | str]) -> list[int]:
+    """The positions in `model.units` of `units`: indices (integers, as unit_table's "index")
+    or names (as its "name" and the lesion CSV's: "layer1.0", "stages.0.3"), one or several;
+    sorted, each once. A float, a bool or an unknown name is a UserError."""
+    table = unit_table(model)
+    by_name = {row["name"]: row["index"] for row in table}
+    chosen = set()
+    for unit in [units] if isinstance(units, (str, int)) else units:
+        if isinstance(unit, str):
+            if unit not in by_name:
+                raise UserError(f"no unit named {unit!r}: the units are "
+                                f"{', '.join(list(by_name)[:3])}, ... {table[-1]['name']} "
+                                f"(or their indices 0..{len(table) - 1})")
+            chosen.add(by_name[unit])
+            continue
+        index = integer(unit, "a unit index (or a unit's name)")
+        if not 0 <= index < len(table):
+            raise UserError(f"unit {index} does not exist: the model has units 0..{len(table) - 1}")
+        chosen.add(index)
+    return sorted(chosen)
+
+
 @contextmanager
-def units_removed(model: nn.Module, indices: Iterable[int]) -> Iterator[nn.Module]:
-    """Inside the block, `model` computes as if the units at `indices` (positions in
-    `model.units`) were deleted; on exit every unit computes as before, even after an error."""
+def units_removed(model: nn.Module, indices: int | str | Iterable[int | str]
+                  ) -> Iterator[nn.Module]:
+    """Inside the block, `model` computes as if the units at `indices` were deleted: positions
+    in `model.units`, or the units' names as `unit_table` and the lesion CSV give them
+    ("layer1.0"); see `unit_indices`. On exit every unit computes as before, even after an
+    error."""
     units = units_of(model)
-    chosen = sorted(set(int(i) for i in indices))
+    chosen = unit_indices(model, indices)
     for index in chosen:
-        if not 0 <= index < len(units):
-            raise UserError(f"unit {index} does not exist: the model has units 0..{len(units) - 1}")
         if not removable(units[index]):
             raise UserError(f"unit {index} is a plain unit that changes shape: it cannot be removed")
     saved = {index: units[index].__dict__.get("forward") for index in chosen}
@@ -129,9 +152,9 @@ def random_subsets(candidates: list[int], subsets: int, max_removed: int | None,
     of `candidates` (all of them where fewer exist), each sorted. A pure function of its
     arguments."""
     n = len(candidates)
-    if subsets < 1:
-        raise UserError(f"subsets must be >= 1, got {subsets}")
-    top = n if max_removed is None else max_removed
+    subsets = integer(subsets, "subsets (--subsets)", low=1)
+    seed = integer(seed, "seed (--seed)")
+    top = n if max_removed is None else integer(max_removed, "max_removed (--max-removed)")
     if not 1 <= top <= n:
         raise UserError(f"max_removed (--max-removed) must be between 1 and {n} (the removable "
                         f"units), got {top}")
@@ -221,8 +244,13 @@ def lesion(run_dir: str | Path, *, split: str = "test", images: int | None = Non
     Returns `lesion_model`'s numbers with what produced them (run, model, step, split, ...).
     """
     check_precision(precision)
-    if max_removed is not None and max_removed < 1:
-        raise UserError(f"max_removed (--max-removed) must be >= 1, got {max_removed}")
+    if max_removed is not None:
+        integer(max_removed, "max_removed (--max-removed)", low=1)
+    for value, what in ((subsets, "subsets (--subsets)"), (seed, "seed (--seed)"),
+                        (images, "images (--images)"),
+                        (calibration_images, "calibration_images (--calibration-images)")):
+        if value is not None:
+            integer(value, what, low=0 if what.startswith("seed") else 1)
     run = load_run(run_dir, device=device)
     batches = fixed_batches(run, split, images=images, seed=seed, batch_size=batch_size)
     calibration = (fixed_batches(run, "train", images=calibration_images, seed=seed,

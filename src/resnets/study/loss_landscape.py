@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from resnets.atomic import write_json
-from resnets.errors import UserError
+from resnets.errors import UserError, integer
 from resnets.study.progress import counter
 from resnets.study.trained import Batches, check_precision, evaluate, fixed_batches, load_run
 
@@ -64,9 +64,9 @@ def random_directions(model: nn.Module, dims: int, seed: int) -> list[list[torch
     entry, on the parameters' device. Drawn on the CPU from one generator seeded with `seed`,
     so the same seed gives the same directions on any machine, and the first of two
     directions is the 1-D direction."""
-    if dims not in DIMS:
+    if integer(dims, "dims (--dims)") not in DIMS:
         raise UserError(f"dims must be 1 or 2, got {dims!r}")
-    generator = torch.Generator().manual_seed(int(seed))
+    generator = torch.Generator().manual_seed(integer(seed, "seed (--seed)", low=0))
     directions = []
     for _ in range(dims):
         direction = []
@@ -79,8 +79,7 @@ def random_directions(model: nn.Module, dims: int, seed: int) -> list[list[torch
 
 def axis(points: int, span: float) -> list[float]:
     """`points` (odd) evenly spaced values on [-span, span]; the middle one is exactly 0."""
-    if not isinstance(points, int) or isinstance(points, bool) or points < 3:
-        raise UserError(f"points must be an odd integer >= 3, got {points!r}")
+    points = integer(points, "points (--points)", low=3)
     if points % 2 == 0:
         raise UserError(f"points must be odd, so that the trained weights (0, 0) are a grid "
                         f"point; got {points}")
@@ -199,9 +198,13 @@ def landscape(run_dirs: Sequence[str | Path], *, dims: int = 1, points: int | No
     run_dir, model, step, origin: {loss, err}, loss, err}]}, where loss and err are lists over
     the axis (1-D) or rows over the second direction, each over the first (2-D).
     """
-    if dims not in DIMS:
+    if integer(dims, "dims (--dims)") not in DIMS:
         raise UserError(f"dims must be 1 or 2, got {dims!r}")
     check_precision(precision)
+    integer(seed, "seed (--seed)", low=0)
+    if images is not None:
+        integer(images, "images (--images)", low=1)
+    integer(batch_size, "batch size (--batch-size)", low=1)
     points = DEFAULT_POINTS[dims] if points is None else points
     values = axis(points, span)
     keys = grid(dims, points, span)

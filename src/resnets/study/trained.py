@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from resnets.errors import UserError
+from resnets.errors import UserError, integer
 from resnets.rundir import RunDir
 from resnets.train.device import PRECISIONS as TRAINING_PRECISIONS
 
@@ -68,14 +68,13 @@ def fixed_batches(run: TrainedRun, split: str, *, images: int | None, seed: int,
     dataset = default_parts().load_dataset(run.trained.config, split)
     if len(dataset) == 0:
         raise UserError(f"split {split!r} of {run.trained.config.data!r} is empty")
+    seed = integer(seed, "seed (--seed)", low=0)
     if images is not None:
-        if images < 1:
-            raise UserError(f"images must be >= 1, got {images}")
+        images = integer(images, "images (--images)", low=1)
         if images < len(dataset):
             chosen = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))
             dataset = dataset.subset(chosen[:images].sort().values, split)
-    if batch_size < 1:
-        raise UserError(f"batch size must be >= 1, got {batch_size}")
+    batch_size = integer(batch_size, "batch size (--batch-size)", low=1)
     loader = Loader(dataset, batch_size, shuffle=False, normalizer=run.trained.normalizer,
                     device=run.device, drop_last=False)
     return list(loader.batches(0))
