@@ -187,3 +187,22 @@ def test_the_command_states_the_library_defaults(capsys):
     assert f"(default: {DEFAULT_POINTS[1]} for 1-D, {DEFAULT_POINTS[2]} for 2-D)" in help_text
     assert f"images of the split (default: {DEFAULT_IMAGES})" in help_text
     assert f"[-span, span] per direction (default: {DEFAULT_SPAN})" in help_text
+
+
+def test_landscape_refuses_an_output_folder_it_cannot_write_before_the_first_point(
+        trained_runs, tmp_path, capsys, monkeypatch):
+    # Root ignores permission bits: a file where the folder must go stops anyone.
+    import resnets.study.loss_landscape as loss_landscape
+    from resnets.cli import main
+
+    (tmp_path / "a-file").write_text("not a folder")
+    calls = []
+    real = loss_landscape.evaluate
+    monkeypatch.setattr(loss_landscape, "evaluate",
+                        lambda *a, **k: calls.append(1) or real(*a, **k))
+    assert main(["landscape", str(trained_runs["resnet"]), "--device", "cpu", "--progress",
+                 "none", "--points", "3", "--out", str(tmp_path / "a-file" / "scan")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{tmp_path / 'a-file'} is a file, not a folder" in err
+    assert calls == []  # before the first grid point
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]

@@ -284,3 +284,79 @@ def test_lesion_of_a_checkpoint_file_writes_beside_its_run(trained_runs, capsys)
     assert main(["lesion", str(run / "checkpoints" / "last.pt"), "--subsets", "1", "--images", "20",
                  "--device", "cpu", "--progress", "none"]) == 0
     assert json.loads((run / "lesion" / "lesion.json").read_text())["run"] == "plain8"
+
+
+def _copy_run(run, tmp_path):
+    import shutil
+
+    return shutil.copytree(run, tmp_path / run.name)
+
+
+def _counting_evaluations(monkeypatch, module, then=None):
+    """Replace `module.evaluate` with a spy that counts the evaluations (and runs `then` at
+    the first), so a test can tell whether a refusal came before the work."""
+    calls = []
+    real = module.evaluate
+
+    def spy(*args, **kwargs):
+        calls.append(1)
+        if then is not None and len(calls) == 1:
+            then()
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, "evaluate", spy)
+    return calls
+
+
+def _listing(folder):
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+@pytest.mark.parametrize("blocked", ["default out", "--out under a file"])
+def test_lesion_refuses_an_output_folder_it_cannot_write_before_measuring(
+        trained_runs, tmp_path, capsys, monkeypatch, blocked):
+    # Tests run as root, whom permission bits do not stop: a file where the folder (or a
+    # folder above it) must be makes the folder impossible to create for anyone.
+    import resnets.study.lesioning as lesioning
+    from resnets.cli import main
+
+    run = _copy_run(trained_runs["resnet"], tmp_path)
+    (tmp_path / "a-file").write_text("not a folder")
+    if blocked == "default out":
+        (run / "lesion").write_text("a file where RUN_DIR/lesion would go")
+        options, named = [], run / "lesion"
+    else:
+        options, named = ["--out", str(tmp_path / "a-file" / "lesion")], tmp_path / "a-file"
+    before = _listing(tmp_path)
+    calls = _counting_evaluations(monkeypatch, lesioning)
+    assert main(["lesion", str(run), "--device", "cpu", "--progress", "none", *options]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: cannot write in")
+    assert f"{named} is a file, not a folder" in err
+    assert calls == []  # refused before the first evaluation
+    assert _listing(tmp_path) == before  # nothing written, nothing half-written
+
+
+def test_a_lesion_whose_folder_goes_away_while_measuring_ends_in_one_line(
+        trained_runs, tmp_path, capsys, monkeypatch):
+    import shutil
+
+    import resnets.study.lesioning as lesioning
+    from resnets.cli import main
+
+    run = _copy_run(trained_runs["resnet"], tmp_path)
+    run_before = _listing(run)
+    out = tmp_path / "out"
+
+    def replace_folder_by_a_file():
+        shutil.rmtree(out)
+        out.write_text("the folder was replaced while the study ran")
+
+    calls = _counting_evaluations(monkeypatch, lesioning, then=replace_folder_by_a_file)
+    assert main(["lesion", str(run), "--device", "cpu", "--progress", "none", "--max-removed",
+                 "1", "--subsets", "1", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"cannot write in {out}" in err and "Traceback" not in err
+    assert len(calls) > 1 and out.is_file()  # the work ran; its end was refused in one line
+    assert _listing(run) == run_before  # the run directory untouched
+    assert not [p for p in tmp_path.rglob("*") if ".tmp-" in p.name]  # no half-written file

@@ -35,10 +35,11 @@ from typing import Iterable, Iterator
 import torch
 from torch import nn
 
-from resnets.atomic import write_json, write_text
+from resnets.atomic import writable_folder, write_json, write_text
 from resnets.errors import UserError, integer
 from resnets.study.progress import counter
-from resnets.study.trained import Batches, check_precision, evaluate, fixed_batches, load_run
+from resnets.study.trained import (Batches, check_precision, evaluate, fixed_batches, load_run,
+                                   run_location)
 
 DEFAULT_SUBSETS = 5  # random subsets per k: a 56-layer lesion study took 4 min 15 s on 2 shared cores (docs/lesion.md)
 
@@ -282,13 +283,21 @@ def _csv(rows: list[dict], columns: tuple[str, ...]) -> str:
     return text.getvalue()
 
 
+def lesion_folder(run_dir: str | Path, out_dir: str | Path | None = None) -> Path:
+    """Where `write_lesion` of RUN_DIR's study goes: `out_dir`, by default RUN_DIR/lesion;
+    checked writable (created, a file written and removed) before the study starts, so that
+    minutes of measuring never end in a folder that cannot take the result."""
+    return writable_folder(out_dir if out_dir is not None
+                           else run_location(run_dir)[0] / "lesion")
+
+
 def write_lesion(result: dict, out_dir: str | Path) -> list[Path]:
     """lesion.json (everything), units.csv, random.csv, units.png (Veit et al.'s Figure 3) and
-    random.png (their Figure 5) under out_dir; returns the paths written."""
+    random.png (their Figure 5) under out_dir; returns the paths written. A folder that cannot
+    be written is a UserError naming it."""
     from resnets.study.plots import plot_lesion_random, plot_lesion_units
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = writable_folder(out_dir)
     return [write_json(out / "lesion.json", result),
             write_text(out / "units.csv", _csv(result["units"], UNIT_COLUMNS)),
             write_text(out / "random.csv", _csv(result["random"], RANDOM_COLUMNS)),

@@ -27,7 +27,7 @@ from typing import Callable, Iterable, Sequence
 import torch
 from torch import nn
 
-from resnets.atomic import write_json
+from resnets.atomic import writable_folder, write_json
 from resnets.errors import UserError, integer
 from resnets.study.progress import counter
 from resnets.study.trained import Batches, check_precision, evaluate, fixed_batches, load_run
@@ -211,6 +211,8 @@ def landscape(run_dirs: Sequence[str | Path], *, dims: int = 1, points: int | No
     run_dirs = list(run_dirs)
     if not run_dirs:
         raise UserError("landscape needs at least one run directory")
+    if out_dir is not None:  # before any point is computed, not at the first save
+        writable_folder(Path(out_dir) / "points")
     runs = [load_run(run_dir, device=device) for run_dir in run_dirs]  # all checked before any scan
     names = _unique_names([run.name for run in runs])
     settings = {"dims": dims, "points": points, "span": span, "seed": seed, "images": images,
@@ -250,8 +252,7 @@ def write_landscape(result: dict, out_dir: str | Path) -> list[Path]:
     by side, one colour scale) under out_dir; returns the paths written."""
     from resnets.study.plots import plot_landscape_1d, plot_landscape_2d
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = writable_folder(out_dir)  # a UserError naming it, not an OSError
     path = write_json(out / "landscape.json", result)
     if result["dims"] == 1:
         return [path, plot_landscape_1d(result, out / "landscape_1d.png")]

@@ -41,20 +41,29 @@ def load_run(run_dir: str | Path, device: str = "cpu") -> TrainedRun:
     """The model of RUN_DIR/checkpoints/last.pt (or of a checkpoint file), in eval mode."""
     from resnets.train.inference import load_trained
 
+    run_path, name = run_location(run_dir)
     trained = load_trained(run_dir, device=device)
-    path = Path(run_dir)
-    if path.is_dir():
-        run_path, name = path, path.resolve().name
-    elif RunDir(trained.path.parent.parent).checkpoints == trained.path.parent:  # best.pt
-        run_path = trained.path.parent.parent
-        name = run_path.resolve().name
-    else:  # a checkpoint file elsewhere: named after itself, outputs beside it
-        run_path, name = trained.path.parent, trained.path.stem
     return TrainedRun(model=trained.model, name=name, run_dir=run_path,
                       model_name=str(trained.checkpoint.get("model", "?")),
                       step=int(trained.checkpoint.get("step", 0)),
                       classes=list(trained.classes), device=trained.device,
                       trained=trained)
+
+
+def run_location(run_dir: str | Path) -> tuple[Path, str]:
+    """(the run directory, its name) of RUN_DIR or of a checkpoint file, without loading it:
+    a checkpoint in a run's checkpoints/ folder (best.pt) belongs to that run; one elsewhere
+    is named after itself, its outputs beside it. A missing checkpoint is a UserError."""
+    from resnets.train.checkpoint import resolve_checkpoint_path
+
+    path = Path(run_dir)
+    if path.is_dir():
+        resolve_checkpoint_path(path)  # a folder without a checkpoint: one line now
+        return path, path.resolve().name
+    checkpoint = resolve_checkpoint_path(path)
+    if RunDir(checkpoint.parent.parent).checkpoints == checkpoint.parent:  # best.pt
+        return checkpoint.parent.parent, checkpoint.parent.parent.resolve().name
+    return checkpoint.parent, checkpoint.stem
 
 
 def fixed_batches(run: TrainedRun, split: str, *, images: int | None, seed: int,
