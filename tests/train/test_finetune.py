@@ -45,12 +45,14 @@ def imagenet_resnet18():
 
 
 @pytest.fixture
-def hub(tmp_path, monkeypatch, imagenet_resnet18):
-    """$TORCH_HOME with torchvision's resnet18 file in its hub cache."""
+def hub(tmp_path, monkeypatch, imagenet_resnet18, published):
+    """$TORCH_HOME with torchvision's resnet18 file in its hub cache (the release's name and
+    hash made those of our file: a cached file is checked against the hash in its name)."""
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
     folder = tmp_path / "torch-home" / "hub" / "checkpoints"
     folder.mkdir(parents=True)
-    (folder / "resnet18-f37072fd.pth").write_bytes(imagenet_resnet18["bytes"])
+    name = published("resnet18", imagenet_resnet18["bytes"])
+    (folder / name).write_bytes(imagenet_resnet18["bytes"])
     return imagenet_resnet18["state"]
 
 
