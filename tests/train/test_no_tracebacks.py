@@ -186,10 +186,21 @@ def _edited(run_dir: Path, tmp_path: Path, **fields) -> Path:
     ("input_size", [1.0, 8, 8], "expected [C, H, W], three positive integers"),
     ("input_size", [3, 8, 8], "input_size is [3, 8, 8]: expected 1 channels, as model_kwargs in_channels says"),
     ("normalizer", "channel", "normalizer is 'channel': expected a dict"),
-    ("normalizer", {"kind": "channel"}, "normalizer does not fit input_size [1, 8, 8]"),
+    ("normalizer", {"kind": "channel"}, "checkpoint field normalizer: no 'mean' entry"),
     ("normalizer", {"kind": "channel", "mean": torch.zeros(3, 1, 1), "std": torch.ones(3, 1, 1)},
      "normalizer does not fit input_size [1, 8, 8]"),
-    ("normalizer", {"kind": "channel", "mean": [0.0], "std": [1.0]}, "normalizer does not fit"),
+    ("normalizer", {"kind": "channel", "mean": [0.0], "std": [1.0]}, "checkpoint field normalizer"),
+    # values that load but make no sense: every image would get the same answer
+    ("normalizer", {"kind": "channel", "mean": torch.full((1, 1, 1), float("nan")),
+                    "std": torch.zeros(1, 1, 1)}, "normalizer.mean holds nan: expected finite "
+     "numbers"),
+    ("normalizer", {"kind": "channel", "mean": torch.full((1, 1, 1), 100.0),
+                    "std": torch.zeros(1, 1, 1)}, "normalizer.std holds 0.0: expected numbers > 0"),
+    ("best", {"step": 3, "err": float("nan"), "split": "test"}, "best.err is nan: expected a "
+     "finite number"),
+    ("best", {"step": 3, "err": 250.0, "split": "test"}, "best.err is 250.0"),
+    ("schedule", {"step": 3, "lr": float("inf")}, "schedule.lr is inf"),
+    ("progress", {"counters": {"time": -5.0}, "meter": {}}, "progress.counters.time is -5.0"),
     ("step", "3", "step is '3': expected a number of steps (an integer >= 0)"),
     ("step", -1, "expected a number of steps"),
     ("step", 1.5, "expected a number of steps"),
@@ -205,6 +216,24 @@ def test_a_hand_edited_checkpoint_names_the_field(field, value, words, run_dir, 
     assert main(["eval", str(edited), "--device", "cpu"]) == 2
     err = one_error_line()
     assert err.startswith(f"error: {edited}: ") and words in err, err
+
+
+@pytest.mark.parametrize("key, value", [("fc.weight", float("nan")),
+                                        ("conv.weight", float("inf")),
+                                        ("bn.running_var", -1.0)])
+def test_a_checkpoint_with_unusable_weights_is_refused_by_predict_in_one_line(
+        key, value, run_dir, tmp_path, one_error_line):
+    from PIL import Image
+
+    state = load_checkpoint(run_dir)
+    tensor = next(v for k, v in state["model_state"].items() if k.endswith(key))
+    tensor.view(-1)[0] = value
+    edited = save_checkpoint(state, tmp_path / "edited.pt")
+    Image.new("L", (8, 8), 128).save(tmp_path / "image.png")
+    assert main(["predict", str(edited), str(tmp_path / "image.png"), "--device", "cpu"]) == 2
+    err = one_error_line()
+    assert err.startswith(f"error: {edited}: checkpoint field model_state is not usable "
+                          f"(non-finite or impossible values in ") and key in err, err
 
 
 @pytest.mark.parametrize("field, value, words", [

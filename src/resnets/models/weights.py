@@ -333,6 +333,9 @@ def load_body(model: nn.Module, pretrained: Pretrained, name: str, *,
                         f"{pretrained.model}; {problem})")
     if problem:
         raise UserError(f"{pretrained.source}: the weights do not fit model {name!r} ({problem})")
+    unusable = describe_non_finite(given)
+    if unusable:
+        raise UserError(f"{pretrained.source}: the weights are not usable ({unusable})")
     model.load_state_dict(given, strict=keep_head)
     return keep_head
 
@@ -352,6 +355,20 @@ def create_pretrained(name: str, weights: str, **kwargs) -> nn.Module:
     model = entry.build(**kwargs)
     load_body(model, pretrained, name)
     return model
+
+
+def describe_non_finite(state: dict, shown: int = 3) -> str | None:
+    """One line naming the tensors of a state dict that hold NaN or infinity, or a BatchNorm
+    running variance below 0 (a file edited or written by a run that diverged); None when
+    every value is usable."""
+    bad = [key for key, tensor in state.items()
+           if isinstance(tensor, torch.Tensor) and tensor.is_floating_point()
+           and (not torch.isfinite(tensor).all()
+                or (key.endswith("running_var") and bool((tensor < 0).any())))]
+    if not bad:
+        return None
+    more = f" (and {len(bad) - shown} more)" if len(bad) > shown else ""
+    return f"non-finite or impossible values in {', '.join(bad[:shown])}{more}"
 
 
 def describe_mismatch(expected: dict, given: dict, shown: int = 3) -> str | None:

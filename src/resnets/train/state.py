@@ -27,6 +27,7 @@ A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts (so i
 
 from __future__ import annotations
 
+import math
 import reprlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +37,7 @@ import torch
 from torch import nn
 
 from resnets.errors import UserError
-from resnets.models.weights import describe_mismatch
+from resnets.models.weights import describe_mismatch, describe_non_finite
 from resnets.train.checkpoint import rng_state, save_checkpoint, set_rng_state
 from resnets.train.config import Config
 from resnets.train.device import PRECISIONS
@@ -248,6 +249,50 @@ def _check_fields(checkpoint: dict, path: str | Path) -> None:
     if wrong("progress", lambda v: isinstance(v, dict) and isinstance(v.get("counters"), dict)
              and isinstance(v.get("meter"), dict)):
         refuse("progress", "a dict of counters and meter")
+    _check_numbers(checkpoint, path)
+
+
+def _finite(value, low: float = float("-inf"), high: float = float("inf")) -> bool:
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value) and low <= value <= high)
+
+
+def _check_numbers(checkpoint: dict, path: str | Path) -> None:
+    """Every number the checkpoint carries beside its tensors is finite and in its range: the
+    best error a percentage, the learning rate, times and counts >= 0."""
+    def check(where: str, value, fits) -> None:
+        if not fits(value):
+            raise UserError(f"{path}: checkpoint field {where} is {reprlib.repr(value)}: "
+                            f"expected a finite number in range (was it edited?)")
+
+    normalizer = checkpoint.get("normalizer", {})
+    for key in ("mean", "std"):
+        values = normalizer.get(key)
+        if isinstance(values, torch.Tensor) and values.is_floating_point():
+            if not torch.isfinite(values).all():
+                first = values[~torch.isfinite(values)].flatten()[0].item()
+                raise UserError(f"{path}: checkpoint field normalizer.{key} holds {first}: "
+                                f"expected finite numbers (was it edited?)")
+            if key == "std" and not (values > 0).all():
+                raise UserError(f"{path}: checkpoint field normalizer.std holds "
+                                f"{values[values <= 0].flatten()[0].item()}: expected numbers > 0 "
+                                f"(a std of 0 sends every image to the same answer; was it "
+                                f"edited?)")
+    best = checkpoint.get("best", {})
+    if best.get("err") is not None:
+        check("best.err", best["err"], lambda v: _finite(v, 0.0, 100.0))
+    if best.get("step") is not None:
+        check("best.step", best["step"], lambda v: isinstance(v, int) and _finite(v, 0))
+    if isinstance(checkpoint.get("schedule"), dict) and "lr" in checkpoint["schedule"]:
+        check("schedule.lr", checkpoint["schedule"]["lr"], lambda v: _finite(v, 0.0))
+    progress = checkpoint.get("progress", {})
+    for part in ("counters", "meter"):
+        for key, value in progress.get(part, {}).items():
+            if key in ("time", "train_seconds", "train_images", "seconds", "steps", "images",
+                       "correct"):
+                check(f"progress.{part}.{key}", value, lambda v: _finite(v, 0.0))
+            elif key in ("loss_sum", "step_loss_sum"):
+                check(f"progress.{part}.{key}", value, _finite)
 
 
 def _normalizer(checkpoint: dict, parts, path: str | Path):
@@ -257,6 +302,10 @@ def _normalizer(checkpoint: dict, parts, path: str | Path):
     size = tuple(checkpoint["input_size"])
     try:
         normalizer = parts.normalizer_from_state(checkpoint["normalizer"])
+    except (UserError, KeyError, TypeError, ValueError, AttributeError, RuntimeError) as error:
+        raise UserError(f"{path}: checkpoint field normalizer: {_reason(error)} (was it "
+                        f"edited?)") from None
+    try:
         shape = tuple(normalizer(torch.zeros(1, *size, device="meta")).shape)
         reason = None if shape == (1, *size) else f"it maps an image to shape {shape}"
     except (UserError, KeyError, TypeError, ValueError, AttributeError, RuntimeError) as error:
@@ -284,4 +333,8 @@ def load_weights(model: nn.Module, checkpoint: dict, path: str | Path) -> None:
     if problem:
         raise UserError(f"{path}: the checkpoint does not fit model {checkpoint.get('model')!r} "
                         f"({problem})")
+    unusable = describe_non_finite(state)
+    if unusable:
+        raise UserError(f"{path}: checkpoint field model_state is not usable ({unusable}; was "
+                        f"it edited, or saved by a run that diverged?)")
     model.load_state_dict(state)
