@@ -713,16 +713,17 @@ def _cmd_predict(args) -> int:
             raise failed[0]
         raise UserError(f"none of the {len(failed)} images could be classified: {failed[0]} "
                         f"(and {len(failed) - 1} more)")
-    if args.format == "json":
-        print(json.dumps([{"path": path, "top": [{"class": name, "probability": probability}
-                                                 for name, probability in top]}
+    if args.format == "json":  # index, class (label: folder name, WordNet id) and name apart
+        print(json.dumps([{"path": path, "top": [{**trained.class_fields(p.class_index),
+                                                  "probability": p[1]} for p in top]}
                           for path, top in done], indent=2))
     elif args.format == "csv":
         writer = csv.writer(sys.stdout, lineterminator="\n")
-        writer.writerow(["path", "rank", "class", "probability"])
+        writer.writerow(["path", "rank", "index", "class", "name", "probability"])
         for path, top in done:
-            writer.writerows([path, rank, name, repr(probability)]  # as json: every digit
-                             for rank, (name, probability) in enumerate(top, 1))
+            writer.writerows([path, rank, *trained.class_fields(p.class_index).values(),
+                              repr(p[1])]  # as json: every digit
+                             for rank, p in enumerate(top, 1))
     else:
         for path, top in done:
             print(path)

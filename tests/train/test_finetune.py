@@ -297,3 +297,14 @@ def test_eval_with_torchvision_weights_refuses_a_tree_of_other_classes(hub, phot
     assert main(["eval", "--model", "resnet18", "--weights", "torchvision", "--data",
                  f"folder:{photo_tree}", "--workers", "0"]) == 2
     assert "the weights predict 1,000 classes (" in one_error_line()
+
+
+def test_predict_json_with_torchvision_weights_gives_the_imagenet_index_and_name(
+        tmp_path, hub, photo_tree, capsys):
+    image = next((photo_tree / "val").rglob("*.JPEG"))
+    assert main(["predict", "--model", "resnet18", "--weights", "torchvision", str(image),
+                 "--top", "3", "--format", "json", "--device", "cpu"]) == 0
+    top = json.loads(capsys.readouterr().out)[0]["top"]
+    names = imagenet_classes()
+    assert len(top) == 3 and all(0 <= row["index"] < 1000 for row in top)
+    assert all(row["class"] == row["name"] == names[row["index"]] for row in top)

@@ -75,6 +75,25 @@ def test_predict_resizes_as_evaluation_does_and_shows_class_names(imagenet_run, 
     assert "(n01440764)" in out[1] or "(n01440764)" in out[2]
 
 
+@pytest.mark.parametrize("form", ["json", "csv"])
+def test_predict_json_and_csv_carry_the_index_the_wordnet_id_and_the_name_apart(imagenet_run,
+                                                                                capsys, form):
+    import csv
+
+    tree = imagenet_run.parent.parent / "tree"
+    image = str(tree / "val" / "n01440764" / "n01440764_0.JPEG")
+    assert main(["predict", str(imagenet_run), image, "--top", "2", "--format", form]) == 0
+    out = capsys.readouterr().out
+    if form == "json":
+        top = json.loads(out)[0]["top"]
+    else:
+        table = list(csv.DictReader(out.splitlines()))
+        top = [{**row, "index": int(row["index"])} for row in table]
+    expected = {0: ("n01440764", "tench, Tinca tinca"), 1: ("n02102040", "English springer")}
+    assert sorted(row["index"] for row in top) == [0, 1]
+    assert all((row["class"], row["name"]) == expected[row["index"]] for row in top)
+
+
 def test_ten_crop_evaluation_is_the_mean_of_the_ten_crops_softmax(photo_tree):
     from resnets.data import Loader, Normalizer, load
     from resnets.data.views import corner_offsets, resized_size

@@ -90,6 +90,25 @@ class Trained:
         shown = self.class_names[index] if self.class_names else name
         return name if shown == name else f"{shown} ({name})"
 
+    def class_fields(self, index: int) -> dict[str, Any]:
+        """Class `index` for a program: {"index", "class" (the label the data used: a folder
+        name, e.g. a WordNet id), "name" (its readable name; the label where there is none)}."""
+        name = self.classes[index]
+        return {"index": index, "class": name,
+                "name": self.class_names[index] if self.class_names else name}
+
+
+class Prediction(tuple):
+    """(label, probability), as `predict_images` gives each class, with the class's position
+    in the model's outputs as `class_index` (labels can repeat: ImageNet has two "crane")."""
+
+    class_index: int
+
+    def __new__(cls, label: str, probability: float, class_index: int) -> "Prediction":
+        prediction = super().__new__(cls, (label, probability))
+        prediction.class_index = class_index
+        return prediction
+
 
 FP32_TOLERANCE = 1e-4   # folded vs unfolded fp32 logits, relative to max(1, largest |logit|)
 BF16_TOLERANCE = 5e-2   # the bf16 path against the fp32 model, the same way
@@ -385,7 +404,8 @@ def predict_images(trained: Trained, paths: Sequence[str | Path], top: int = 5, 
                    return_errors: bool = False, max_pixels: int | None = None,
                    batch_size: int = 64, precision: str = "auto", fast: bool = True
                    ) -> list[list[tuple[str, float]] | UserError]:
-    """For each image, the `top` classes as (name, probability), most likely first.
+    """For each image, the `top` classes as (name, probability), most likely first (each a
+    `Prediction`: its `class_index` too).
 
     An unreadable image raises its `UserError`, or with `return_errors` takes its place in the
     list, so the others are still classified. `max_pixels`: see `load_image`. `precision` and
@@ -410,7 +430,7 @@ def predict_images(trained: Trained, paths: Sequence[str | Path], top: int = 5, 
             inputs = trained.normalizer(torch.stack(images).float()).to(trained.device)  # (N, C, H, W)
             probabilities = torch.softmax(model(inputs).float(), dim=1)
             values, indices = probabilities.topk(k, dim=1)
-            rows = iter([[(trained.label(i), float(p)) for p, i in zip(row_p, row_i)]
+            rows = iter([[Prediction(trained.label(i), float(p), i) for p, i in zip(row_p, row_i)]
                          for row_p, row_i in zip(values.tolist(), indices.tolist())])
         results += [next(rows) if isinstance(x, torch.Tensor) else x for x in loaded]
     return results
