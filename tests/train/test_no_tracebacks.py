@@ -277,3 +277,46 @@ def test_a_unicode_path_on_an_ascii_terminal_is_printed_escaped(tmp_path):
     result = _ascii_resnets("plot", str(tmp_path / "naïve"), cwd=tmp_path)
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr == f"error: not a run directory (no metrics.jsonl): {tmp_path}/na\\xefve\n"
+
+
+# ---------------------------------------------------------------- sizes that cannot fit
+
+
+def test_predict_with_an_edited_huge_input_size_is_refused_before_an_image_is_read(
+        run_dir, tmp_path, one_error_line, monkeypatch):
+    from PIL import Image
+
+    import resnets.train.inference as inference
+
+    edited = _edited(run_dir, tmp_path, input_size=[1, 10**6, 10**6])  # 10^12 pixels
+    Image.new("L", (8, 8), 128).save(tmp_path / "image.png")
+    read = []
+    monkeypatch.setattr(inference, "load_image", lambda *a, **k: read.append(a))
+    assert main(["predict", str(edited), str(tmp_path / "image.png"), "--device", "cpu"]) == 2
+    err = one_error_line()
+    assert "input_size [1, 1000000, 1000000]" in err and "GiB, more than the" in err, err
+    assert read == []  # refused before the first image was decoded
+
+
+@pytest.mark.parametrize("argv", [
+    ["train", *TINY, "--iters", "2"],
+    ["eval", "{run}", "--device", "cpu"],
+    ["predict", "{run}", "{image}", "--device", "cpu"],
+])
+def test_train_eval_and_predict_share_one_memory_check(argv, run_dir, tmp_path, monkeypatch,
+                                                       one_error_line):
+    """On a machine of 1 KiB every command that allocates from a size refuses in the same one
+    line, before the work: they ask the one check (train.device.check_memory)."""
+    from PIL import Image
+
+    import resnets.train.device as device
+
+    Image.new("L", (8, 8), 128).save(tmp_path / "image.png")
+    monkeypatch.setattr(device, "memory_limit", lambda _: 1024)
+    argv = [a.format(run=run_dir, image=tmp_path / "image.png") for a in argv]
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert main([*argv, *(["--out", str(tmp_path / "new")] if argv[0] == "train" else [])]) == 2
+    err = one_error_line()
+    assert "GiB, more than the 0.0 GiB of cpu; " in err, err
+    left = sorted(p.name for p in tmp_path.iterdir() if p.name != "new")
+    assert left == before and not any((tmp_path / "new").glob("*"))  # no run directory left

@@ -111,6 +111,17 @@ def memory_limit(device: torch.device) -> int | None:
     return None
 
 
+def check_memory(need: int, device: torch.device, doing: str, remedy: str) -> None:
+    """Refuse, before anything is allocated, work estimated to need `need` bytes on `device`
+    when that is more than it has (`memory_limit`): one line saying what (`doing`), both
+    figures, and what to change (`remedy`, naming the flag or the file). Training, evaluation
+    and prediction all ask here."""
+    have = memory_limit(device)
+    if have is not None and need > have:
+        raise UserError(f"{doing} needs about {need / 2**30:,.1f} GiB, more than the "
+                        f"{have / 2**30:,.1f} GiB of {device}; {remedy}")
+
+
 def available_cores() -> int:
     """The cores this process may run on (its CPU affinity where the OS tells it)."""
     if hasattr(os, "sched_getaffinity"):

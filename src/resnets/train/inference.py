@@ -283,6 +283,10 @@ def evaluate_checkpoint(trained: Trained, *, data: str | None = None,
         raise UserError(f"{config.data} has classes {_short(dataset.classes)}, the "
                         f"checkpoint {_short(trained.classes)}")
     options = {} if crops == 1 else {"crops": crops}
+    workers_ = workers if workers is not None else config.workers
+    side = eval_resize_size(config) or 0  # a resized image, 3 bytes a pixel, per worker
+    check_inference_memory(trained, batch_size * crops, "use a smaller --resize-size or "
+                           "--batch-size", decoded_bytes=3 * side * side * max(1, workers_ or 0))
     if fast:
         model = trained.inference_model(precision)
         autocast, how = "fp32", model.describe()  # the model casts its input itself
@@ -299,6 +303,26 @@ def evaluate_checkpoint(trained: Trained, *, data: str | None = None,
     skipped = list(getattr(loader, "skipped", ()))
     return {**result, "data": config.data, "split": split, "crops": crops,
             "skipped_images": skipped, "precision": how}
+
+
+def check_inference_memory(trained: Trained, images: int, remedy: str,
+                           decoded_bytes: int = 0) -> None:
+    """Refuse, before an image is read, inference on `images` inputs at a time that cannot fit
+    (`resnets.models.summary.inference_bytes` against `train.device.check_memory`, the check
+    training makes), and image decoding of `decoded_bytes` at a time (resized images, on the
+    CPU) that cannot either: an input_size or resize size from a file or a flag is not
+    trusted to fit. `remedy` names what to change."""
+    from resnets.models.summary import inference_bytes
+    from resnets.train.device import check_memory
+
+    name, kwargs = trained.checkpoint["model"], trained.checkpoint["model_kwargs"]
+    with torch.device("meta"):
+        probe = parts_module.default_parts().create_model(name, **kwargs)
+    size = list(trained.input_size)
+    check_memory(inference_bytes(probe, size, images), trained.device,
+                 f"{name} on {images:,} input{'s' if images > 1 else ''} of {size} (C, H, W)",
+                 remedy)
+    check_memory(decoded_bytes, torch.device("cpu"), "decoding the images", remedy)
 
 
 def _short(names: Sequence[str]) -> str:
@@ -412,8 +436,13 @@ def predict_images(trained: Trained, paths: Sequence[str | Path], top: int = 5, 
     `fast`: as `evaluate_checkpoint`'s (fast=False runs the fp32 model itself).
     """
     k = min(top, len(trained.classes))
-    model = trained.inference_model(precision) if fast else trained.model
     resize = eval_resize_size(trained.config)
+    channels, height, width = trained.input_size  # a checkpoint's sizes are not trusted to fit
+    check_inference_memory(trained, min(batch_size, max(1, len(paths))),
+                           f"the checkpoint's input_size {list(trained.input_size)} or resize "
+                           f"size {resize} is too large for this machine (was it edited?)",
+                           decoded_bytes=channels * max(height, width, resize or 0) ** 2)
+    model = trained.inference_model(precision) if fast else trained.model
     results: list[list[tuple[str, float]] | UserError] = []
     for start in range(0, len(paths), batch_size):
         loaded: list[torch.Tensor | UserError] = []

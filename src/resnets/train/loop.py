@@ -32,10 +32,9 @@ from torch import nn
 
 from resnets.atomic import write_json
 from resnets.errors import UserError
-from resnets.models.resnet import TRAINING_BYTES_PER_PARAMETER
 from resnets.models.fold import fold_batchnorm
 from resnets.models.fuse import fuse_for_cpu
-from resnets.models.summary import activation_bytes, count_parameters
+from resnets.models.summary import count_parameters, training_bytes
 from resnets.modes import eval_mode
 from resnets.rundir import RunDir
 from resnets.train.checkpoint import load_checkpoint
@@ -43,7 +42,7 @@ from resnets.train.compile import StepCompiler
 from resnets.train.config import Config
 from resnets.train import finetune
 from resnets.train.device import (autocast, cpu_has_amx, cpu_has_native_bf16, cpu_threads,
-                                  machine_busy_warning, memory_limit, resolve_device,
+                                  check_memory, machine_busy_warning, resolve_device,
                                   resolve_precision, resolve_threads)
 from resnets.train.distributed import (World, any_rank, average_buffers, broadcast_checkpoint,
                                        broadcast_text, collective_errors, convert_sync_bn,
@@ -520,15 +519,10 @@ class _Training:
         with torch.device("meta"):
             probe = parts.create_model(self.config.model, **model_kwargs)
         parameters = count_parameters(probe)
-        need = (parameters * TRAINING_BYTES_PER_PARAMETER
-                + activation_bytes(probe, input_size) * self.config.batch_size)
-        have = memory_limit(self.device)
-        if have is not None and need > have:
-            raise UserError(f"{self.config.model} ({parameters:,} parameters) at batch size "
-                            f"{self.config.batch_size} on {list(input_size)} images needs about "
-                            f"{need / 2**30:,.1f} GiB to train, more than the "
-                            f"{have / 2**30:,.1f} GiB of {self.device}; use a smaller "
-                            f"--batch-size or model")
+        check_memory(training_bytes(probe, input_size, self.config.batch_size), self.device,
+                     f"training {self.config.model} ({parameters:,} parameters) at batch size "
+                     f"{self.config.batch_size} on {list(input_size)} images",
+                     "use a smaller --batch-size or model")
 
     def _loaders(self, parts: Parts, train_set, eval_sets: dict) -> None:
         config, normalizer = self.config, self.state.normalizer
