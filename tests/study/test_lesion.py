@@ -287,9 +287,10 @@ def test_lesion_of_a_checkpoint_file_writes_beside_its_run(trained_runs, capsys)
 
 
 def _copy_run(run, tmp_path):
+    """A copy of a trained run without what other tests wrote into it (its lesion/)."""
     import shutil
 
-    return shutil.copytree(run, tmp_path / run.name)
+    return shutil.copytree(run, tmp_path / run.name, ignore=shutil.ignore_patterns("lesion"))
 
 
 def _counting_evaluations(monkeypatch, module, then=None):
@@ -360,3 +361,19 @@ def test_a_lesion_whose_folder_goes_away_while_measuring_ends_in_one_line(
     assert len(calls) > 1 and out.is_file()  # the work ran; its end was refused in one line
     assert _listing(run) == run_before  # the run directory untouched
     assert not [p for p in tmp_path.rglob("*") if ".tmp-" in p.name]  # no half-written file
+
+
+def test_a_lesion_study_too_large_to_finish_is_refused_naming_its_flags_before_any_work(
+        monkeypatch):
+    import resnets.study.lesioning as lesioning
+
+    model = create_model("resnet110")  # 54 units: 500 subsets per k, about 25,000 evaluations
+    calls = _counting_evaluations(monkeypatch, lesioning)
+    with pytest.raises(UserError) as refused:
+        lesion_model(model, [(_images(size=32), torch.zeros(8, dtype=torch.long))], subsets=500)
+    message = str(refused.value)
+    assert message.startswith("--subsets 500 up to --max-removed 54 (25,609 random subsets")
+    assert "more than the 10,000 one command runs; use fewer --subsets" in message
+    assert calls == []  # before the first evaluation
+    with pytest.raises(UserError, match="evaluations, more than the 10,000"):
+        random_subsets(list(range(600)), 50, None, seed=0)  # 30,000 draws: refused, not drawn

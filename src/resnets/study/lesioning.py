@@ -37,7 +37,7 @@ from torch import nn
 
 from resnets.atomic import writable_folder, write_json, write_text
 from resnets.errors import UserError, integer
-from resnets.study.progress import counter
+from resnets.study.progress import check_evaluations, counter
 from resnets.study.trained import (Batches, check_precision, evaluate, fixed_batches, load_run,
                                    run_location)
 
@@ -159,6 +159,10 @@ def random_subsets(candidates: list[int], subsets: int, max_removed: int | None,
     if not 1 <= top <= n:
         raise UserError(f"max_removed (--max-removed) must be between 1 and {n} (the removable "
                         f"units), got {top}")
+    draws = sum(min(math.comb(n, k), subsets) for k in range(1, top + 1))
+    check_evaluations(1 + n + draws, f"--subsets {subsets} up to --max-removed {top} "
+                      f"({draws:,} random subsets, with the intact network and {n} units "
+                      f"removed alone)", "use fewer --subsets or a smaller --max-removed")
     rng = random.Random(seed)
     plan = {}
     for k in range(1, top + 1):
@@ -206,7 +210,9 @@ def lesion_model(model: nn.Module, batches: Batches, *, subsets: int = DEFAULT_S
 
     total = 1 + len(candidates) + sum(len(draws) for draws in plan.values())
     try:
-        with counter(total, title, progress) as advance:
+        with counter(total, title, progress,
+                     unit=f"evaluations of {sum(len(y) for _, y in batches):,} images") \
+                as advance:
             baseline = measure([])
             advance()
             for row in units:

@@ -29,7 +29,7 @@ from torch import nn
 
 from resnets.atomic import writable_folder, write_json
 from resnets.errors import UserError, integer
-from resnets.study.progress import counter
+from resnets.study.progress import MAX_EVALUATIONS, check_evaluations, counter
 from resnets.study.trained import Batches, check_precision, evaluate, fixed_batches, load_run
 
 DIMS = (1, 2)
@@ -206,11 +206,13 @@ def landscape(run_dirs: Sequence[str | Path], *, dims: int = 1, points: int | No
         integer(images, "images (--images)", low=1)
     integer(batch_size, "batch size (--batch-size)", low=1)
     points = DEFAULT_POINTS[dims] if points is None else points
-    values = axis(points, span)
-    keys = grid(dims, points, span)
+    axis(points, span)  # checked before its size is
     run_dirs = list(run_dirs)
     if not run_dirs:
         raise UserError("landscape needs at least one run directory")
+    _check_grid_size(points, dims, len(run_dirs))
+    values = axis(points, span)
+    keys = grid(dims, points, span)
     if out_dir is not None:  # before any point is computed, not at the first save
         writable_folder(Path(out_dir) / "points")
     runs = [load_run(run_dir, device=device) for run_dir in run_dirs]  # all checked before any scan
@@ -228,7 +230,9 @@ def landscape(run_dirs: Sequence[str | Path], *, dims: int = 1, points: int | No
         done = store.points if store else {}
         directions = random_directions(run.model, dims, seed)
         try:
-            with counter(len(keys), f"landscape {name}", progress, done=len(done)) as advance:
+            with counter(len(keys), f"landscape {name}", progress, done=len(done),
+                         unit=f"evaluations of {sum(len(y) for _, y in batches):,} images") \
+                    as advance:
                 results = scan(run.model, batches, directions, keys, precision=precision,
                                done=done, on_point=store.add if store else None,
                                advance=advance)
@@ -245,6 +249,17 @@ def landscape(run_dirs: Sequence[str | Path], *, dims: int = 1, points: int | No
                          "err": _as_grid([results[k]["err"] for k, _ in keys], dims, points)})
     return {**settings, "images": sum(len(y) for _, y in batches), "axis": values,
             "device": str(runs[0].device), "runs": measured}
+
+
+def _check_grid_size(points: int, dims: int, runs: int) -> None:
+    """Refuse a grid of more evaluations than a command runs (points^dims per run)."""
+    largest = 3
+    while (largest + 2) ** dims * runs <= MAX_EVALUATIONS:
+        largest += 2
+    check_evaluations(points ** dims * runs,
+                      f"--points {points} with --dims {dims} for {runs} run{'s' * (runs > 1)} "
+                      f"({points}^{dims} grid points each)",
+                      f"choose fewer --points (at most {largest} here)")
 
 
 def write_landscape(result: dict, out_dir: str | Path) -> list[Path]:
