@@ -23,6 +23,10 @@ class _Parser(argparse.ArgumentParser):
         # argparse hands a subcommand's unknown arguments up to the top parser, whose error
         # would point to `resnets --help`; the parser that met them reports them instead.
         namespace, extras = super().parse_known_args(args, namespace)
+        if extras and isinstance(getattr(namespace, "inputs", None), list) \
+                and not any(extra.startswith("-") for extra in extras):
+            namespace.inputs += extras  # `predict RUN --weights W img.jpg`: files after an option
+            extras = []
         if extras:
             self.error(f"unrecognized arguments: {' '.join(extras)}")
         return namespace, extras
@@ -696,6 +700,9 @@ def _cmd_predict(args) -> int:
     from resnets.train.inference import image_paths, predict_images
 
     inputs = list(args.inputs)
+    if args.weights is not None and _is_checkpoint(inputs[0]):
+        raise UserError(f"a checkpoint ({inputs[0]}) and --weights {args.weights} exclude each "
+                        f"other: give one of them")
     if args.weights is None:
         args.checkpoint = inputs.pop(0)
         if not inputs:
@@ -734,6 +741,16 @@ def _cmd_predict(args) -> int:
     for error in failed:  # at the end, so a long listing does not hide them
         print(f"warning: skipped {error}", file=sys.stderr)
     return 0
+
+
+def _is_checkpoint(item: str) -> bool:
+    """Whether a predict argument names a checkpoint file or a run directory, not images."""
+    from pathlib import Path
+
+    from resnets.rundir import RunDir
+
+    path = Path(item)
+    return path.suffix == ".pt" or (path.is_dir() and RunDir(path).ours())
 
 
 def _cmd_export(args) -> int:

@@ -352,3 +352,15 @@ def test_weights_of_a_different_architecture_are_one_line(run_dir, tmp_path, fak
     assert main(["train", *TINY, "--iters", "2", "--weights", str(run_dir), "--model-args",
                  "width=4", "--out", str(tmp_path), "--name", "other"]) == 2
     assert "the weights do not fit model 'tiny'" in one_error_line()
+
+
+@pytest.mark.parametrize("order", ["checkpoint first", "weights first"])
+def test_predict_with_a_checkpoint_and_weights_says_they_exclude_each_other(run_dir, tmp_path,
+                                                                          capsys, order):
+    image = str(_digit(tmp_path, "one.png"))
+    argv = ([str(run_dir), "--weights", "torchvision", image] if order == "checkpoint first"
+            else ["--weights", "torchvision", str(run_dir), image])
+    assert main(["predict", "--model", "resnet18", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"error: a checkpoint ({run_dir}) and --weights torchvision exclude each "
+                   f"other: give one of them\n")

@@ -320,3 +320,23 @@ def test_train_eval_and_predict_share_one_memory_check(argv, run_dir, tmp_path, 
     assert "GiB, more than the 0.0 GiB of cpu; " in err, err
     left = sorted(p.name for p in tmp_path.iterdir() if p.name != "new")
     assert left == before and not any((tmp_path / "new").glob("*"))  # no run directory left
+
+
+# ---------------------------------------------------------------- messages that point the right way
+
+
+def test_a_run_whose_last_checkpoint_write_failed_points_to_its_best_checkpoint(
+        run_dir, one_error_line):
+    """A failed write of last.pt (a full disk) leaves a run with best.pt only: resume and eval
+    say so and which file to use, not that the run has no checkpoint."""
+    (run_dir / "checkpoints" / "last.pt").unlink()
+    (run_dir / "summary.json").unlink()
+    best = run_dir / "checkpoints" / "best.pt"
+    assert best.is_file()
+    assert main(["train", "--resume", str(run_dir), "--progress", "none"]) == 2
+    err = one_error_line()
+    assert f"has no last.pt (its last checkpoint write failed?) but has {best}" in err
+    assert "no checkpoint" not in err
+    assert main(["eval", str(run_dir), "--device", "cpu"]) == 2
+    err = one_error_line()
+    assert "without checkpoints/last.pt" in err and f"give that file, {best}" in err

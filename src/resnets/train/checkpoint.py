@@ -93,6 +93,11 @@ def resolve_checkpoint_path(path: str | Path) -> Path:
     path = Path(path)
     if path.is_dir():
         candidate = RunDir(path).last
+        if not candidate.is_file() and RunDir(path).best.is_file():
+            raise UserError(f"{path}: a run directory without {candidate.relative_to(path)} "
+                            f"(its last checkpoint write failed?) but with "
+                            f"{RunDir(path).best.relative_to(path)}: give that file, "
+                            f"{RunDir(path).best}")
         if not candidate.is_file():
             raise UserError(f"{path}: a folder without {candidate.relative_to(path)} (not a "
                             f"run directory, or the run has not saved a checkpoint yet)")
