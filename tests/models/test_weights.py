@@ -355,6 +355,9 @@ def test_the_papers_bottleneck_stride_with_torchvisions_weights_is_one_line(torc
 def test_a_state_dict_file_loads_with_torchvisions_conventions(tmp_path):
     state = {k: torch.randn(v.shape) if v.is_floating_point() else v
              for k, v in _torchvision_state("resnet50", "cpu").items()}
+    for key in state:  # a variance is never below 0: such weights are refused as unusable
+        if key.endswith("running_var"):
+            state[key] = state[key].abs()
     path = tmp_path / "my-resnet50.pth"
     torch.save(state, path)
     weights = load_pretrained(str(path), "resnet50")
@@ -410,3 +413,37 @@ def test_the_readme_quotes_torchvisions_figures_from_the_table():
         row = (f"| {entry.model} | `{spec}` | {entry.acc1:.3f} / {entry.acc5:.3f} | "
                f"{entry.resize_size} |")
         assert row in readme, row
+
+
+def _layout_only(name: str) -> dict:
+    """A state dict with `name`'s keys in torchvision's layout and tiny tensors (the keys and
+    the classifier's size are what show the architecture)."""
+    with torch.device("meta"):
+        keys = list(resnets.create_model(name).state_dict())
+    state = {key: torch.zeros(1, 1) for key in keys}
+    state["conv1.weight"] = torch.zeros(64, 3, 7, 7)
+    state["fc.weight"] = torch.zeros(1000, 1)
+    return state
+
+
+def test_a_torchvision_layout_file_without_model_names_the_architecture_it_holds(tmp_path,
+                                                                                 capsys):
+    from resnets.models.zoo import imagenet_model_of
+
+    for name, shown in [("resnet34", "basic units 3-4-6-3"), ("resnet50", "bottleneck units 3-4-6-3"),
+                        ("resnet152", "bottleneck units 3-8-36-3")]:
+        assert imagenet_model_of(_layout_only(name)) == (name, f"{shown}, fc of 1,000 classes")
+    assert imagenet_model_of({"conv.weight": torch.zeros(1)}) is None
+    torch.save(_layout_only("resnet34"), tmp_path / "mine.pth")
+    (tmp_path / "x.png").write_bytes(b"")
+    assert main(["predict", "--weights", str(tmp_path / "mine.pth"), str(tmp_path / "x.png")]) == 2
+    assert capsys.readouterr().err == (f"error: --weights {tmp_path / 'mine.pth'} (basic units "
+                                       f"3-4-6-3, fc of 1,000 classes) holds a resnet34's "
+                                       f"weights: add --model resnet34\n")
+    with torch.device("meta"):
+        model = resnets.create_model("resnet18")
+    with pytest.raises(UserError) as refused:  # train --weights FILE with another --model
+        load_body(model, weights_module.load_pretrained(str(tmp_path / "mine.pth"), "resnet18"),
+                  "resnet18")
+    assert "the weights are a resnet34's, they do not fit model 'resnet18' (use resnet34, " \
+           "e.g. --model resnet34;" in str(refused.value)

@@ -207,8 +207,13 @@ def load_pretrained(weights: str, model: str | None = None, *,
     outputs = state[f"{HEAD}.weight"].shape[0] if f"{HEAD}.weight" in state else 1000
     classes = imagenet_classes() if outputs == 1000 else [f"class{k}" for k in range(outputs)]
     channels = state["conv1.weight"].shape[1] if "conv1.weight" in state else 3
-    return Pretrained(source=str(path), state_dict=state, classes=classes,
+    from resnets.models.zoo import imagenet_model_of
+
+    held = imagenet_model_of(state)  # what the keys show: named where a model does not fit
+    return Pretrained(source=str(path) if held is None else f"{path} ({held[1]})",
+                      state_dict=state, classes=classes,
                       normalizer=imagenet_normalizer(), input_size=[channels, 224, 224],
+                      model=None if held is None else held[0],
                       model_kwargs=_torchvision_stride(model) if model else {},
                       resize_size=256, path=path)
 
@@ -361,8 +366,9 @@ def describe_non_finite(state: dict, shown: int = 3) -> str | None:
     """One line naming the tensors of a state dict that hold NaN or infinity, or a BatchNorm
     running variance below 0 (a file edited or written by a run that diverged); None when
     every value is usable."""
-    bad = [key for key, tensor in state.items()
+    bad = [key for key, tensor in state.items()  # (meta tensors hold no values to check)
            if isinstance(tensor, torch.Tensor) and tensor.is_floating_point()
+           and tensor.device.type != "meta"
            and (not torch.isfinite(tensor).all()
                 or (key.endswith("running_var") and bool((tensor < 0).any())))]
     if not bad:

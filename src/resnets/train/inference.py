@@ -210,6 +210,9 @@ def load_weights_for_inference(model: str | None, weights: str, device: str = "c
             raise UserError(f"{pretrained.source} holds a {pretrained.model}, not {model}: leave "
                             f"out --model (a checkpoint knows its model)")
         return _trained(pretrained.checkpoint, pretrained.path, device_, parts)
+    if model is None and pretrained.model is not None:  # the layout shows which
+        raise UserError(f"--weights {pretrained.source} holds a {pretrained.model}'s weights: "
+                        f"add --model {pretrained.model}")
     if model is None:
         raise UserError(f"--weights {weights} (a state dict) needs --model, the model it is for")
     kwargs = {**architecture(model, pretrained, {}), "num_classes": pretrained.num_classes,
