@@ -198,19 +198,9 @@ def landscape(run_dirs: Sequence[str | Path], *, dims: int = 1, points: int | No
     run_dir, model, step, origin: {loss, err}, loss, err}]}, where loss and err are lists over
     the axis (1-D) or rows over the second direction, each over the first (2-D).
     """
-    if integer(dims, "dims (--dims)") not in DIMS:
-        raise UserError(f"dims must be 1 or 2, got {dims!r}")
-    check_precision(precision)
-    integer(seed, "seed (--seed)", low=0)
-    if images is not None:
-        integer(images, "images (--images)", low=1)
-    integer(batch_size, "batch size (--batch-size)", low=1)
-    points = DEFAULT_POINTS[dims] if points is None else points
-    axis(points, span)  # checked before its size is
     run_dirs = list(run_dirs)
-    if not run_dirs:
-        raise UserError("landscape needs at least one run directory")
-    _check_grid_size(points, dims, len(run_dirs))
+    points = _check_settings(dims, points, span, precision, seed, images, batch_size,
+                             len(run_dirs))
     values = axis(points, span)
     keys = grid(dims, points, span)
     if out_dir is not None:  # before any point is computed, not at the first save
@@ -249,6 +239,24 @@ def landscape(run_dirs: Sequence[str | Path], *, dims: int = 1, points: int | No
                          "err": _as_grid([results[k]["err"] for k, _ in keys], dims, points)})
     return {**settings, "images": sum(len(y) for _, y in batches), "axis": values,
             "device": str(runs[0].device), "runs": measured}
+
+
+def _check_settings(dims, points, span, precision, seed, images, batch_size, runs: int) -> int:
+    """`landscape`'s arguments checked, before any run is read: the points per axis (its
+    default for `dims` when None), refused where the grid is too large to finish."""
+    if integer(dims, "dims (--dims)") not in DIMS:
+        raise UserError(f"dims must be 1 or 2, got {dims!r}")
+    check_precision(precision)
+    integer(seed, "seed (--seed)", low=0)
+    if images is not None:
+        integer(images, "images (--images)", low=1)
+    integer(batch_size, "batch size (--batch-size)", low=1)
+    points = DEFAULT_POINTS[dims] if points is None else points
+    axis(points, span)  # checked before its size is
+    if not runs:
+        raise UserError("landscape needs at least one run directory")
+    _check_grid_size(points, dims, runs)
+    return points
 
 
 def _check_grid_size(points: int, dims: int, runs: int) -> None:
