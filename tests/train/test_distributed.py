@@ -208,7 +208,8 @@ def test_the_first_loss_after_resuming_on_another_number_of_processes_is_the_ste
     first, second = tmp_path / "first", tmp_path / "second"
 
     def launch(processes: int, args: list[str], report: Path, **extra: str):
-        env = _environment(report, **extra)
+        report.mkdir(parents=True, exist_ok=True)
+        env = _environment(DDP_TEST_LOSSES=str(report), **extra)
         if processes == 1:
             return _one_process(args, env)
         return _torchrun("--standalone", "--nproc-per-node", str(processes), script_args=args,

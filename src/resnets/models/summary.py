@@ -114,10 +114,10 @@ def training_bytes(model: nn.Module, input_shape: Sequence[int], batch: int) -> 
 def inference_bytes(model: nn.Module, input_shape: Sequence[int], batch: int) -> int:
     """About how much memory inference of `model` on `batch` (C, H, W) inputs takes: the fp32
     weights twice (the model and its folded copy), the input batch as uint8 and fp32, and per
-    input three of the largest layer output (a unit's input, its branch and its output are alive
-    at once; nothing is kept for a backward pass). `model` is moved to the meta device: pass
-    one built there."""
-    per_input = (1 + 4) * _numel(input_shape) + 3 * _largest_output_bytes(model, input_shape)
+    input twice the largest layer output (a layer's input and output are alive at once; the
+    largest is the stem's, before any shortcut; nothing is kept for a backward pass). `model`
+    is moved to the meta device: pass one built there."""
+    per_input = (1 + 4) * _numel(input_shape) + 2 * _largest_output_bytes(model, input_shape)
     return count_parameters(model) * 4 * 2 + per_input * batch
 
 

@@ -288,7 +288,8 @@ def evaluate_checkpoint(trained: Trained, *, data: str | None = None,
     options = {} if crops == 1 else {"crops": crops}
     workers_ = workers if workers is not None else config.workers
     side = eval_resize_size(config) or 0  # a resized image, 3 bytes a pixel, per worker
-    check_inference_memory(trained, batch_size * crops, "use a smaller --resize-size or "
+    check_inference_memory(trained, min(batch_size, len(dataset)) * crops, "use a smaller "
+                           "--resize-size or "
                            "--batch-size", decoded_bytes=3 * side * side * max(1, workers_ or 0))
     if fast:
         model = trained.inference_model(precision)
