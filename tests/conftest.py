@@ -151,3 +151,25 @@ def photo_tree(tmp_path):
     from photo_trees import write_photo_tree
 
     return write_photo_tree(tmp_path / "photos")
+
+
+@pytest.fixture
+def published(monkeypatch):
+    """`published(model, data)`: torchvision's v1 release of `model` as if its file held
+    `data` (its URL's file name and hash become those of `data`); returns that file name. A
+    test's own file cannot match a real release's hash, and a file in torch's hub cache is
+    checked against the hash in its name (resnets.models.hub)."""
+    import dataclasses
+    import hashlib
+
+    import resnets.models.weights as weights
+
+    def publish(model: str, data: bytes) -> str:
+        digest = hashlib.sha256(data).hexdigest()[:8]
+        name = f"{model}-{digest}.pth"
+        entries = [dataclasses.replace(r, url=f"{r.url.rsplit('/', 1)[0]}/{name}", sha256=digest)
+                   if (r.model, r.version) == (model, "v1") else r for r in weights.releases()]
+        monkeypatch.setattr(weights, "releases", lambda: entries)
+        return name
+
+    return publish

@@ -32,3 +32,21 @@ def one_line_warnings(python_show):
             python_show(message, category, filename, lineno, file, line)
 
     return show
+
+
+def integer(value, what: str, low: int | None = None) -> int:
+    """`value` as an int if it is a whole number of an integer type (int, numpy's, a 0-d integer
+    tensor: anything `operator.index` takes; never a bool, a float such as 1.5 or 1.0, or a
+    string) at least `low`; else a UserError naming `what`. The one check every public
+    function taking a count, an index or a seed makes, so that 1.5 is refused, not truncated."""
+    import operator
+
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        number = operator.index(value)
+    except TypeError:
+        raise UserError(f"{what} must be an integer, got {value!r}") from None
+    if low is not None and number < low:
+        raise UserError(f"{what} must be >= {low}, got {number}")
+    return number

@@ -234,22 +234,61 @@ def test_a_killed_downloads_temporary_file_is_removed(server, payload, torch_hom
 def test_a_cached_file_that_cannot_be_read_says_to_delete_it(torch_home):
     torch_home.mkdir(parents=True)
     (torch_home / "resnet18-f37072fd.pth").write_bytes(b"PK\x03\x04 truncated")
-    with pytest.raises(UserError, match=r"resnet18-f37072fd.pth cannot be read as weights .*; "
-                                        r"delete it and it will be downloaded again"):
+    with pytest.raises(UserError, match=r"resnet18-f37072fd.pth is not the file its name "
+                                        r"promises.*; delete it and it will be downloaded again"):
         fetch_state_dict(release("resnet18"))
 
 
-def test_a_file_torchvision_already_downloaded_is_used(payload, torch_home):
+def test_a_file_torchvision_already_downloaded_is_used(payload, torch_home, published):
     torch_home.mkdir(parents=True)
-    (torch_home / "resnet18-f37072fd.pth").write_bytes(payload["bytes"])  # as torchvision left it
+    name = published("resnet18", payload["bytes"])
+    (torch_home / name).write_bytes(payload["bytes"])  # as torchvision left it
     model = resnets.create_model("resnet18", weights="torchvision")
     assert all(torch.equal(model.state_dict()[k], v) for k, v in payload["state"].items())
     assert model.fc.out_features == 1000
 
 
-def test_create_model_with_weights_and_another_class_count_gets_a_new_classifier(payload, torch_home):
+def test_a_wrong_file_under_a_releases_name_in_the_cache_is_refused_naming_it(payload,
+                                                                             torch_home, capsys):
+    """A well-formed state dict put in the hub cache under torchvision's resnet18 name is not
+    torchvision's: the hash in the name is checked on first use, not only on download."""
     torch_home.mkdir(parents=True)
-    (torch_home / "resnet18-f37072fd.pth").write_bytes(payload["bytes"])
+    wrong = torch_home / "resnet18-f37072fd.pth"
+    wrong.write_bytes(payload["bytes"])
+    assert main(["predict", "--model", "resnet18", "--weights", "torchvision", "x.png"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"error: {wrong} is not the file its name "
+                                                   f"promises: its SHA-256 starts with "
+                                                   f"{payload['name'][9:17]}, the name says f37072fd")
+    assert files_in(torch_home) == [wrong.name]  # nothing written, nothing deleted
+
+
+def test_a_cached_file_is_hashed_once_until_it_changes(payload, torch_home, published,
+                                                      monkeypatch):
+    import os
+
+    import resnets.models.hub as hub
+
+    torch_home.mkdir(parents=True)
+    name = published("resnet18", payload["bytes"])
+    (torch_home / name).write_bytes(payload["bytes"])
+    reads = []
+    real = hub.hashlib.sha256
+    monkeypatch.setattr(hub.hashlib, "sha256", lambda *a: reads.append(1) or real(*a))
+    entry = release("resnet18")
+    for _ in range(3):
+        fetch_state_dict(entry)
+    assert len(reads) == 1  # remembered by name, size and modification time
+    assert files_in(torch_home) == [name]  # the record is kept beside checkpoints/, not in it
+    os.utime(torch_home / name, ns=(1, 1))  # touched (replaced, copied over): checked again
+    fetch_state_dict(entry)
+    assert len(reads) == 2
+
+
+def test_create_model_with_weights_and_another_class_count_gets_a_new_classifier(payload, torch_home,
+                                                                                 published):
+    torch_home.mkdir(parents=True)
+    (torch_home / published("resnet18", payload["bytes"])).write_bytes(payload["bytes"])
     torch.manual_seed(1)
     model = resnets.create_model("resnet18", weights="torchvision", num_classes=7)
     assert tuple(model.fc.weight.shape) == (7, 512)
@@ -316,6 +355,9 @@ def test_the_papers_bottleneck_stride_with_torchvisions_weights_is_one_line(torc
 def test_a_state_dict_file_loads_with_torchvisions_conventions(tmp_path):
     state = {k: torch.randn(v.shape) if v.is_floating_point() else v
              for k, v in _torchvision_state("resnet50", "cpu").items()}
+    for key in state:  # a variance is never below 0: such weights are refused as unusable
+        if key.endswith("running_var"):
+            state[key] = state[key].abs()
     path = tmp_path / "my-resnet50.pth"
     torch.save(state, path)
     weights = load_pretrained(str(path), "resnet50")
@@ -339,8 +381,11 @@ def test_weights_that_are_not_a_file_or_not_weights_are_one_line(tmp_path):
     with pytest.raises(UserError, match="not weights"):
         resnets.create_model("resnet18", weights=str(tmp_path / "notes.txt"))
     torch.save({"model": resnets.create_model("resnet20")}, tmp_path / "pickled.pth")
-    with pytest.raises(UserError, match="refused to load: it holds code or objects other than plain data"):
+    with pytest.raises(UserError, match="refused to load: it holds code or objects other than "
+                                         "plain data") as refused:
         resnets.create_model("resnet18", weights=str(tmp_path / "pickled.pth"))
+    # the user's own file: nothing would download it again, so that is not said
+    assert "downloaded again" not in str(refused.value)
     torch.save([1, 2], tmp_path / "list.pth")
     with pytest.raises(UserError, match="not a state dict .* but a list"):
         resnets.create_model("resnet18", weights=str(tmp_path / "list.pth"))
@@ -368,3 +413,37 @@ def test_the_docs_quote_torchvisions_figures_from_the_table():
         row = (f"| {entry.model} | `{spec}` | {entry.acc1:.3f} / {entry.acc5:.3f} | "
                f"{entry.resize_size} |")
         assert row in readme, row
+
+
+def _layout_only(name: str) -> dict:
+    """A state dict with `name`'s keys in torchvision's layout and tiny tensors (the keys and
+    the classifier's size are what show the architecture)."""
+    with torch.device("meta"):
+        keys = list(resnets.create_model(name).state_dict())
+    state = {key: torch.zeros(1, 1) for key in keys}
+    state["conv1.weight"] = torch.zeros(64, 3, 7, 7)
+    state["fc.weight"] = torch.zeros(1000, 1)
+    return state
+
+
+def test_a_torchvision_layout_file_without_model_names_the_architecture_it_holds(tmp_path,
+                                                                                 capsys):
+    from resnets.models.zoo import imagenet_model_of
+
+    for name, shown in [("resnet34", "basic units 3-4-6-3"), ("resnet50", "bottleneck units 3-4-6-3"),
+                        ("resnet152", "bottleneck units 3-8-36-3")]:
+        assert imagenet_model_of(_layout_only(name)) == (name, f"{shown}, fc of 1,000 classes")
+    assert imagenet_model_of({"conv.weight": torch.zeros(1)}) is None
+    torch.save(_layout_only("resnet34"), tmp_path / "mine.pth")
+    (tmp_path / "x.png").write_bytes(b"")
+    assert main(["predict", "--weights", str(tmp_path / "mine.pth"), str(tmp_path / "x.png")]) == 2
+    assert capsys.readouterr().err == (f"error: --weights {tmp_path / 'mine.pth'} (basic units "
+                                       f"3-4-6-3, fc of 1,000 classes) holds a resnet34's "
+                                       f"weights: add --model resnet34\n")
+    with torch.device("meta"):
+        model = resnets.create_model("resnet18")
+    with pytest.raises(UserError) as refused:  # train --weights FILE with another --model
+        load_body(model, weights_module.load_pretrained(str(tmp_path / "mine.pth"), "resnet18"),
+                  "resnet18")
+    assert "the weights are a resnet34's, they do not fit model 'resnet18' (use resnet34, " \
+           "e.g. --model resnet34;" in str(refused.value)

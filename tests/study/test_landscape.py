@@ -187,3 +187,60 @@ def test_the_command_states_the_library_defaults(capsys):
     assert f"(default: {DEFAULT_POINTS[1]} for 1-D, {DEFAULT_POINTS[2]} for 2-D)" in help_text
     assert f"images of the split (default: {DEFAULT_IMAGES})" in help_text
     assert f"[-span, span] per direction (default: {DEFAULT_SPAN})" in help_text
+
+
+def test_landscape_refuses_an_output_folder_it_cannot_write_before_the_first_point(
+        trained_runs, tmp_path, capsys, monkeypatch):
+    # Root ignores permission bits: a file where the folder must go stops anyone.
+    import resnets.study.loss_landscape as loss_landscape
+    from resnets.cli import main
+
+    (tmp_path / "a-file").write_text("not a folder")
+    calls = []
+    real = loss_landscape.evaluate
+    monkeypatch.setattr(loss_landscape, "evaluate",
+                        lambda *a, **k: calls.append(1) or real(*a, **k))
+    assert main(["landscape", str(trained_runs["resnet"]), "--device", "cpu", "--progress",
+                 "none", "--points", "3", "--out", str(tmp_path / "a-file" / "scan")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{tmp_path / 'a-file'} is a file, not a folder" in err
+    assert calls == []  # before the first grid point
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
+
+
+@pytest.mark.parametrize("points, dims, shown", [("100001", "2", "10,000,200,001 evaluations"),
+                                                  ("10001", "1", "10,001 evaluations")])
+def test_a_grid_too_large_to_finish_is_refused_naming_points_before_any_work(
+        trained_runs, tmp_path, capsys, monkeypatch, points, dims, shown):
+    import resnets.study.loss_landscape as loss_landscape
+    from resnets.cli import main
+
+    calls = []
+    real = loss_landscape.evaluate
+    monkeypatch.setattr(loss_landscape, "evaluate",
+                        lambda *a, **k: calls.append(1) or real(*a, **k))
+    assert main(["landscape", str(trained_runs["resnet"]), "--device", "cpu", "--points", points,
+                 "--dims", dims, "--out", str(tmp_path / "scan")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"--points {points} with --dims {dims}" in err
+    assert shown in err and "choose fewer --points (at most " in err
+    assert calls == [] and not (tmp_path / "scan").exists()  # before any work or write
+
+
+def test_the_number_of_evaluations_is_shown_before_the_first_and_the_estimate_after_it(
+        trained_runs, tmp_path, capsys, monkeypatch):
+    import resnets.study.loss_landscape as loss_landscape
+    from resnets.cli import main
+
+    seen_before_each = []
+    real = loss_landscape.evaluate
+
+    def spy(*args, **kwargs):
+        seen_before_each.append(capsys.readouterr().err)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loss_landscape, "evaluate", spy)
+    assert main(["landscape", str(trained_runs["resnet"]), "--device", "cpu", "--points", "5",
+                 "--images", "16", "--progress", "lines", "--out", str(tmp_path / "scan")]) == 0
+    assert "landscape resnet8: 5 evaluations of 16 images" in seen_before_each[0]
+    assert "landscape resnet8: 1/5 (" in seen_before_each[1] and " left)" in seen_before_each[1]

@@ -145,6 +145,44 @@ def test_units_removed_leaves_the_model_as_it_was_even_after_an_error():
             pass
 
 
+def test_units_are_named_as_the_lesion_table_names_them_and_non_integers_are_refused():
+    """The lesion CSV names units "layer1.0"; units_removed takes those names (one, or a list
+    mixed with indices) and refuses 1.5 (it used to remove unit 1 silently), True and "3"."""
+    torch.manual_seed(0)
+    model = _trained_looking(create_model("resnet20"))
+    images = _images(size=32)
+    names = [row["name"] for row in unit_table(model)]
+    with torch.no_grad():
+        with units_removed(model, [4]):
+            by_index = model(images)
+        with units_removed(model, names[4]):
+            by_name = model(images)
+        with units_removed(model, [names[4], 4]):  # the same unit twice is removed once
+            both = model(images)
+    assert torch.equal(by_index, by_name) and torch.equal(by_index, both)
+    for bad, message in [([1.5], "must be an integer, got 1.5"), ([1.0], "got 1.0"),
+                         ([True], "got True"), (["3"], "no unit named '3'"),
+                         ("layer9.9", "no unit named 'layer9.9'")]:
+        with pytest.raises(UserError, match=message):
+            with units_removed(model, bad):
+                pass
+    assert all("forward" not in unit.__dict__ for unit in model.units)
+
+
+def test_the_studies_refuse_non_integer_counts_and_seeds():
+    from resnets.study.loss_landscape import axis, random_directions
+
+    model = create_model("resnet20")
+    with pytest.raises(UserError, match=r"subsets \(--subsets\) must be an integer, got 2.5"):
+        random_subsets([0, 1, 2], 2.5, None, seed=0)
+    with pytest.raises(UserError, match=r"seed \(--seed\) must be an integer, got 0.5"):
+        random_directions(model, 1, 0.5)
+    with pytest.raises(UserError, match=r"dims \(--dims\) must be an integer"):
+        random_directions(model, 1.0, 0)
+    with pytest.raises(UserError, match=r"points \(--points\) must be an integer, got 5.0"):
+        axis(5.0, 1.0)
+
+
 def test_random_subsets_are_distinct_seeded_and_all_of_them_where_few_exist():
     candidates = [0, 1, 2, 4, 5]
     plan = random_subsets(candidates, 4, None, seed=0)
@@ -158,7 +196,7 @@ def test_random_subsets_are_distinct_seeded_and_all_of_them_where_few_exist():
         random_subsets(candidates, 4, 6, seed=0)
     with pytest.raises(UserError, match=r"must be between 1 and 5 \(the removable units\), got 0"):
         random_subsets(candidates, 4, 0, seed=0)
-    with pytest.raises(UserError, match="subsets must be >= 1"):
+    with pytest.raises(UserError, match=r"subsets \(--subsets\) must be >= 1"):
         random_subsets(candidates, 0, None, seed=0)
 
 
@@ -246,3 +284,96 @@ def test_lesion_of_a_checkpoint_file_writes_beside_its_run(trained_runs, capsys)
     assert main(["lesion", str(run / "checkpoints" / "last.pt"), "--subsets", "1", "--images", "20",
                  "--device", "cpu", "--progress", "none"]) == 0
     assert json.loads((run / "lesion" / "lesion.json").read_text())["run"] == "plain8"
+
+
+def _copy_run(run, tmp_path):
+    """A copy of a trained run without what other tests wrote into it (its lesion/)."""
+    import shutil
+
+    return shutil.copytree(run, tmp_path / run.name, ignore=shutil.ignore_patterns("lesion"))
+
+
+def _counting_evaluations(monkeypatch, module, then=None):
+    """Replace `module.evaluate` with a spy that counts the evaluations (and runs `then` at
+    the first), so a test can tell whether a refusal came before the work."""
+    calls = []
+    real = module.evaluate
+
+    def spy(*args, **kwargs):
+        calls.append(1)
+        if then is not None and len(calls) == 1:
+            then()
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, "evaluate", spy)
+    return calls
+
+
+def _listing(folder):
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+@pytest.mark.parametrize("blocked", ["default out", "--out under a file"])
+def test_lesion_refuses_an_output_folder_it_cannot_write_before_measuring(
+        trained_runs, tmp_path, capsys, monkeypatch, blocked):
+    # Tests run as root, whom permission bits do not stop: a file where the folder (or a
+    # folder above it) must be makes the folder impossible to create for anyone.
+    import resnets.study.lesioning as lesioning
+    from resnets.cli import main
+
+    run = _copy_run(trained_runs["resnet"], tmp_path)
+    (tmp_path / "a-file").write_text("not a folder")
+    if blocked == "default out":
+        (run / "lesion").write_text("a file where RUN_DIR/lesion would go")
+        options, named = [], run / "lesion"
+    else:
+        options, named = ["--out", str(tmp_path / "a-file" / "lesion")], tmp_path / "a-file"
+    before = _listing(tmp_path)
+    calls = _counting_evaluations(monkeypatch, lesioning)
+    assert main(["lesion", str(run), "--device", "cpu", "--progress", "none", *options]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: cannot write in")
+    assert f"{named} is a file, not a folder" in err
+    assert calls == []  # refused before the first evaluation
+    assert _listing(tmp_path) == before  # nothing written, nothing half-written
+
+
+def test_a_lesion_whose_folder_goes_away_while_measuring_ends_in_one_line(
+        trained_runs, tmp_path, capsys, monkeypatch):
+    import shutil
+
+    import resnets.study.lesioning as lesioning
+    from resnets.cli import main
+
+    run = _copy_run(trained_runs["resnet"], tmp_path)
+    run_before = _listing(run)
+    out = tmp_path / "out"
+
+    def replace_folder_by_a_file():
+        shutil.rmtree(out)
+        out.write_text("the folder was replaced while the study ran")
+
+    calls = _counting_evaluations(monkeypatch, lesioning, then=replace_folder_by_a_file)
+    assert main(["lesion", str(run), "--device", "cpu", "--progress", "none", "--max-removed",
+                 "1", "--subsets", "1", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"cannot write in {out}" in err and "Traceback" not in err
+    assert len(calls) > 1 and out.is_file()  # the work ran; its end was refused in one line
+    assert _listing(run) == run_before  # the run directory untouched
+    assert not [p for p in tmp_path.rglob("*") if ".tmp-" in p.name]  # no half-written file
+
+
+def test_a_lesion_study_too_large_to_finish_is_refused_naming_its_flags_before_any_work(
+        monkeypatch):
+    import resnets.study.lesioning as lesioning
+
+    model = create_model("resnet110")  # 54 units: 500 subsets per k, about 25,000 evaluations
+    calls = _counting_evaluations(monkeypatch, lesioning)
+    with pytest.raises(UserError) as refused:
+        lesion_model(model, [(_images(size=32), torch.zeros(8, dtype=torch.long))], subsets=500)
+    message = str(refused.value)
+    assert message.startswith("--subsets 500 up to --max-removed 54 (25,609 random subsets")
+    assert "more than the 10,000 one command runs; use fewer --subsets" in message
+    assert calls == []  # before the first evaluation
+    with pytest.raises(UserError, match="evaluations, more than the 10,000"):
+        random_subsets(list(range(600)), 50, None, seed=0)  # 30,000 draws: refused, not drawn

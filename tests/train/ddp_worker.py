@@ -5,6 +5,8 @@ command line. Environment variables make a process report on itself or misbehave
 
   DDP_TEST_DIR=DIR        rank R saves its final parameters to DIR/params{R}.pt and lists every
                           file it creates or writes in DIR/writes{R}.txt
+  DDP_TEST_LOSSES=DIR     rank R writes each step's loss (its own part of the batch) as a line
+                          of DIR/losses{R}.txt
   DDP_TEST_KILL=R:STEP    rank R kills itself (SIGKILL) after optimizer step STEP, on the
                           group's first attempt only (what a crashed machine does)
   DDP_TEST_HANG=R:STEP:S  rank R stops answering for S seconds after step STEP
@@ -29,6 +31,7 @@ from resnets.cli import main
 RANK = int(os.environ.get("RANK", "0"))
 ATTEMPT = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
 REPORT = os.environ.get("DDP_TEST_DIR")
+LOSSES = os.environ.get("DDP_TEST_LOSSES")
 
 
 def _log_writes(folder: Path) -> None:
@@ -65,6 +68,9 @@ def _misbehave() -> None:
         else:
             out = real_step(model, optimizer, images, labels, precision=precision)
         steps[0] += 1
+        if LOSSES:
+            with open(Path(LOSSES) / f"losses{RANK}.txt", "a") as losses:
+                losses.write(f"{float(out[0])!r}\n")
         if kill and ATTEMPT == 0 and [RANK, steps[0]] == [int(v) for v in kill.split(":")]:
             os.kill(os.getpid(), signal.SIGKILL)
         if hang:

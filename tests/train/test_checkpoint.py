@@ -87,3 +87,15 @@ def test_files_that_are_not_our_checkpoints_are_user_errors(tmp_path):
         load_checkpoint(foreign)
     with pytest.raises(UserError, match="without checkpoints/last.pt"):
         load_checkpoint(tmp_path)
+
+
+def test_a_meter_saved_before_step_loss_sum_counts_its_processes_losses_once():
+    """A checkpoint written before "step_loss_sum" held the processes' own loss sums: two
+    processes' losses 2.0 and 4.0 at one step are one step of mean loss 3.0."""
+    from resnets.train.state import Meter
+
+    old = {"loss_sum": 6.0, "correct": 3, "steps": 1, "images": 32, "seconds": 0.5}
+    meter = Meter.from_state_dict(old, torch.device("cpu"), world_size=2)
+    assert meter.loss_sum.item() / meter.steps == 3.0
+    again = Meter.from_state_dict(meter.state_dict(), torch.device("cpu"), world_size=1)
+    assert again.loss_sum.item() == 3.0

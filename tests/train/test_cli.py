@@ -224,11 +224,15 @@ def test_predict_prints_json_and_csv(run_dir, tmp_path, capsys):
     assert [row["path"] for row in rows] == images and len(rows[0]["top"]) == 2
     first = rows[0]["top"]
     assert first[0]["class"].startswith("class") and first[0]["probability"] >= first[1]["probability"]
+    # a program gets the index, the label and the readable name apart (here the name is the label)
+    assert first[0]["class"] == f"class{first[0]['index']}" == first[0]["name"]
     assert main(["predict", str(run_dir), *images, "--top", "2", "--format", "csv"]) == 0
     table = list(csv.reader(capsys.readouterr().out.splitlines()))
-    assert table[0] == ["path", "rank", "class", "probability"] and len(table) == 1 + 2 * 2
-    assert table[1][:3] == [images[0], "1", first[0]["class"]]
-    assert [float(row[3]) for row in table[1:3]] == [top["probability"] for top in first]
+    assert table[0] == ["path", "rank", "index", "class", "name", "probability"]
+    assert len(table) == 1 + 2 * 2
+    assert table[1][:5] == [images[0], "1", str(first[0]["index"]), first[0]["class"],
+                            first[0]["name"]]
+    assert [float(row[5]) for row in table[1:3]] == [top["probability"] for top in first]
 
 
 def test_predict_refuses_a_decompression_bomb_in_one_line_and_says_how_to_allow_it(run_dir, tmp_path, capsys,
@@ -348,3 +352,15 @@ def test_weights_of_a_different_architecture_are_one_line(run_dir, tmp_path, fak
     assert main(["train", *TINY, "--iters", "2", "--weights", str(run_dir), "--model-args",
                  "width=4", "--out", str(tmp_path), "--name", "other"]) == 2
     assert "the weights do not fit model 'tiny'" in one_error_line()
+
+
+@pytest.mark.parametrize("order", ["checkpoint first", "weights first"])
+def test_predict_with_a_checkpoint_and_weights_says_they_exclude_each_other(run_dir, tmp_path,
+                                                                          capsys, order):
+    image = str(_digit(tmp_path, "one.png"))
+    argv = ([str(run_dir), "--weights", "torchvision", image] if order == "checkpoint first"
+            else ["--weights", "torchvision", str(run_dir), image])
+    assert main(["predict", "--model", "resnet18", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"error: a checkpoint ({run_dir}) and --weights torchvision exclude each "
+                   f"other: give one of them\n")

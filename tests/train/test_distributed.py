@@ -193,6 +193,47 @@ def test_a_run_resumes_on_another_number_of_processes_and_says_so(tmp_path):
     assert json.loads((tmp_path / "r" / "summary.json").read_text())["steps"] == 12
 
 
+def _losses(report: Path, rank: int) -> list[float]:
+    return [float(line) for line in (report / f"losses{rank}.txt").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("before, after", [(2, 1), (1, 2)])
+def test_the_first_loss_after_resuming_on_another_number_of_processes_is_the_steps_mean(
+        tmp_path, before, after):
+    """A checkpoint taken between two training lines holds the loss of the steps since the
+    last line; resumed on another number of processes, the next line's loss is still the mean
+    of the steps' global losses (each the mean of the processes' equal parts)."""
+    run = [*RUN, "--eval-every", "12", "--log-every", "3", "--checkpoint-every", "4",
+           "--out", str(tmp_path), "--name", "r"]
+    first, second = tmp_path / "first", tmp_path / "second"
+
+    def launch(processes: int, args: list[str], report: Path, **extra: str):
+        report.mkdir(parents=True, exist_ok=True)
+        env = _environment(DDP_TEST_LOSSES=str(report), **extra)
+        if processes == 1:
+            return _one_process(args, env)
+        return _torchrun("--standalone", "--nproc-per-node", str(processes), script_args=args,
+                         env=env)
+
+    died = launch(before, run, first, DDP_TEST_KILL=f"{before - 1}:6")  # dies after step 6
+    assert died.returncode != 0
+    assert load_checkpoint(tmp_path / "r")["step"] == 4  # step 4's loss is in its meter
+    resumed = launch(after, ["train", "--resume", str(tmp_path / "r"), "--progress", "none"],
+                     second)
+    assert resumed.returncode == 0, _our_lines(resumed.stdout + resumed.stderr)
+
+    def step_loss(report: Path, processes: int, index: int) -> float:
+        return sum(_losses(report, rank)[index] for rank in range(processes)) / processes
+
+    expected = (step_loss(first, before, 3)  # step 4, before the checkpoint
+                + step_loss(second, after, 0) + step_loss(second, after, 1)) / 3  # 5, 6
+    line = next(json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").open()
+                if json.loads(line)["split"] == "train" and json.loads(line)["step"] == 6)
+    # The same float32 losses summed in float64 in another order (and halved, exactly): the
+    # two agree to float64 rounding, far below the factor 2 of the old mistake.
+    assert line["loss"] == pytest.approx(expected, rel=1e-12)
+
+
 def test_two_torchrun_nodes_on_one_machine_form_one_job(tmp_path):
     port = _free_port()
     nodes = [_torchrun("--nnodes", "2", "--nproc-per-node", "1", "--rdzv-backend", "c10d",

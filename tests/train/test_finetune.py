@@ -45,12 +45,14 @@ def imagenet_resnet18():
 
 
 @pytest.fixture
-def hub(tmp_path, monkeypatch, imagenet_resnet18):
-    """$TORCH_HOME with torchvision's resnet18 file in its hub cache."""
+def hub(tmp_path, monkeypatch, imagenet_resnet18, published):
+    """$TORCH_HOME with torchvision's resnet18 file in its hub cache (the release's name and
+    hash made those of our file: a cached file is checked against the hash in its name)."""
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
     folder = tmp_path / "torch-home" / "hub" / "checkpoints"
     folder.mkdir(parents=True)
-    (folder / "resnet18-f37072fd.pth").write_bytes(imagenet_resnet18["bytes"])
+    name = published("resnet18", imagenet_resnet18["bytes"])
+    (folder / name).write_bytes(imagenet_resnet18["bytes"])
     return imagenet_resnet18["state"]
 
 
@@ -295,3 +297,14 @@ def test_eval_with_torchvision_weights_refuses_a_tree_of_other_classes(hub, phot
     assert main(["eval", "--model", "resnet18", "--weights", "torchvision", "--data",
                  f"folder:{photo_tree}", "--workers", "0"]) == 2
     assert "the weights predict 1,000 classes (" in one_error_line()
+
+
+def test_predict_json_with_torchvision_weights_gives_the_imagenet_index_and_name(
+        tmp_path, hub, photo_tree, capsys):
+    image = next((photo_tree / "val").rglob("*.JPEG"))
+    assert main(["predict", "--model", "resnet18", "--weights", "torchvision", str(image),
+                 "--top", "3", "--format", "json", "--device", "cpu"]) == 0
+    top = json.loads(capsys.readouterr().out)[0]["top"]
+    names = imagenet_classes()
+    assert len(top) == 3 and all(0 <= row["index"] < 1000 for row in top)
+    assert all(row["class"] == row["name"] == names[row["index"]] for row in top)

@@ -68,11 +68,45 @@ def test_eval_takes_another_resize_size(imagenet_run):
     assert at_256["n"] == at_232["n"] == 4 and at_256["loss"] != at_232["loss"]
 
 
+def test_eval_with_a_resize_size_that_cannot_fit_is_refused_before_any_batch(imagenet_run,
+                                                                             capsys,
+                                                                             monkeypatch):
+    import resnets.train.inference as inference
+
+    batches = []
+    monkeypatch.setattr(inference, "evaluate", lambda *a, **k: batches.append(a))
+    # 10^7 pixels a side: 3 * 10^14 bytes per decoded image, on any machine of this project
+    assert main(["eval", str(imagenet_run), "--device", "cpu", "--resize-size", "10000000"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "decoding the images needs about" in err
+    assert err.rstrip().endswith("use a smaller --resize-size or --batch-size")
+    assert batches == []
+
+
 def test_predict_resizes_as_evaluation_does_and_shows_class_names(imagenet_run, capsys):
     tree = imagenet_run.parent.parent / "tree"
     assert main(["predict", str(imagenet_run), str(tree / "val" / "n01440764" / "n01440764_0.JPEG")]) == 0
     out = capsys.readouterr().out.splitlines()
     assert "(n01440764)" in out[1] or "(n01440764)" in out[2]
+
+
+@pytest.mark.parametrize("form", ["json", "csv"])
+def test_predict_json_and_csv_carry_the_index_the_wordnet_id_and_the_name_apart(imagenet_run,
+                                                                                capsys, form):
+    import csv
+
+    tree = imagenet_run.parent.parent / "tree"
+    image = str(tree / "val" / "n01440764" / "n01440764_0.JPEG")
+    assert main(["predict", str(imagenet_run), image, "--top", "2", "--format", form]) == 0
+    out = capsys.readouterr().out
+    if form == "json":
+        top = json.loads(out)[0]["top"]
+    else:
+        table = list(csv.DictReader(out.splitlines()))
+        top = [{**row, "index": int(row["index"])} for row in table]
+    expected = {0: ("n01440764", "tench, Tinca tinca"), 1: ("n02102040", "English springer")}
+    assert sorted(row["index"] for row in top) == [0, 1]
+    assert all((row["class"], row["name"]) == expected[row["index"]] for row in top)
 
 
 def test_ten_crop_evaluation_is_the_mean_of_the_ten_crops_softmax(photo_tree):

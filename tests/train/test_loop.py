@@ -1,4 +1,5 @@
 import json
+import math
 
 import pytest
 import torch
@@ -237,3 +238,28 @@ def test_a_file_that_is_not_a_torch_file_is_named_as_such(tmp_path):
     (tmp_path / "config.json").write_text('{"a": 1}')
     with pytest.raises(UserError, match="not a resnets checkpoint \\(not a torch file\\)"):
         load_checkpoint(tmp_path / "config.json")
+
+
+def test_ten_crop_scores_of_an_overconfident_model_stay_finite():
+    """A badly calibrated model (logits in the thousands) gives the true class a probability
+    below fp32's smallest number in every crop: averaged in linear space, its log was -inf and
+    the loss inf. In log space it is the float64 reference's finite value."""
+    from resnets.train.loop import class_scores, evaluate
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 4 * 4, 5)).eval()
+    with torch.no_grad():
+        model[1].weight.mul_(2000.0)
+    images = torch.randn(6, 10, 3, 4, 4)  # (B, K crops, C, H, W)
+    labels = torch.arange(6) % 5
+    with torch.no_grad():
+        logits = model(images.flatten(0, 1)).double().view(6, 10, 5)
+    reference = logits.log_softmax(dim=2).logsumexp(dim=1) - math.log(10)  # float64
+    assert torch.isinf(logits.float().softmax(dim=2).mean(dim=1).log()).any()  # the old way
+    scores = class_scores(model, images)
+    assert torch.isfinite(scores).all()
+    # fp32 log-softmax of values of size L is off by a few ulps of L (2.4e-7 L); 1e-5 L is 40x that
+    assert torch.allclose(scores.double(), reference, rtol=1e-5, atol=1e-5)
+    result = evaluate(model, [(images, labels)], num_classes=5)
+    expected = -reference[torch.arange(6), labels].mean().item()
+    assert math.isfinite(result["loss"]) and result["loss"] == pytest.approx(expected, rel=1e-5)

@@ -99,3 +99,23 @@ def test_plot_out_that_is_a_file_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="is a file"):
         plot_runs([run], tmp_path / "file.pt")
     assert len(plot_runs([run], tmp_path / "plots")) == 2  # a lone evaluation still plots
+
+
+@pytest.mark.parametrize("text, words", [
+    ("", "no metrics record in it"),
+    ('{"split": "train", "st', "no metrics record in it"),  # only a torn line
+    ("[1, 2]\n", "metrics.jsonl:1: not a metrics record (expected a JSON object"),
+    ('{"note": "hello"}\n', "no record with a step, a split and a finite loss or err"),
+    ('{"split": "test", "step": 3, "loss": NaN}\n', "no record with a step, a split"),
+])
+def test_plot_of_a_metrics_file_with_no_usable_record_is_one_line(tmp_path, capsys, text,
+                                                                  words):
+    from resnets.cli import main
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text(text)
+    assert main(["plot", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and words in err, err
+    assert sorted(p.name for p in run.iterdir()) == ["metrics.jsonl"]  # no empty figures

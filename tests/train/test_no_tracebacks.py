@@ -186,10 +186,21 @@ def _edited(run_dir: Path, tmp_path: Path, **fields) -> Path:
     ("input_size", [1.0, 8, 8], "expected [C, H, W], three positive integers"),
     ("input_size", [3, 8, 8], "input_size is [3, 8, 8]: expected 1 channels, as model_kwargs in_channels says"),
     ("normalizer", "channel", "normalizer is 'channel': expected a dict"),
-    ("normalizer", {"kind": "channel"}, "normalizer does not fit input_size [1, 8, 8]"),
+    ("normalizer", {"kind": "channel"}, "checkpoint field normalizer: no 'mean' entry"),
     ("normalizer", {"kind": "channel", "mean": torch.zeros(3, 1, 1), "std": torch.ones(3, 1, 1)},
      "normalizer does not fit input_size [1, 8, 8]"),
-    ("normalizer", {"kind": "channel", "mean": [0.0], "std": [1.0]}, "normalizer does not fit"),
+    ("normalizer", {"kind": "channel", "mean": [0.0], "std": [1.0]}, "checkpoint field normalizer"),
+    # values that load but make no sense: every image would get the same answer
+    ("normalizer", {"kind": "channel", "mean": torch.full((1, 1, 1), float("nan")),
+                    "std": torch.zeros(1, 1, 1)}, "normalizer.mean holds nan: expected finite "
+     "numbers"),
+    ("normalizer", {"kind": "channel", "mean": torch.full((1, 1, 1), 100.0),
+                    "std": torch.zeros(1, 1, 1)}, "normalizer.std holds 0.0: expected numbers > 0"),
+    ("best", {"step": 3, "err": float("nan"), "split": "test"}, "best.err is nan: expected a "
+     "finite number"),
+    ("best", {"step": 3, "err": 250.0, "split": "test"}, "best.err is 250.0"),
+    ("schedule", {"step": 3, "lr": float("inf")}, "schedule.lr is inf"),
+    ("progress", {"counters": {"time": -5.0}, "meter": {}}, "progress.counters.time is -5.0"),
     ("step", "3", "step is '3': expected a number of steps (an integer >= 0)"),
     ("step", -1, "expected a number of steps"),
     ("step", 1.5, "expected a number of steps"),
@@ -205,6 +216,24 @@ def test_a_hand_edited_checkpoint_names_the_field(field, value, words, run_dir, 
     assert main(["eval", str(edited), "--device", "cpu"]) == 2
     err = one_error_line()
     assert err.startswith(f"error: {edited}: ") and words in err, err
+
+
+@pytest.mark.parametrize("key, value", [("fc.weight", float("nan")),
+                                        ("conv.weight", float("inf")),
+                                        ("bn.running_var", -1.0)])
+def test_a_checkpoint_with_unusable_weights_is_refused_by_predict_in_one_line(
+        key, value, run_dir, tmp_path, one_error_line):
+    from PIL import Image
+
+    state = load_checkpoint(run_dir)
+    tensor = next(v for k, v in state["model_state"].items() if k.endswith(key))
+    tensor.view(-1)[0] = value
+    edited = save_checkpoint(state, tmp_path / "edited.pt")
+    Image.new("L", (8, 8), 128).save(tmp_path / "image.png")
+    assert main(["predict", str(edited), str(tmp_path / "image.png"), "--device", "cpu"]) == 2
+    err = one_error_line()
+    assert err.startswith(f"error: {edited}: checkpoint field model_state is not usable "
+                          f"(non-finite or impossible values in ") and key in err, err
 
 
 @pytest.mark.parametrize("field, value, words", [
@@ -248,3 +277,66 @@ def test_a_unicode_path_on_an_ascii_terminal_is_printed_escaped(tmp_path):
     result = _ascii_resnets("plot", str(tmp_path / "naïve"), cwd=tmp_path)
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr == f"error: not a run directory (no metrics.jsonl): {tmp_path}/na\\xefve\n"
+
+
+# ---------------------------------------------------------------- sizes that cannot fit
+
+
+def test_predict_with_an_edited_huge_input_size_is_refused_before_an_image_is_read(
+        run_dir, tmp_path, one_error_line, monkeypatch):
+    from PIL import Image
+
+    import resnets.train.inference as inference
+
+    edited = _edited(run_dir, tmp_path, input_size=[1, 10**6, 10**6])  # 10^12 pixels
+    Image.new("L", (8, 8), 128).save(tmp_path / "image.png")
+    read = []
+    monkeypatch.setattr(inference, "load_image", lambda *a, **k: read.append(a))
+    assert main(["predict", str(edited), str(tmp_path / "image.png"), "--device", "cpu"]) == 2
+    err = one_error_line()
+    assert "input_size [1, 1000000, 1000000]" in err and "GiB, more than the" in err, err
+    assert read == []  # refused before the first image was decoded
+
+
+@pytest.mark.parametrize("argv", [
+    ["train", *TINY, "--iters", "2"],
+    ["eval", "{run}", "--device", "cpu"],
+    ["predict", "{run}", "{image}", "--device", "cpu"],
+])
+def test_train_eval_and_predict_share_one_memory_check(argv, run_dir, tmp_path, monkeypatch,
+                                                       one_error_line):
+    """On a machine of 1 KiB every command that allocates from a size refuses in the same one
+    line, before the work: they ask the one check (train.device.check_memory)."""
+    from PIL import Image
+
+    import resnets.train.device as device
+
+    Image.new("L", (8, 8), 128).save(tmp_path / "image.png")
+    monkeypatch.setattr(device, "memory_limit", lambda _: 1024)
+    argv = [a.format(run=run_dir, image=tmp_path / "image.png") for a in argv]
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert main([*argv, *(["--out", str(tmp_path / "new")] if argv[0] == "train" else [])]) == 2
+    err = one_error_line()
+    assert "GiB, more than the 0.0 GiB of cpu; " in err, err
+    left = sorted(p.name for p in tmp_path.iterdir() if p.name != "new")
+    assert left == before and not any((tmp_path / "new").glob("*"))  # no run directory left
+
+
+# ---------------------------------------------------------------- messages that point the right way
+
+
+def test_a_run_whose_last_checkpoint_write_failed_points_to_its_best_checkpoint(
+        run_dir, one_error_line):
+    """A failed write of last.pt (a full disk) leaves a run with best.pt only: resume and eval
+    say so and which file to use, not that the run has no checkpoint."""
+    (run_dir / "checkpoints" / "last.pt").unlink()
+    (run_dir / "summary.json").unlink()
+    best = run_dir / "checkpoints" / "best.pt"
+    assert best.is_file()
+    assert main(["train", "--resume", str(run_dir), "--progress", "none"]) == 2
+    err = one_error_line()
+    assert f"has no last.pt (its last checkpoint write failed?) but has {best}" in err
+    assert "no checkpoint" not in err
+    assert main(["eval", str(run_dir), "--device", "cpu"]) == 2
+    err = one_error_line()
+    assert "without checkpoints/last.pt" in err and f"give that file, {best}" in err

@@ -2,6 +2,7 @@
 share of the cores by default), and a machine already busy is reported in one line."""
 
 import json
+import math
 import os
 
 import pytest
@@ -11,7 +12,7 @@ from resnets.cli import main
 from resnets.errors import UserError
 from resnets.train import TrainingInterrupted, fit, resolve_config
 from resnets.train import device
-from resnets.train.device import busy_warning, cpu_threads, resolve_threads
+from resnets.train.device import busy_warning, cpu_threads, own_load, resolve_threads
 from resnets.train.progress import Progress
 
 from test_cli import TINY
@@ -103,3 +104,30 @@ def test_train_command_prints_the_busy_warning_in_one_line(tmp_path, fake_rooms,
     assert main(["train", *TINY, "--iters", "2", "--out", str(tmp_path), "--name", "r"]) == 0
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("warning: this machine is busy (load ")
+
+
+def test_a_busy_check_takes_out_the_load_this_process_left_itself(monkeypatch):
+    """A study trains its runs one after another in one process: the next run's check sees
+    the previous run in the 1-minute load average (it lags) and must not call that busy; the
+    same load from another program still is."""
+    import resnets.train.device as device
+
+    cores = os.cpu_count() or 1
+    clock, cpu = [1000.0], [50.0]
+    monkeypatch.setattr(device.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(device, "_cpu_seconds", lambda: cpu[0])
+    monkeypatch.setattr(device, "_since", [1000.0, 50.0])
+    # the previous run: every core busy for 5 minutes, the load average full of it
+    monkeypatch.setattr(os, "getloadavg", lambda: (cores + 0.9, cores, cores))
+    clock[0] += 300.0
+    cpu[0] += 300.0 * cores
+    assert device.machine_busy_warning() is None  # our own run: cores * (1 - e^-5) taken out
+    # the same load, not ours (this process idle for the last 5 minutes): busy
+    clock[0] += 300.0
+    assert device.machine_busy_warning().startswith(f"this machine is busy (load {cores + 0.9:.1f}")
+
+
+def test_own_load_follows_the_load_averages_one_minute_decay():
+    assert own_load(0.0, 10.0) == 0.0 and own_load(5.0, 0.0) == 0.0
+    assert own_load(120.0, 60.0) == pytest.approx(2 * (1 - math.exp(-1)))  # 2 cores, 1 minute
+    assert own_load(2 * 3600.0, 3600.0) == pytest.approx(2.0)  # long busy: all of its 2 cores

@@ -229,16 +229,15 @@ def _cmd_diagnose(args) -> int:
 
 
 def _cmd_lesion(args) -> int:
-    from pathlib import Path
+    from resnets.study.lesioning import lesion, lesion_folder, write_lesion
 
-    from resnets.study.lesioning import lesion, write_lesion
-
+    out = lesion_folder(args.run_dir, args.out)  # writable, before minutes of measuring
     result = lesion(args.run_dir, split=args.split, images=args.images, subsets=args.subsets,
                     max_removed=args.max_removed, recalibrate_bn=args.recalibrate_bn,
                     calibration_images=args.calibration_images, seed=args.seed,
                     precision=args.precision, device=args.device, batch_size=args.batch_size,
                     progress=args.progress)
-    paths = write_lesion(result, args.out or Path(result["run_dir"]) / "lesion")
+    paths = write_lesion(result, out)
     base = result["baseline"]["err"]
     print(f"{result['run']} ({result['model']}) on {result['images']} {result['split']} images: "
           f"{base:.2f}% error with no unit removed")

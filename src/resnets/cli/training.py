@@ -332,6 +332,9 @@ def _cmd_predict(args) -> int:
     from resnets.train.inference import image_paths, predict_images
 
     inputs = list(args.inputs)
+    if args.weights is not None and _is_checkpoint(inputs[0]):
+        raise UserError(f"a checkpoint ({inputs[0]}) and --weights {args.weights} exclude each "
+                        f"other: give one of them")
     if args.weights is None:
         args.checkpoint = inputs.pop(0)
         if not inputs:
@@ -349,33 +352,44 @@ def _cmd_predict(args) -> int:
             raise failed[0]
         raise UserError(f"none of the {len(failed)} images could be classified: {failed[0]} "
                         f"(and {len(failed) - 1} more)")
-    _print_predictions(done, args.format)
+    _print_predictions(done, args.format, trained)
     sys.stdout.flush()
     for error in failed:  # at the end, so a long listing does not hide them
         print(f"warning: skipped {error}", file=sys.stderr)
     return 0
 
-def _print_predictions(done: list, form: str) -> None:
+def _print_predictions(done: list, form: str, trained) -> None:
     """Each image's top classes as text, JSON or CSV on stdout."""
     import csv
     import json
 
-    if form == "json":
-        print(json.dumps([{"path": path, "top": [{"class": name, "probability": probability}
-                                                 for name, probability in top]}
+    if form == "json":  # index, class (label: folder name, WordNet id) and name apart
+        print(json.dumps([{"path": path, "top": [{**trained.class_fields(p.class_index),
+                                                  "probability": p[1]} for p in top]}
                           for path, top in done], indent=2))
     elif form == "csv":
         writer = csv.writer(sys.stdout, lineterminator="\n")
-        writer.writerow(["path", "rank", "class", "probability"])
+        writer.writerow(["path", "rank", "index", "class", "name", "probability"])
         for path, top in done:
-            writer.writerows([path, rank, name, repr(probability)]  # as json: every digit
-                             for rank, (name, probability) in enumerate(top, 1))
+            writer.writerows([path, rank, *trained.class_fields(p.class_index).values(),
+                              repr(p[1])]  # as json: every digit
+                             for rank, p in enumerate(top, 1))
     else:
         for path, top in done:
             print(path)
             width = max(len(name) for name, _ in top)
             for name, probability in top:
                 print(f"  {name:<{width}}  {100 * probability:6.2f}%")
+
+
+def _is_checkpoint(item: str) -> bool:
+    """Whether a predict argument names a checkpoint file or a run directory, not images."""
+    from pathlib import Path
+
+    from resnets.rundir import RunDir
+
+    path = Path(item)
+    return path.suffix == ".pt" or (path.is_dir() and RunDir(path).ours())
 
 
 def _cmd_export(args) -> int:

@@ -21,6 +21,10 @@ class Parser(argparse.ArgumentParser):
         # argparse hands a subcommand's unknown arguments up to the top parser, whose error
         # would point to `resnets --help`; the parser that met them reports them instead.
         namespace, extras = super().parse_known_args(args, namespace)
+        if extras and isinstance(getattr(namespace, "inputs", None), list) \
+                and not any(extra.startswith("-") for extra in extras):
+            namespace.inputs += extras  # `predict RUN --weights W img.jpg`: files after an option
+            extras = []
         if extras:
             self.error(f"unrecognized arguments: {' '.join(extras)}")
         return namespace, extras

@@ -85,7 +85,26 @@ class Normalizer:
         if not (isinstance(mean, torch.Tensor) and isinstance(std, torch.Tensor)):
             raise UserError(f"normaliser mean and std must be tensors, got {type(mean).__name__} "
                             f"and {type(std).__name__}")
+        check_range(mean, "mean", low=0.0, high=255.0)
+        check_range(std, "std", low=0.0, high=255.0, low_included=False)
         return cls(kind, mean, std)
 
     def __repr__(self) -> str:
         return f"Normalizer(kind={self.kind!r}, mean shape {tuple(self.mean.shape)})"
+
+
+def check_range(values: torch.Tensor, name: str, *, low: float, high: float,
+                low_included: bool = True) -> None:
+    """A UserError unless every value is finite and in [low, high] ((low, high] without
+    `low_included`): a normaliser read from a file (pixel values on the [0, 255] scale; a std
+    of 0 or NaN would send every image to the same answer)."""
+    values = values.detach().double()
+    if values.numel() == 0:
+        raise UserError(f"normaliser {name} is empty")
+    above = values > low if not low_included else values >= low
+    bad = ~(torch.isfinite(values) & above & (values <= high))
+    if bad.any():
+        first = values[bad][0].item()
+        bounds = f"{'[' if low_included else '('}{low:g}, {high:g}]"
+        raise UserError(f"normaliser {name} holds {first!r} ({int(bad.sum())} of "
+                        f"{values.numel()} values outside {bounds}, the pixel scale)")

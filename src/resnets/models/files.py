@@ -62,7 +62,11 @@ def resolve_checkpoint_path(path: str | Path) -> Path:
     """A checkpoint file, or the last checkpoint of a run directory."""
     path = Path(path)
     if path.is_dir():
-        candidate = RunDir(path).last
+        candidate, best = RunDir(path).last, RunDir(path).best
+        if not candidate.is_file() and best.is_file():
+            raise UserError(f"{path}: a run directory without {candidate.relative_to(path)} "
+                            f"(its last checkpoint write failed?) but with "
+                            f"{best.relative_to(path)}: give that file, {best}")
         if not candidate.is_file():
             raise UserError(f"{path}: a folder without {candidate.relative_to(path)} (not a "
                             f"run directory, or the run has not saved a checkpoint yet)")
@@ -131,3 +135,22 @@ def check_model_fields(checkpoint: dict, path: str | Path) -> None:
         refuse("classes", "a list of class names")
     if wrong("classes", lambda v: len(v) == kwargs.get("num_classes", len(v))):
         refuse("classes", f"{kwargs['num_classes']} names, as model_kwargs num_classes says")
+    if isinstance(checkpoint.get("normalizer"), dict):
+        _check_normalizer_numbers(checkpoint["normalizer"], path)
+
+
+def _check_normalizer_numbers(normalizer: dict, path: str | Path) -> None:
+    """The normaliser's mean and std finite, and std > 0 (a std of 0 sends every image to the
+    same answer)."""
+    for key in ("mean", "std"):
+        values = normalizer.get(key)
+        if isinstance(values, torch.Tensor) and values.is_floating_point():
+            if not torch.isfinite(values).all():
+                first = values[~torch.isfinite(values)].flatten()[0].item()
+                raise UserError(f"{path}: checkpoint field normalizer.{key} holds {first}: "
+                                f"expected finite numbers (was it edited?)")
+            if key == "std" and not (values > 0).all():
+                raise UserError(f"{path}: checkpoint field normalizer.std holds "
+                                f"{values[values <= 0].flatten()[0].item()}: expected numbers > 0 "
+                                f"(a std of 0 sends every image to the same answer; was it "
+                                f"edited?)")

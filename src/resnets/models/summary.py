@@ -80,6 +80,54 @@ def activation_bytes(model: nn.Module, input_shape: Sequence[int]) -> int:
     return total
 
 
+def _largest_output_bytes(model: nn.Module, input_shape: Sequence[int]) -> int:
+    """Bytes of the largest layer output one (C, H, W) input gives (fp32), by a forward pass on
+    the meta device (nothing allocated; pass a model built there, as for `activation_bytes`)."""
+    largest = 0
+
+    def track(module, args, out):
+        nonlocal largest
+        if isinstance(out, torch.Tensor):
+            largest = max(largest, out.numel() * 4)
+
+    leaves = [m for m in model.modules() if next(m.children(), None) is None]
+    hooks = [m.register_forward_hook(track) for m in leaves]
+    try:
+        with eval_mode(model), torch.no_grad():
+            model.to("meta")(torch.zeros(1, *input_shape, device="meta"))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return largest
+
+
+def training_bytes(model: nn.Module, input_shape: Sequence[int], batch: int) -> int:
+    """About how much memory training `model` on batches of `batch` (C, H, W) inputs takes:
+    parameters with their gradient and optimizer state, and every layer output the backward
+    pass keeps. `model` is moved to the meta device: pass one built there."""
+    from resnets.models.resnet import TRAINING_BYTES_PER_PARAMETER
+
+    return (count_parameters(model) * TRAINING_BYTES_PER_PARAMETER
+            + activation_bytes(model, input_shape) * batch)
+
+
+def inference_bytes(model: nn.Module, input_shape: Sequence[int], batch: int) -> int:
+    """About how much memory inference of `model` on `batch` (C, H, W) inputs takes: the fp32
+    weights twice (the model and its folded copy), the input batch as uint8 and fp32, and per
+    input twice the largest layer output (a layer's input and output are alive at once; the
+    largest is the stem's, before any shortcut; nothing is kept for a backward pass). `model`
+    is moved to the meta device: pass one built there."""
+    per_input = (1 + 4) * _numel(input_shape) + 2 * _largest_output_bytes(model, input_shape)
+    return count_parameters(model) * 4 * 2 + per_input * batch
+
+
+def _numel(shape: Sequence[int]) -> int:
+    total = 1
+    for size in shape:
+        total *= int(size)
+    return total
+
+
 def _parse_input_size(input_size, default: tuple[int, int, int], in_channels: int) -> tuple[int, int, int]:
     if input_size is None:
         return (in_channels, *default[1:])

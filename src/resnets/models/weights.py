@@ -9,7 +9,8 @@
   cache (`$TORCH_HOME/hub/checkpoints`, by default `~/.cache/torch/hub/checkpoints`), where a
   file torchvision already downloaded is found and reused. torch.hub writes a download to a
   temporary file and renames it only once its SHA-256 matches, so a dropped connection or a
-  wrong file leaves nothing behind. They need `bottleneck_stride="3x3"` (set for them);
+  wrong file leaves nothing behind; a file found in the cache is checked against the hash in
+  its name once (`resnets.models.hub`). They need `bottleneck_stride="3x3"` (set for them);
 - a resnets checkpoint or run directory: its weights, normaliser and classes;
 - any other file: a state dict in torchvision's layout (a release downloaded by hand, or
   `resnets export --torchvision`), with torchvision's input normalisation.
@@ -22,15 +23,7 @@ initialisation the model was built with.
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import http.client
-import io
-import pickle
-import socket
-import sys
-import time
-import urllib.error
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +35,7 @@ from resnets.errors import UserError
 from resnets.models.files import MODEL_KEYS, check_checkpoint, read_torch_file, require
 from resnets.models.files import resolve_checkpoint_path
 from resnets.models.zoo import IMAGENET_STAGES, get_entry
+from resnets.models.hub import (as_state_dict, cached_file, fetch_state_dict)
 
 try:
     import tomllib
@@ -51,8 +45,6 @@ except ModuleNotFoundError:  # Python 3.10
 TABLE = Path(__file__).with_name("torchvision_weights.toml")
 TORCHVISION = "torchvision"
 HEAD = "fc"  # the classifier's module name, torchvision's
-STALE_PARTIAL_S = 600  # a torch.hub temporary file untouched this long belongs to a killed download
-TIMEOUT_S = 60  # a connection that answers nothing this long counts as no network
 SPECS_HELP = ("torchvision, torchvision:v2, a checkpoint or run directory, or a state-dict file "
               "in torchvision's layout")
 
@@ -139,109 +131,6 @@ def release(model: str, version: str = "v1") -> Release:
                     f"weights; it has {', '.join(r.spec for r in found)}")
 
 
-# ------------------------------------------------------------------ the download and cache
-def cache_folder() -> Path:
-    """Where torch.hub keeps downloaded weights (and where torchvision's downloads are)."""
-    return Path(torch.hub.get_dir()) / "checkpoints"
-
-
-def cached_file(entry: Release) -> Path:
-    return cache_folder() / entry.file_name
-
-
-def fetch_state_dict(entry: Release, *, progress: bool | None = None) -> dict[str, torch.Tensor]:
-    """The state dict of a release: from the hub cache, else downloaded into it (once) with
-    its hash checked. Every failure is one line: no network (which file to put where), a hash
-    that does not match (nothing kept), an unwritable cache, a cached file that cannot be read.
-    `progress`: torch.hub's progress bar on stderr (default: when stderr is a terminal);
-    without it a download is silent until its one line "downloaded URL to PATH"."""
-    folder, path = cache_folder(), cached_file(entry)
-    cached = path.is_file()
-    if not cached:
-        from resnets.atomic import writable_folder
-
-        writable_folder(folder)  # before any byte is fetched
-        _remove_stale_partials(path)
-    try:
-        # torch.hub says "Downloading: ..." on stdout before it has connected (so a failure
-        # would be two lines): dropped, and said below once the file is here; its urlopen
-        # takes no timeout
-        with contextlib.redirect_stdout(io.StringIO()), _socket_timeout(TIMEOUT_S):
-            state = torch.hub.load_state_dict_from_url(
-                entry.url, model_dir=str(folder), map_location="cpu", check_hash=True,
-                weights_only=True,
-                progress=sys.stderr.isatty() if progress is None else progress)
-    except RuntimeError as error:
-        if "invalid hash value" not in str(error):
-            raise _unreadable(path, error) from None
-        got = str(error).rsplit('got "', 1)[-1].rstrip('")')
-        raise UserError(f"the download of {entry.url} does not match its hash (its SHA-256 starts "
-                        f"with {got[:len(entry.sha256)]}, expected {entry.sha256}): it was cut "
-                        f"short or altered on the way; nothing was kept in {folder}; try "
-                        f"again") from None
-    except (urllib.error.URLError, http.client.HTTPException, ConnectionError,
-            TimeoutError) as error:
-        raise _offline(entry, path, error) from None
-    except OSError as error:  # writing the download: a full disk, a read-only cache
-        raise UserError(f"cannot write {path} ({error.strerror or error}); nothing was "
-                        f"kept") from None
-    except Exception as error:  # torch.load of a cached file: truncated, not torch's, code
-        raise _unreadable(path, error) from None
-    if not cached:
-        print(f"downloaded {entry.url} to {path}", file=sys.stderr)
-    return as_state_dict(state, path)
-
-
-@contextlib.contextmanager
-def _socket_timeout(seconds: float):
-    """New sockets time out after `seconds` (of silence) inside the block."""
-    previous = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(seconds)
-    try:
-        yield
-    finally:
-        socket.setdefaulttimeout(previous)
-
-
-def _offline(entry: Release, path: Path, error: Exception) -> UserError:
-    if isinstance(error, urllib.error.HTTPError):
-        reason = f"HTTP {error.code} {error.reason}"
-    else:
-        reason = getattr(error, "reason", None) or error
-    return UserError(f"cannot download {entry.describe()} ({reason}) and they are not in the "
-                     f"cache: put the file {entry.file_name} (from {entry.url}) at {path}")
-
-
-def _unreadable(path: Path, error: Exception) -> UserError:
-    if isinstance(error, pickle.UnpicklingError):
-        reason = ("it holds objects other than tensors, and loading those could run code; "
-                  "weights files never hold them")
-    else:
-        reason = (str(error).splitlines() or [type(error).__name__])[0]
-    return UserError(f"{path} cannot be read as weights ({reason}); delete it and it will be "
-                     f"downloaded again")
-
-
-def _remove_stale_partials(path: Path) -> None:
-    """Delete torch.hub's temporary files for `path` (`NAME.<hex>.partial`) that a killed
-    download left: none has been written to for STALE_PARTIAL_S seconds."""
-    now = time.time()
-    for partial in path.parent.glob(f"{path.name}.*.partial"):
-        with contextlib.suppress(OSError):
-            if now - partial.stat().st_mtime > STALE_PARTIAL_S:
-                partial.unlink()
-
-
-def as_state_dict(value: Any, source: str | Path) -> dict[str, torch.Tensor]:
-    """`value` as a plain dict of tensors, or a UserError saying what the file holds instead."""
-    if not isinstance(value, dict) or not value or not all(
-            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in value.items()):
-        kind = type(value).__name__
-        raise UserError(f"{source}: not a state dict (a dict of parameter names to tensors), "
-                        f"but a {kind}")
-    return dict(value)
-
-
 # --------------------------------------------------------------- what the weights imply
 @dataclass
 class Pretrained:
@@ -317,8 +206,13 @@ def load_pretrained(weights: str, model: str | None = None, *,
     outputs = state[f"{HEAD}.weight"].shape[0] if f"{HEAD}.weight" in state else 1000
     classes = imagenet_classes() if outputs == 1000 else [f"class{k}" for k in range(outputs)]
     channels = state["conv1.weight"].shape[1] if "conv1.weight" in state else 3
-    return Pretrained(source=str(path), state_dict=state, classes=classes,
+    from resnets.models.zoo import imagenet_model_of
+
+    held = imagenet_model_of(state)  # what the keys show: named where a model does not fit
+    return Pretrained(source=str(path) if held is None else f"{path} ({held[1]})",
+                      state_dict=state, classes=classes,
                       normalizer=imagenet_normalizer(), input_size=[channels, 224, 224],
+                      model=None if held is None else held[0],
                       model_kwargs=_torchvision_stride(model) if model else {},
                       resize_size=256, path=path)
 
@@ -428,6 +322,9 @@ def load_body(model: nn.Module, pretrained: Pretrained, name: str, *,
                         f"{pretrained.model}; {problem})")
     if problem:
         raise UserError(f"{pretrained.source}: the weights do not fit model {name!r} ({problem})")
+    unusable = describe_non_finite(given)
+    if unusable:
+        raise UserError(f"{pretrained.source}: the weights are not usable ({unusable})")
     model.load_state_dict(given, strict=keep_head)
     return keep_head
 
@@ -445,6 +342,21 @@ def create_pretrained(name: str, weights: str, **kwargs) -> nn.Module:
     model = entry.build(**kwargs)
     load_body(model, pretrained, name)
     return model
+
+
+def describe_non_finite(state: dict, shown: int = 3) -> str | None:
+    """One line naming the tensors of a state dict that hold NaN or infinity, or a BatchNorm
+    running variance below 0 (a file edited or written by a run that diverged); None when
+    every value is usable."""
+    bad = [key for key, tensor in state.items()  # (meta tensors hold no values to check)
+           if isinstance(tensor, torch.Tensor) and tensor.is_floating_point()
+           and tensor.device.type != "meta"
+           and (not torch.isfinite(tensor).all()
+                or (key.endswith("running_var") and bool((tensor < 0).any())))]
+    if not bad:
+        return None
+    more = f" (and {len(bad) - shown} more)" if len(bad) > shown else ""
+    return f"non-finite or impossible values in {', '.join(bad[:shown])}{more}"
 
 
 def describe_mismatch(expected: dict, given: dict, shown: int = 3) -> str | None:

@@ -300,3 +300,19 @@ def describe(name: str) -> dict:
 def list_models(pattern: str = "*") -> list[str]:
     """Registered names matching a shell-style pattern, in registration order."""
     return [name for name in _REGISTRY if fnmatch.fnmatchcase(name, pattern)]
+
+
+def imagenet_model_of(state: dict) -> tuple[str, str] | None:
+    """(name, what shows it) of the ImageNet residual network a state dict in torchvision's
+    layout holds, read from its keys and shapes: the units per stage (`layerN.M.`), basic or
+    bottleneck (`conv3`), the classifier's size; e.g. ("resnet50", "bottleneck units 3-4-6-3,
+    fc of 1000 classes"). None for a layout that is none of IMAGENET_STAGES."""
+    stages = tuple(len({key.split(".")[1] for key in state if key.startswith(f"layer{i}.")})
+                   for i in range(1, 5))
+    unit = "bottleneck" if "layer1.0.conv3.weight" in state else "basic"
+    depth = next((d for d, layout in IMAGENET_STAGES.items() if layout == (unit, stages)), None)
+    head = state.get("fc.weight")
+    if depth is None or "conv1.weight" not in state or getattr(head, "ndim", 0) != 2:
+        return None
+    return (f"resnet{depth}", f"{unit} units {'-'.join(map(str, stages))}, fc of "
+                              f"{head.shape[0]:,} classes")

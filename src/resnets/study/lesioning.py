@@ -35,10 +35,11 @@ from typing import Iterable, Iterator
 import torch
 from torch import nn
 
-from resnets.atomic import write_json, write_text
-from resnets.errors import UserError
-from resnets.study.progress import counter
-from resnets.study.trained import Batches, check_precision, evaluate, fixed_batches, load_run
+from resnets.atomic import writable_folder, write_json, write_text
+from resnets.errors import UserError, integer
+from resnets.study.progress import check_evaluations, counter
+from resnets.study.trained import (Batches, check_precision, evaluate, fixed_batches, load_run,
+                                   run_location)
 
 DEFAULT_SUBSETS = 5  # random subsets per k: a 56-layer lesion study took 4 min 15 s on 2 shared cores (docs/lesion.md)
 
@@ -70,15 +71,38 @@ def unit_table(model: nn.Module) -> list[dict]:
     return rows
 
 
+def unit_indices(model: nn.Module, units: int | str | Iterable[int | str]) -> list[int]:
+    """The positions in `model.units` of `units`: indices (integers, as unit_table's "index")
+    or names (as its "name" and the lesion CSV's: "layer1.0", "stages.0.3"), one or several;
+    sorted, each once. A float, a bool or an unknown name is a UserError."""
+    table = unit_table(model)
+    by_name = {row["name"]: row["index"] for row in table}
+    chosen = set()
+    for unit in [units] if isinstance(units, (str, int)) else units:
+        if isinstance(unit, str):
+            if unit not in by_name:
+                raise UserError(f"no unit named {unit!r}: the units are "
+                                f"{', '.join(list(by_name)[:3])}, ... {table[-1]['name']} "
+                                f"(or their indices 0..{len(table) - 1})")
+            chosen.add(by_name[unit])
+            continue
+        index = integer(unit, "a unit index (or a unit's name)")
+        if not 0 <= index < len(table):
+            raise UserError(f"unit {index} does not exist: the model has units 0..{len(table) - 1}")
+        chosen.add(index)
+    return sorted(chosen)
+
+
 @contextmanager
-def units_removed(model: nn.Module, indices: Iterable[int]) -> Iterator[nn.Module]:
-    """Inside the block, `model` computes as if the units at `indices` (positions in
-    `model.units`) were deleted; on exit every unit computes as before, even after an error."""
+def units_removed(model: nn.Module, indices: int | str | Iterable[int | str]
+                  ) -> Iterator[nn.Module]:
+    """Inside the block, `model` computes as if the units at `indices` were deleted: positions
+    in `model.units`, or the units' names as `unit_table` and the lesion CSV give them
+    ("layer1.0"); see `unit_indices`. On exit every unit computes as before, even after an
+    error."""
     units = units_of(model)
-    chosen = sorted(set(int(i) for i in indices))
+    chosen = unit_indices(model, indices)
     for index in chosen:
-        if not 0 <= index < len(units):
-            raise UserError(f"unit {index} does not exist: the model has units 0..{len(units) - 1}")
         if not removable(units[index]):
             raise UserError(f"unit {index} is a plain unit that changes shape: it cannot be removed")
     saved = {index: units[index].__dict__.get("forward") for index in chosen}
@@ -129,12 +153,16 @@ def random_subsets(candidates: list[int], subsets: int, max_removed: int | None,
     of `candidates` (all of them where fewer exist), each sorted. A pure function of its
     arguments."""
     n = len(candidates)
-    if subsets < 1:
-        raise UserError(f"subsets must be >= 1, got {subsets}")
-    top = n if max_removed is None else max_removed
+    subsets = integer(subsets, "subsets (--subsets)", low=1)
+    seed = integer(seed, "seed (--seed)")
+    top = n if max_removed is None else integer(max_removed, "max_removed (--max-removed)")
     if not 1 <= top <= n:
         raise UserError(f"max_removed (--max-removed) must be between 1 and {n} (the removable "
                         f"units), got {top}")
+    draws = sum(min(math.comb(n, k), subsets) for k in range(1, top + 1))
+    check_evaluations(1 + n + draws, f"--subsets {subsets} up to --max-removed {top} "
+                      f"({draws:,} random subsets, with the intact network and {n} units "
+                      f"removed alone)", "use fewer --subsets or a smaller --max-removed")
     rng = random.Random(seed)
     plan = {}
     for k in range(1, top + 1):
@@ -182,7 +210,9 @@ def lesion_model(model: nn.Module, batches: Batches, *, subsets: int = DEFAULT_S
 
     total = 1 + len(candidates) + sum(len(draws) for draws in plan.values())
     try:
-        with counter(total, title, progress) as advance:
+        with counter(total, title, progress,
+                     unit=f"evaluations of {sum(len(y) for _, y in batches):,} images") \
+                as advance:
             baseline = measure([])
             advance()
             for row in units:
@@ -221,8 +251,13 @@ def lesion(run_dir: str | Path, *, split: str = "test", images: int | None = Non
     Returns `lesion_model`'s numbers with what produced them (run, model, step, split, ...).
     """
     check_precision(precision)
-    if max_removed is not None and max_removed < 1:
-        raise UserError(f"max_removed (--max-removed) must be >= 1, got {max_removed}")
+    if max_removed is not None:
+        integer(max_removed, "max_removed (--max-removed)", low=1)
+    for value, what in ((subsets, "subsets (--subsets)"), (seed, "seed (--seed)"),
+                        (images, "images (--images)"),
+                        (calibration_images, "calibration_images (--calibration-images)")):
+        if value is not None:
+            integer(value, what, low=0 if what.startswith("seed") else 1)
     run = load_run(run_dir, device=device)
     batches = fixed_batches(run, split, images=images, seed=seed, batch_size=batch_size)
     calibration = (fixed_batches(run, "train", images=calibration_images, seed=seed,
@@ -254,13 +289,21 @@ def _csv(rows: list[dict], columns: tuple[str, ...]) -> str:
     return text.getvalue()
 
 
+def lesion_folder(run_dir: str | Path, out_dir: str | Path | None = None) -> Path:
+    """Where `write_lesion` of RUN_DIR's study goes: `out_dir`, by default RUN_DIR/lesion;
+    checked writable (created, a file written and removed) before the study starts, so that
+    minutes of measuring never end in a folder that cannot take the result."""
+    return writable_folder(out_dir if out_dir is not None
+                           else run_location(run_dir)[0] / "lesion")
+
+
 def write_lesion(result: dict, out_dir: str | Path) -> list[Path]:
     """lesion.json (everything), units.csv, random.csv, units.png (Veit et al.'s Figure 3) and
-    random.png (their Figure 5) under out_dir; returns the paths written."""
+    random.png (their Figure 5) under out_dir; returns the paths written. A folder that cannot
+    be written is a UserError naming it."""
     from resnets.study.plots import plot_lesion_random, plot_lesion_units
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = writable_folder(out_dir)
     return [write_json(out / "lesion.json", result),
             write_text(out / "units.csv", _csv(result["units"], UNIT_COLUMNS)),
             write_text(out / "random.csv", _csv(result["random"], RANDOM_COLUMNS)),

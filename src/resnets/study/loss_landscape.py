@@ -27,9 +27,9 @@ from typing import Callable, Iterable, Sequence
 import torch
 from torch import nn
 
-from resnets.atomic import write_json
-from resnets.errors import UserError
-from resnets.study.progress import counter
+from resnets.atomic import writable_folder, write_json
+from resnets.errors import UserError, integer
+from resnets.study.progress import MAX_EVALUATIONS, check_evaluations, counter
 from resnets.study.trained import Batches, check_precision, evaluate, fixed_batches, load_run
 
 DIMS = (1, 2)
@@ -64,9 +64,9 @@ def random_directions(model: nn.Module, dims: int, seed: int) -> list[list[torch
     entry, on the parameters' device. Drawn on the CPU from one generator seeded with `seed`,
     so the same seed gives the same directions on any machine, and the first of two
     directions is the 1-D direction."""
-    if dims not in DIMS:
+    if integer(dims, "dims (--dims)") not in DIMS:
         raise UserError(f"dims must be 1 or 2, got {dims!r}")
-    generator = torch.Generator().manual_seed(int(seed))
+    generator = torch.Generator().manual_seed(integer(seed, "seed (--seed)", low=0))
     directions = []
     for _ in range(dims):
         direction = []
@@ -79,8 +79,7 @@ def random_directions(model: nn.Module, dims: int, seed: int) -> list[list[torch
 
 def axis(points: int, span: float) -> list[float]:
     """`points` (odd) evenly spaced values on [-span, span]; the middle one is exactly 0."""
-    if not isinstance(points, int) or isinstance(points, bool) or points < 3:
-        raise UserError(f"points must be an odd integer >= 3, got {points!r}")
+    points = integer(points, "points (--points)", low=3)
     if points % 2 == 0:
         raise UserError(f"points must be odd, so that the trained weights (0, 0) are a grid "
                         f"point; got {points}")
@@ -199,15 +198,13 @@ def landscape(run_dirs: Sequence[str | Path], *, dims: int = 1, points: int | No
     run_dir, model, step, origin: {loss, err}, loss, err}]}, where loss and err are lists over
     the axis (1-D) or rows over the second direction, each over the first (2-D).
     """
-    if dims not in DIMS:
-        raise UserError(f"dims must be 1 or 2, got {dims!r}")
-    check_precision(precision)
-    points = DEFAULT_POINTS[dims] if points is None else points
+    run_dirs = list(run_dirs)
+    points = _check_settings(dims, points, span, precision, seed, images, batch_size,
+                             len(run_dirs))
     values = axis(points, span)
     keys = grid(dims, points, span)
-    run_dirs = list(run_dirs)
-    if not run_dirs:
-        raise UserError("landscape needs at least one run directory")
+    if out_dir is not None:  # before any point is computed, not at the first save
+        writable_folder(Path(out_dir) / "points")
     runs = [load_run(run_dir, device=device) for run_dir in run_dirs]  # all checked before any scan
     names = _unique_names([run.name for run in runs])
     settings = {"dims": dims, "points": points, "span": span, "seed": seed, "images": images,
@@ -223,7 +220,9 @@ def landscape(run_dirs: Sequence[str | Path], *, dims: int = 1, points: int | No
         done = store.points if store else {}
         directions = random_directions(run.model, dims, seed)
         try:
-            with counter(len(keys), f"landscape {name}", progress, done=len(done)) as advance:
+            with counter(len(keys), f"landscape {name}", progress, done=len(done),
+                         unit=f"evaluations of {sum(len(y) for _, y in batches):,} images") \
+                    as advance:
                 results = scan(run.model, batches, directions, keys, precision=precision,
                                done=done, on_point=store.add if store else None,
                                advance=advance)
@@ -242,13 +241,41 @@ def landscape(run_dirs: Sequence[str | Path], *, dims: int = 1, points: int | No
             "device": str(runs[0].device), "runs": measured}
 
 
+def _check_settings(dims, points, span, precision, seed, images, batch_size, runs: int) -> int:
+    """`landscape`'s arguments checked, before any run is read: the points per axis (its
+    default for `dims` when None), refused where the grid is too large to finish."""
+    if integer(dims, "dims (--dims)") not in DIMS:
+        raise UserError(f"dims must be 1 or 2, got {dims!r}")
+    check_precision(precision)
+    integer(seed, "seed (--seed)", low=0)
+    if images is not None:
+        integer(images, "images (--images)", low=1)
+    integer(batch_size, "batch size (--batch-size)", low=1)
+    points = DEFAULT_POINTS[dims] if points is None else points
+    axis(points, span)  # checked before its size is
+    if not runs:
+        raise UserError("landscape needs at least one run directory")
+    _check_grid_size(points, dims, runs)
+    return points
+
+
+def _check_grid_size(points: int, dims: int, runs: int) -> None:
+    """Refuse a grid of more evaluations than a command runs (points^dims per run)."""
+    largest = 3
+    while (largest + 2) ** dims * runs <= MAX_EVALUATIONS:
+        largest += 2
+    check_evaluations(points ** dims * runs,
+                      f"--points {points} with --dims {dims} for {runs} run{'s' * (runs > 1)} "
+                      f"({points}^{dims} grid points each)",
+                      f"choose fewer --points (at most {largest} here)")
+
+
 def write_landscape(result: dict, out_dir: str | Path) -> list[Path]:
     """landscape.json and landscape_1d.png (curves overlaid) or landscape_2d.png (contours side
     by side, one colour scale) under out_dir; returns the paths written."""
     from resnets.study.plots import plot_landscape_1d, plot_landscape_2d
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = writable_folder(out_dir)  # a UserError naming it, not an OSError
     path = write_json(out / "landscape.json", result)
     if result["dims"] == 1:
         return [path, plot_landscape_1d(result, out / "landscape_1d.png")]

@@ -17,6 +17,19 @@ from resnets.errors import UserError
 
 MODES = ("auto", "bar", "lines", "none")
 LINE_EVERY_S = 10.0  # seconds between two progress lines
+# Evaluations one command runs at most: a 2-D landscape of 99 x 99 points, or a lesion study
+# of thousands of subsets. At the 1-2 s an evaluation of 500 CIFAR images took on a shared
+# 2-core CPU (docs/landscape.md: 225 in 7 minutes), about 3-6 hours; more is a typo more
+# often than a plan, and never ends in a laptop's day.
+MAX_EVALUATIONS = 10_000
+
+
+def check_evaluations(count: int, what: str, remedy: str) -> None:
+    """Refuse, before the first, a measurement of more than MAX_EVALUATIONS evaluations: one
+    line saying how many (`what`: the flags that made the number) and what to change."""
+    if count > MAX_EVALUATIONS:
+        raise UserError(f"{what} is {count:,} evaluations, more than the {MAX_EVALUATIONS:,} "
+                        f"one command runs; {remedy}")
 
 
 def _duration(seconds: float) -> str:
@@ -26,14 +39,19 @@ def _duration(seconds: float) -> str:
 
 
 @contextmanager
-def counter(total: int, title: str, mode: str = "auto", *, done: int = 0,
-            stream=None) -> Iterator[Callable[[int], None]]:
-    """Count `total` items of work, `done` of them finished before (a resumed scan)."""
+def counter(total: int, title: str, mode: str = "auto", *, done: int = 0, stream=None,
+            unit: str | None = None) -> Iterator[Callable[[int], None]]:
+    """Count `total` items of work, `done` of them finished before (a resumed scan). With
+    `unit` ("evaluations of 500 images"), a line says before the first item how many are to
+    do; the "lines" display then gives its time estimate right after the first item."""
     if mode not in MODES:
         raise UserError(f"progress must be one of {', '.join(MODES)}, got {mode!r}")
     stream = stream or sys.stderr
     if mode == "auto":
         mode = "bar" if hasattr(stream, "isatty") and stream.isatty() else "lines"
+    if unit is not None and mode != "none":
+        print(f"{title}: {total - done:,} {unit}" + (f" ({done:,} done before)" if done else ""),
+              file=stream, flush=True)
     if mode == "none":
         yield lambda n=1: None
         return
@@ -63,7 +81,9 @@ def counter(total: int, title: str, mode: str = "auto", *, done: int = 0,
 
     def advance(n: int = 1) -> None:
         state["count"] += n
-        if time.perf_counter() - state["last"] >= LINE_EVERY_S and state["count"] < total:
+        first = unit is not None and state["count"] - n == done  # its pace: the estimate
+        if (first or time.perf_counter() - state["last"] >= LINE_EVERY_S) \
+                and state["count"] < total:
             line()
 
     state["last"] = time.perf_counter()

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from resnets.errors import UserError
+from resnets.errors import UserError, integer
 from resnets.rundir import RunDir
 from resnets.train.device import PRECISIONS as TRAINING_PRECISIONS
 
@@ -41,20 +41,29 @@ def load_run(run_dir: str | Path, device: str = "cpu") -> TrainedRun:
     """The model of RUN_DIR/checkpoints/last.pt (or of a checkpoint file), in eval mode."""
     from resnets.train.inference import load_trained
 
+    run_path, name = run_location(run_dir)
     trained = load_trained(run_dir, device=device)
-    path = Path(run_dir)
-    if path.is_dir():
-        run_path, name = path, path.resolve().name
-    elif RunDir(trained.path.parent.parent).checkpoints == trained.path.parent:  # best.pt
-        run_path = trained.path.parent.parent
-        name = run_path.resolve().name
-    else:  # a checkpoint file elsewhere: named after itself, outputs beside it
-        run_path, name = trained.path.parent, trained.path.stem
     return TrainedRun(model=trained.model, name=name, run_dir=run_path,
                       model_name=str(trained.checkpoint.get("model", "?")),
                       step=int(trained.checkpoint.get("step", 0)),
                       classes=list(trained.classes), device=trained.device,
                       trained=trained)
+
+
+def run_location(run_dir: str | Path) -> tuple[Path, str]:
+    """(the run directory, its name) of RUN_DIR or of a checkpoint file, without loading it:
+    a checkpoint in a run's checkpoints/ folder (best.pt) belongs to that run; one elsewhere
+    is named after itself, its outputs beside it. A missing checkpoint is a UserError."""
+    from resnets.train.checkpoint import resolve_checkpoint_path
+
+    path = Path(run_dir)
+    if path.is_dir():
+        resolve_checkpoint_path(path)  # a folder without a checkpoint: one line now
+        return path, path.resolve().name
+    checkpoint = resolve_checkpoint_path(path)
+    if RunDir(checkpoint.parent.parent).checkpoints == checkpoint.parent:  # best.pt
+        return checkpoint.parent.parent, checkpoint.parent.parent.resolve().name
+    return checkpoint.parent, checkpoint.stem
 
 
 def fixed_batches(run: TrainedRun, split: str, *, images: int | None, seed: int,
@@ -68,14 +77,13 @@ def fixed_batches(run: TrainedRun, split: str, *, images: int | None, seed: int,
     dataset = default_parts().load_dataset(run.trained.config, split)
     if len(dataset) == 0:
         raise UserError(f"split {split!r} of {run.trained.config.data!r} is empty")
+    seed = integer(seed, "seed (--seed)", low=0)
     if images is not None:
-        if images < 1:
-            raise UserError(f"images must be >= 1, got {images}")
+        images = integer(images, "images (--images)", low=1)
         if images < len(dataset):
             chosen = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))
             dataset = dataset.subset(chosen[:images].sort().values, split)
-    if batch_size < 1:
-        raise UserError(f"batch size must be >= 1, got {batch_size}")
+    batch_size = integer(batch_size, "batch size (--batch-size)", low=1)
     loader = Loader(dataset, batch_size, shuffle=False, normalizer=run.trained.normalizer,
                     device=run.device, drop_last=False)
     return list(loader.batches(0))

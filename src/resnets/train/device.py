@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import math
 import os
 import platform
 import re
 import sys
+import time
 from typing import Any, Iterator, Mapping
 
 import torch
@@ -111,6 +113,17 @@ def memory_limit(device: torch.device) -> int | None:
     return None
 
 
+def check_memory(need: int, device: torch.device, doing: str, remedy: str) -> None:
+    """Refuse, before anything is allocated, work estimated to need `need` bytes on `device`
+    when that is more than it has (`memory_limit`): one line saying what (`doing`), both
+    figures, and what to change (`remedy`, naming the flag or the file). Training, evaluation
+    and prediction all ask here."""
+    have = memory_limit(device)
+    if have is not None and need > have:
+        raise UserError(f"{doing} needs about {need / 2**30:,.1f} GiB, more than the "
+                        f"{have / 2**30:,.1f} GiB of {device}; {remedy}")
+
+
 def available_cores() -> int:
     """The cores this process may run on (its CPU affinity where the OS tells it)."""
     if hasattr(os, "sched_getaffinity"):
@@ -154,13 +167,42 @@ def busy_warning(load: float, cores: int) -> str | None:
             f"--threads N (all together at most {cores})")
 
 
+LOAD_MINUTE_S = 60.0  # the time constant of the load average the OS reports first
+
+
+def own_load(cpu_seconds: float, wall_seconds: float) -> float:
+    """What this process (with its finished children) adds to the 1-minute load average after
+    using `cpu_seconds` of CPU over the last `wall_seconds`: the load is an exponential average
+    of the runnable processes with a one-minute time constant, so a process busy on r cores for
+    t seconds adds about r (1 - exp(-t / 60))."""
+    if wall_seconds <= 0:
+        return 0.0
+    rate = max(cpu_seconds, 0.0) / wall_seconds
+    return rate * (1.0 - math.exp(-wall_seconds / LOAD_MINUTE_S))
+
+
+def _cpu_seconds() -> float:
+    """CPU seconds this process (all its threads) and its finished children have used."""
+    times = os.times()
+    return times.user + times.system + times.children_user + times.children_system
+
+
+_since = [time.monotonic(), _cpu_seconds()]  # (wall, CPU) at import or at the last check
+
+
 def machine_busy_warning() -> str | None:
-    """`busy_warning` for this machine now (None where the OS reports no load average)."""
+    """`busy_warning` for this machine now (None where the OS reports no load average), with
+    this process's own recent use taken out: a study's next run must not take the load its
+    previous run left in the 1-minute average (it lags by a minute) for someone else's."""
     try:
         load = os.getloadavg()[0]
     except (AttributeError, OSError):  # Windows; some containers
         return None
-    return busy_warning(load, os.cpu_count() or 1)
+    now, cpu = time.monotonic(), _cpu_seconds()
+    then, cpu_then = _since
+    _since[:] = [now, cpu]
+    return busy_warning(max(0.0, load - own_load(cpu - cpu_then, now - then)),
+                        os.cpu_count() or 1)
 
 
 # glibc's mallopt parameters (malloc.h). The mmap threshold asked for: 1 GiB (an ImageNet

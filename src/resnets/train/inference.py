@@ -94,6 +94,25 @@ class Trained:
         shown = self.class_names[index] if self.class_names else name
         return name if shown == name else f"{shown} ({name})"
 
+    def class_fields(self, index: int) -> dict[str, Any]:
+        """Class `index` for a program: {"index", "class" (the label the data used: a folder
+        name, e.g. a WordNet id), "name" (its readable name; the label where there is none)}."""
+        name = self.classes[index]
+        return {"index": index, "class": name,
+                "name": self.class_names[index] if self.class_names else name}
+
+
+class Prediction(tuple):
+    """(label, probability), as `predict_images` gives each class, with the class's position
+    in the model's outputs as `class_index` (labels can repeat: ImageNet has two "crane")."""
+
+    class_index: int
+
+    def __new__(cls, label: str, probability: float, class_index: int) -> "Prediction":
+        prediction = super().__new__(cls, (label, probability))
+        prediction.class_index = class_index
+        return prediction
+
 
 FP32_TOLERANCE = 1e-4   # folded vs unfolded fp32 logits, relative to max(1, largest |logit|)
 BF16_TOLERANCE = 5e-2   # the bf16 path against the fp32 model, the same way
@@ -195,6 +214,9 @@ def load_weights_for_inference(model: str | None, weights: str, device: str = "c
             raise UserError(f"{pretrained.source} holds a {pretrained.model}, not {model}: leave "
                             f"out --model (a checkpoint knows its model)")
         return _trained(pretrained.checkpoint, pretrained.path, device_, parts)
+    if model is None and pretrained.model is not None:  # the layout shows which
+        raise UserError(f"--weights {pretrained.source} holds a {pretrained.model}'s weights: "
+                        f"add --model {pretrained.model}")
     if model is None:
         raise UserError(f"--weights {weights} (a state dict) needs --model, the model it is for")
     kwargs = {**architecture(model, pretrained, {}), "num_classes": pretrained.num_classes,
@@ -268,6 +290,11 @@ def evaluate_checkpoint(trained: Trained, *, data: str | None = None,
         raise UserError(f"{config.data} has classes {_short(dataset.classes)}, the "
                         f"checkpoint {_short(trained.classes)}")
     options = {} if crops == 1 else {"crops": crops}
+    workers_ = workers if workers is not None else config.workers
+    side = eval_resize_size(config) or 0  # a resized image, 3 bytes a pixel, per worker
+    check_inference_memory(trained, min(batch_size, len(dataset)) * crops, "use a smaller "
+                           "--resize-size or "
+                           "--batch-size", decoded_bytes=3 * side * side * max(1, workers_ or 0))
     if fast:
         model = trained.inference_model(precision)
         autocast, how = "fp32", model.describe()  # the model casts its input itself
@@ -284,6 +311,26 @@ def evaluate_checkpoint(trained: Trained, *, data: str | None = None,
     skipped = list(getattr(loader, "skipped", ()))
     return {**result, "data": config.data, "split": split, "crops": crops,
             "skipped_images": skipped, "precision": how}
+
+
+def check_inference_memory(trained: Trained, images: int, remedy: str,
+                           decoded_bytes: int = 0) -> None:
+    """Refuse, before an image is read, inference on `images` inputs at a time that cannot fit
+    (`resnets.models.summary.inference_bytes` against `train.device.check_memory`, the check
+    training makes), and image decoding of `decoded_bytes` at a time (resized images, on the
+    CPU) that cannot either: an input_size or resize size from a file or a flag is not
+    trusted to fit. `remedy` names what to change."""
+    from resnets.models.summary import inference_bytes
+    from resnets.train.device import check_memory
+
+    name, kwargs = trained.checkpoint["model"], trained.checkpoint["model_kwargs"]
+    with torch.device("meta"):
+        probe = parts_module.default_parts().create_model(name, **kwargs)
+    size = list(trained.input_size)
+    check_memory(inference_bytes(probe, size, images), trained.device,
+                 f"{name} on {images:,} input{'s' if images > 1 else ''} of {size} (C, H, W)",
+                 remedy)
+    check_memory(decoded_bytes, torch.device("cpu"), "decoding the images", remedy)
 
 
 def _short(names: Sequence[str]) -> str:
@@ -389,15 +436,21 @@ def predict_images(trained: Trained, paths: Sequence[str | Path], top: int = 5, 
                    return_errors: bool = False, max_pixels: int | None = None,
                    batch_size: int = 64, precision: str = "auto", fast: bool = True
                    ) -> list[list[tuple[str, float]] | UserError]:
-    """For each image, the `top` classes as (name, probability), most likely first.
+    """For each image, the `top` classes as (name, probability), most likely first (each a
+    `Prediction`: its `class_index` too).
 
     An unreadable image raises its `UserError`, or with `return_errors` takes its place in the
     list, so the others are still classified. `max_pixels`: see `load_image`. `precision` and
     `fast`: as `evaluate_checkpoint`'s (fast=False runs the fp32 model itself).
     """
     k = min(top, len(trained.classes))
-    model = trained.inference_model(precision) if fast else trained.model
     resize = eval_resize_size(trained.config)
+    channels, height, width = trained.input_size  # a checkpoint's sizes are not trusted to fit
+    check_inference_memory(trained, min(batch_size, max(1, len(paths))),
+                           f"the checkpoint's input_size {list(trained.input_size)} or resize "
+                           f"size {resize} is too large for this machine (was it edited?)",
+                           decoded_bytes=channels * max(height, width, resize or 0) ** 2)
+    model = trained.inference_model(precision) if fast else trained.model
     results: list[list[tuple[str, float]] | UserError] = []
     for start in range(0, len(paths), batch_size):
         loaded: list[torch.Tensor | UserError] = []
@@ -414,7 +467,7 @@ def predict_images(trained: Trained, paths: Sequence[str | Path], top: int = 5, 
             inputs = trained.normalizer(torch.stack(images).float()).to(trained.device)  # (N, C, H, W)
             probabilities = torch.softmax(model(inputs).float(), dim=1)
             values, indices = probabilities.topk(k, dim=1)
-            rows = iter([[(trained.label(i), float(p)) for p, i in zip(row_p, row_i)]
+            rows = iter([[Prediction(trained.label(i), float(p), i) for p, i in zip(row_p, row_i)]
                          for row_p, row_i in zip(values.tolist(), indices.tolist())])
         results += [next(rows) if isinstance(x, torch.Tensor) else x for x in loaded]
     return results

@@ -200,7 +200,7 @@ class _Training(TrainingSetup):
                                                       precision=state.precision,
                                                       label_smoothing=self.config.label_smoothing)
                     state.step += 1
-                    state.meter.add(loss, correct, len(labels))
+                    state.meter.add(loss, correct, len(labels), processes=world.size)
                     state.counters.train_images += len(labels) * world.size
                     step = state.step
                     evaluate_now = evaluation_point(step, total_steps=self.total_steps,
@@ -238,7 +238,7 @@ class _Training(TrainingSetup):
         if meter.steps == 0:
             return
         loss_sum, correct, images = self._meter_totals()
-        loss = loss_sum / (meter.steps * self.world.size)
+        loss = loss_sum / meter.steps  # the meter holds each step's global loss (state.Meter)
         if not math.isfinite(loss):
             raise TrainingDiverged(
                 f"loss is {loss} near step {state.step} (lr {self.lr:.4g}); training stopped. "

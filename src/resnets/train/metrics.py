@@ -47,10 +47,13 @@ class MetricsWriter:
         self.close()
 
 
-def read_metrics(path: str | Path, *, complete: bool = False) -> list[dict[str, Any]]:
+def read_metrics(path: str | Path, *, complete: bool = False, require: bool = False
+                 ) -> list[dict[str, Any]]:
     """All records of a metrics.jsonl file (or of a run directory's). A torn last line
     (a crash mid-write) is skipped, unless `complete` (a finished run's file, which has none)
-    asks for it to raise `UserError` too; any other bad line raises `UserError`."""
+    asks for it to raise `UserError` too; any other bad line, and a line that is JSON but not
+    an object, raises `UserError`. `require`: a file with no record at all is a `UserError`
+    too (for readers that draw or report from it)."""
     path = Path(path)
     if path.is_dir():
         path = RunDir(path).metrics
@@ -62,7 +65,7 @@ def read_metrics(path: str | Path, *, complete: bool = False) -> list[dict[str, 
         if not line.strip():
             continue
         try:
-            records.append(json.loads(line))
+            record = json.loads(line)
         except json.JSONDecodeError:
             if number == len(lines):
                 if not complete:
@@ -70,6 +73,13 @@ def read_metrics(path: str | Path, *, complete: bool = False) -> list[dict[str, 
                 raise UserError(f"{path}:{number}: a torn last line (not a whole JSON "
                                 f"record); the run did not finish writing it") from None
             raise UserError(f"{path}:{number}: not a JSON line") from None
+        if not isinstance(record, dict):
+            raise UserError(f"{path}:{number}: not a metrics record (expected a JSON object, "
+                            f"as training writes, got {type(record).__name__})")
+        records.append(record)
+    if require and not records:
+        raise UserError(f"{path}: no metrics record in it (empty, or only a line cut short): "
+                        f"nothing to draw")
     return records
 
 

@@ -8,6 +8,7 @@ an overlay: training dashed, validation and test solid (test bolder), one colour
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Sequence
 
@@ -39,7 +40,7 @@ def plot_metric(ax, runs: Sequence[tuple[str, list[dict]]], key: str,
         for split_number, split in enumerate(splits):
             colour = f"C{split_number}" if len(runs) == 1 else f"C{number % 10}"
             points = [(r["step"], r[key]) for r in records
-                      if r.get("split") == split and r.get(key) is not None]
+                      if r.get("split") == split and _point(r, key)]
             if not points:
                 continue
             steps, values = zip(*points)
@@ -62,8 +63,12 @@ def plot_runs(run_dirs: Sequence[str | Path], out_dir: str | Path, *,
     for run_dir in run_dirs:
         if not RunDir(run_dir).has_metrics():
             raise UserError(f"not a run directory (no {RunDir(run_dir).metrics.name}): {run_dir}")
-    runs = [(labels[i] if labels else run_label(d), read_metrics(d))
+    runs = [(labels[i] if labels else run_label(d), read_metrics(d, require=True))
             for i, d in enumerate(run_dirs)]
+    for run_dir, (_, records) in zip(run_dirs, runs):
+        if not any(_point(r, key) for r in records for key in ("loss", "err")):
+            raise UserError(f"{RunDir(run_dir).metrics}: no record with a step, a split and a "
+                            f"finite loss or err: nothing to draw")
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"--out {out_dir} is a file; plots need a folder")
@@ -94,6 +99,13 @@ def run_figure(runs: Sequence[tuple[str, list[dict]]], key: str) -> Figure:
             ax.set_yscale("log")
     ax.set_title(runs[0][0] if len(runs) == 1 else f"{len(runs)} runs")
     return figure
+
+
+def _point(record: dict, key: str) -> bool:
+    """Whether `record` gives a point of `key`: a numeric step, a split and a finite value."""
+    value, step = record.get(key), record.get("step")
+    return (isinstance(record.get("split"), str) and isinstance(step, (int, float))
+            and isinstance(value, (int, float)) and math.isfinite(value))
 
 
 def save_figure(figure: Figure, path: Path) -> Path:

@@ -101,6 +101,10 @@ def saved_config(run: RunDir) -> Config:
 
 
 def resume_checkpoint(run: RunDir, config: Config) -> dict:
+    if not run.last.is_file() and run.best.is_file():  # a write of last.pt failed
+        raise UserError(f"cannot resume {run}: it has no {run.last.name} (its last checkpoint "
+                        f"write failed?) but has {run.best} from an evaluation: copy it to "
+                        f"{run.last} to resume from that evaluation")
     if not run.last.is_file():
         raise UserError(f"cannot resume {run}: it has no checkpoint (the run stopped "
                         f"before its first evaluation); start it again without --resume")

@@ -10,16 +10,15 @@ import torch
 
 from resnets.atomic import write_json
 from resnets.errors import UserError
-from resnets.models.resnet import TRAINING_BYTES_PER_PARAMETER
-from resnets.models.summary import activation_bytes, count_parameters
+from resnets.models.summary import count_parameters, training_bytes
 from resnets.rundir import RunDir
 from resnets.train.autocompile import StepCompiler
 from resnets.train.config import Config
 from resnets.train import finetune
-from resnets.train.device import (cpu_has_amx, cpu_has_native_bf16, machine_busy_warning, memory_limit, resolve_device,
-                                  resolve_precision, resolve_threads)
-from resnets.train.distributed import (World, convert_sync_bn,
-                                       wrap_model)
+from resnets.train.device import (check_memory, cpu_has_amx, cpu_has_native_bf16,
+                                  machine_busy_warning, resolve_device, resolve_precision,
+                                  resolve_threads)
+from resnets.train.distributed import World, convert_sync_bn, wrap_model
 from resnets.train.metrics import truncate_metrics
 from resnets.train.parts import Parts
 from resnets.train.schedule import peak_lr, schedule_from_config
@@ -159,15 +158,10 @@ class TrainingSetup:
         with torch.device("meta"):
             probe = parts.create_model(self.config.model, **model_kwargs)
         parameters = count_parameters(probe)
-        need = (parameters * TRAINING_BYTES_PER_PARAMETER
-                + activation_bytes(probe, input_size) * self.config.batch_size)
-        have = memory_limit(self.device)
-        if have is not None and need > have:
-            raise UserError(f"{self.config.model} ({parameters:,} parameters) at batch size "
-                            f"{self.config.batch_size} on {list(input_size)} images needs about "
-                            f"{need / 2**30:,.1f} GiB to train, more than the "
-                            f"{have / 2**30:,.1f} GiB of {self.device}; use a smaller "
-                            f"--batch-size or model")
+        check_memory(training_bytes(probe, input_size, self.config.batch_size), self.device,
+                     f"training {self.config.model} ({parameters:,} parameters) at batch size "
+                     f"{self.config.batch_size} on {list(input_size)} images",
+                     "use a smaller --batch-size or model")
 
     def _loaders(self, parts: Parts, train_set, eval_sets: dict) -> None:
         config, normalizer = self.config, self.state.normalizer

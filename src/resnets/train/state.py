@@ -21,11 +21,14 @@ A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts (so i
     compiled               whether training steps run compiled (True | False), once decided
                            (resnets.train.autocompile); None before
     world_size             the processes that trained it (torchrun; 1 without); rank 0's
-                           meter holds all of theirs (optional: 1 when absent)
+                           meter holds all of theirs, its loss_terms the number of process
+                           step losses in its loss_sum (optional: 1 when absent)
 """
 
 from __future__ import annotations
 
+import math
+import reprlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,7 +38,7 @@ from torch import nn
 
 from resnets.errors import UserError
 from resnets.models.files import MODEL_KEYS, check_model_fields, is_count, refuse_field
-from resnets.models.weights import describe_mismatch
+from resnets.models.weights import describe_mismatch, describe_non_finite
 from resnets.train.checkpoint import rng_state, save_checkpoint, set_rng_state
 from resnets.train.config import Config
 from resnets.train.device import PRECISIONS
@@ -47,7 +50,12 @@ TRAINING_KEYS = MODEL_KEYS + ("optimizer_state", "step", "rng", "progress", "bes
 @dataclass
 class Meter:
     """Training figures accumulated since the last training line (sums kept on the device, so
-    a step never waits for the device)."""
+    a step never waits for the device).
+
+    `loss_sum` holds this process's share of each step's loss (its loss / the processes), so
+    the processes' sums add up to the sum of the steps' losses over the global batch, and the
+    line's loss is that sum / steps whatever number of processes took each step: a checkpoint
+    saved by two processes and resumed on one (or the other way) keeps its mean right."""
 
     loss_sum: torch.Tensor
     correct: torch.Tensor
@@ -60,20 +68,29 @@ class Meter:
         return cls(torch.zeros((), dtype=torch.float64, device=device),
                    torch.zeros((), dtype=torch.long, device=device))
 
-    def add(self, loss: torch.Tensor, correct: torch.Tensor, images: int) -> None:
-        self.loss_sum += loss
+    def add(self, loss: torch.Tensor, correct: torch.Tensor, images: int,
+            processes: int = 1) -> None:
+        """One step: this process's mean `loss` over its part of the global batch, taken by
+        `processes` processes with equal parts."""
+        self.loss_sum += loss / processes
         self.correct += correct
         self.steps += 1
         self.images += images
 
     def state_dict(self) -> dict:
-        return {"loss_sum": self.loss_sum.item(), "correct": int(self.correct.item()),
+        # "step_loss_sum": the sum of the steps' global losses (a checkpoint before it saved
+        # "loss_sum", the processes' sums of their own losses: `from_state_dict` reads both)
+        return {"step_loss_sum": self.loss_sum.item(), "correct": int(self.correct.item()),
                 "steps": self.steps, "images": self.images, "seconds": self.seconds}
 
     @classmethod
-    def from_state_dict(cls, state: dict, device: torch.device) -> "Meter":
+    def from_state_dict(cls, state: dict, device: torch.device, world_size: int = 1
+                        ) -> "Meter":
+        """`state` as `state_dict` wrote it, or as it was written before "step_loss_sum" by
+        `world_size` processes."""
         meter = cls.zero(device)
-        meter.loss_sum += state["loss_sum"]
+        meter.loss_sum += (state["step_loss_sum"] if "step_loss_sum" in state
+                           else state["loss_sum"] / world_size)
         meter.correct += state["correct"]
         meter.steps, meter.images, meter.seconds = state["steps"], state["images"], state["seconds"]
         return meter
@@ -140,7 +157,8 @@ class TrainState:
         require(checkpoint, TRAINING_KEYS, path)
         load_weights(self.model, checkpoint, path)
         restore = {"optimizer_state": self.optimizer.load_state_dict, "rng": set_rng_state,
-                   "progress": self._load_progress}
+                   "progress": lambda progress: self._load_progress(
+                       progress, checkpoint.get("world_size", 1))}
         for key, load in restore.items():
             try:
                 load(checkpoint[key])
@@ -150,11 +168,11 @@ class TrainState:
         self.step = checkpoint["step"]
         self.best = dict(checkpoint["best"])
 
-    def _load_progress(self, progress: dict) -> None:
+    def _load_progress(self, progress: dict, world_size: int) -> None:
         self.counters = Counters(**progress["counters"])
         self.counters.skipped = list(self.counters.skipped)
         device = self.meter.loss_sum.device if self.meter is not None else torch.device("cpu")
-        self.meter = Meter.from_state_dict(progress["meter"], device)
+        self.meter = Meter.from_state_dict(progress["meter"], device, world_size)
 
     @classmethod
     def from_checkpoint(cls, checkpoint: dict, parts, path: str | Path = "checkpoint"
@@ -215,6 +233,37 @@ def _check_training_fields(checkpoint: dict, path: str | Path) -> None:
     if wrong("progress", lambda v: isinstance(v, dict) and isinstance(v.get("counters"), dict)
              and isinstance(v.get("meter"), dict)):
         refuse("progress", "a dict of counters and meter")
+    _check_numbers(checkpoint, path)
+
+
+def _finite(value, low: float = float("-inf"), high: float = float("inf")) -> bool:
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value) and low <= value <= high)
+
+
+def _check_numbers(checkpoint: dict, path: str | Path) -> None:
+    """Every number of the training's fields is finite and in its range: the best error a
+    percentage, the learning rate, times and counts >= 0 (the normaliser's: check_model_fields)."""
+    def check(where: str, value, fits) -> None:
+        if not fits(value):
+            raise UserError(f"{path}: checkpoint field {where} is {reprlib.repr(value)}: "
+                            f"expected a finite number in range (was it edited?)")
+
+    best = checkpoint.get("best", {})
+    if best.get("err") is not None:
+        check("best.err", best["err"], lambda v: _finite(v, 0.0, 100.0))
+    if best.get("step") is not None:
+        check("best.step", best["step"], lambda v: isinstance(v, int) and _finite(v, 0))
+    if isinstance(checkpoint.get("schedule"), dict) and "lr" in checkpoint["schedule"]:
+        check("schedule.lr", checkpoint["schedule"]["lr"], lambda v: _finite(v, 0.0))
+    progress = checkpoint.get("progress", {})
+    for part in ("counters", "meter"):
+        for key, value in progress.get(part, {}).items():
+            if key in ("time", "train_seconds", "train_images", "seconds", "steps", "images",
+                       "correct"):
+                check(f"progress.{part}.{key}", value, lambda v: _finite(v, 0.0))
+            elif key in ("loss_sum", "step_loss_sum"):
+                check(f"progress.{part}.{key}", value, _finite)
 
 
 def _normalizer(checkpoint: dict, parts, path: str | Path):
@@ -224,6 +273,10 @@ def _normalizer(checkpoint: dict, parts, path: str | Path):
     size = tuple(checkpoint["input_size"])
     try:
         normalizer = parts.normalizer_from_state(checkpoint["normalizer"])
+    except (UserError, KeyError, TypeError, ValueError, AttributeError, RuntimeError) as error:
+        raise UserError(f"{path}: checkpoint field normalizer: {_reason(error)} (was it "
+                        f"edited?)") from None
+    try:
         shape = tuple(normalizer(torch.zeros(1, *size, device="meta")).shape)
         reason = None if shape == (1, *size) else f"it maps an image to shape {shape}"
     except (UserError, KeyError, TypeError, ValueError, AttributeError, RuntimeError) as error:
@@ -251,4 +304,8 @@ def load_weights(model: nn.Module, checkpoint: dict, path: str | Path) -> None:
     if problem:
         raise UserError(f"{path}: the checkpoint does not fit model {checkpoint.get('model')!r} "
                         f"({problem})")
+    unusable = describe_non_finite(state)
+    if unusable:
+        raise UserError(f"{path}: checkpoint field model_state is not usable ({unusable}; was "
+                        f"it edited, or saved by a run that diverged?)")
     model.load_state_dict(state)

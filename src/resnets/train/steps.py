@@ -4,6 +4,7 @@ per-class error of a loader), and what a dataset says about its images."""
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Iterable
 
 import torch
@@ -37,13 +38,15 @@ def class_scores(model: nn.Module, images: torch.Tensor, precision: str = "fp32"
                  ) -> torch.Tensor:
     """Scores (B, classes), fp32, whose softmax is the prediction: the logits of a batch
     (B, C, H, W); for several crops of each image (B, K, C, H, W), the log of the mean of the
-    K crops' softmax (the paper's 10-crop testing averages the crops' scores)."""
+    K crops' softmax (the paper's 10-crop testing averages the crops' scores), computed in log
+    space (logsumexp of the log-probabilities minus log K): a class every crop gives a
+    probability below fp32's smallest number keeps a finite log instead of log(0) = -inf."""
     if images.ndim == 5:
         batch, crops = images.shape[:2]
         with autocast(images.device, precision):
             logits = model(images.flatten(0, 1))  # (B * K, classes)
-        probabilities = logits.float().softmax(dim=1).view(batch, crops, -1).mean(dim=1)
-        return probabilities.log()
+        log_probabilities = logits.float().log_softmax(dim=1).view(batch, crops, -1)
+        return log_probabilities.logsumexp(dim=1) - math.log(crops)  # (B, classes)
     with autocast(images.device, precision):
         logits = model(images)  # (B, classes)
     return logits.float()
