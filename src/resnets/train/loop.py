@@ -42,15 +42,16 @@ from resnets.train.checkpoint import load_checkpoint
 from resnets.train.compile import StepCompiler
 from resnets.train.config import Config
 from resnets.train import finetune
-from resnets.train.device import (autocast, cpu_has_amx, cpu_has_native_bf16, cpu_threads,
+from resnets.train.device import (autocast, cpu_threads,
                                   machine_busy_warning, memory_limit, resolve_device,
-                                  resolve_precision, resolve_threads)
+                                  resolve_threads)
 from resnets.train.distributed import (World, any_rank, average_buffers, broadcast_checkpoint,
                                        broadcast_text, collective_errors, convert_sync_bn,
                                        current_world, session, sum_over_ranks, wrap_model)
 from resnets.train.metrics import MetricsWriter, read_metrics, truncate_metrics
 from resnets.train import parts as parts_module
 from resnets.train.parts import Parts
+from resnets.train.probe import training_precision
 from resnets.train.progress import Progress, make_progress
 from resnets.train.schedule import peak_lr, schedule_from_config
 from resnets.train.state import TRAINING_KEYS, Counters, Meter, TrainState, require
@@ -403,14 +404,14 @@ class _Training:
         self.threads = resolve_threads(config.threads)
         self.notes: list[str] = []  # lines for the display once it has started
         # A resumed run keeps the arithmetic it started with, whatever "auto" means here.
-        precision = (checkpoint.get("precision") if checkpoint and "precision" in checkpoint
-                     else resolve_precision(config.precision, self.device))
-        if precision == "bf16" and self.device.type == "cpu" and not cpu_has_amx():
-            self.notes.append(
-                "note: precision bf16 on a CPU without AMX: "
-                + ("bf16 trains slower than fp32 here" if cpu_has_native_bf16() else
-                   "its bf16 arithmetic is emulated, several times slower than fp32")
-                + " (precision auto picks fp32 on this CPU)")
+        precision, why = ((checkpoint["precision"], "the precision this run started with")
+                          if checkpoint and "precision" in checkpoint
+                          else ("", "") if not self.world.main  # rank 0 measures, all follow
+                          else training_precision(config.precision, self.device))
+        precision, _, why = broadcast_text(f"{precision}:{why}", self.world,
+                                           self.device).partition(":")
+        self.notes.append(f"precision: {precision} ({config.precision}): {why}"
+                          if why != "as set" else f"precision: {precision} (as set)")
         torch.manual_seed(config.seed)
         train_set, eval_sets = self._datasets(parts)
         self.state = self._state(parts, train_set, checkpoint, precision)
@@ -428,6 +429,7 @@ class _Training:
             if self.world.main:
                 write_json(run.config, {**config.to_dict(), "environment": {
                     **_environment(), "device": str(self.device), "precision": precision,
+                    "precision_reason": why,
                     "threads": self.threads, "processes": self.world.size}})
         self._wrap_model(checkpoint)
         self.board = Board.open(config.tensorboard and self.world.main, run.path,
