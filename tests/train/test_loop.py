@@ -178,20 +178,6 @@ def test_line_progress_prints_one_line_per_epoch(tmp_path, fake_rooms, capsys):
     assert "val_err" in lines[0] and "left" in lines[0]
 
 
-def test_auto_precision_is_bf16_only_where_it_is_faster(monkeypatch):
-    import torch
-
-    from resnets.train import device
-
-    cpu = torch.device("cpu")
-    monkeypatch.setattr(device, "cpu_has_amx", lambda: False)
-    assert device.resolve_precision("auto", cpu) == "fp32"
-    monkeypatch.setattr(device, "cpu_has_amx", lambda: True)
-    assert device.resolve_precision("auto", cpu) == "bf16"
-    assert device.resolve_precision("fp32", cpu) == "fp32"
-    assert device.resolve_precision("bf16", cpu) == "bf16"
-
-
 def test_a_run_that_died_before_its_first_checkpoint_starts_afresh(tmp_path, fake_rooms, ctrl_c_after_step):
     ctrl_c_after_step(1)  # Ctrl-C after step 1 writes last.pt; delete it to mimic a
     with pytest.raises(TrainingInterrupted):  # crash before the first checkpoint
@@ -207,7 +193,7 @@ def test_a_run_that_died_before_its_first_checkpoint_starts_afresh(tmp_path, fak
 
 def test_resume_keeps_the_precision_the_run_started_with(tmp_path, fake_rooms, monkeypatch,
                                                           ctrl_c_after_step):
-    monkeypatch.setattr(loop, "resolve_precision", lambda precision, device: "fp32")
+    monkeypatch.setattr(loop, "training_precision", lambda precision, device: ("fp32", "why"))
     ctrl_c_after_step(2)
     with pytest.raises(TrainingInterrupted):
         fit(tiny_config(iters=6, precision="auto"), tmp_path / "run", progress="none")
@@ -220,7 +206,7 @@ def test_resume_keeps_the_precision_the_run_started_with(tmp_path, fake_rooms, m
         return real_step(*args, **kwargs)
 
     # on "another machine", auto would now mean bf16; the resumed run keeps fp32
-    monkeypatch.setattr(loop, "resolve_precision", lambda precision, device: "bf16")
+    monkeypatch.setattr(loop, "training_precision", lambda precision, device: ("bf16", "why"))
     monkeypatch.setattr(loop, "train_step", recording_step)
     fit(tiny_config(iters=6, precision="auto"), tmp_path / "run", resume=True, progress="none")
     assert used and set(used) == {"fp32"}

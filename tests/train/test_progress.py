@@ -161,6 +161,27 @@ def test_progress_none_prints_only_where_the_run_went(tmp_path, fake_rooms, caps
     assert captured.err == ""
 
 
+@pytest.mark.parametrize("flags, said", [
+    ([], "precision: fp32 (auto): bf16 trains at 0.50x fp32 on this CPU (measured)"),
+    (["--precision", "bf16"], "precision: bf16 (as set)"),
+])
+def test_the_first_progress_line_says_the_precision_and_why(tmp_path, fake_rooms, capsys, flags,
+                                                            said):
+    assert main(["train", *TINY[:-2], "--progress", "lines", "--iters", "2", *flags,
+                 "--out", str(tmp_path)]) == 0
+    captured = capsys.readouterr()
+    lines = [line for line in (captured.out + captured.err).splitlines()
+             if not line.startswith("run directory")]
+    assert lines[0] == said  # tests/conftest.py gives the measurements: fp32 trains faster
+
+
+def test_progress_none_prints_only_where_the_run_went(tmp_path, fake_rooms, capsys):
+    assert main(["train", *TINY, "--iters", "2", "--out", str(tmp_path), "--name", "quiet"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == f"run directory: {tmp_path / 'quiet'}\n"
+    assert captured.err == ""
+
+
 @pytest.mark.parametrize("flags, words", [
     (set(), "its bf16 arithmetic is emulated, several times slower than fp32"),
     ({"avx512_bf16"}, "bf16 trains slower than fp32 here"),
