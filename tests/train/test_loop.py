@@ -171,8 +171,9 @@ def test_finished_run_resume_returns_its_summary(tmp_path, fake_rooms):
 
 def test_line_progress_prints_one_line_per_epoch(tmp_path, fake_rooms, capsys):
     fit(tiny_config(iters=18, eval_every=0, log_every=0), tmp_path / "run", progress="lines")
-    first, *lines = capsys.readouterr().out.strip().splitlines()
-    assert first.startswith("compile: off (auto): 18 steps, fewer than 1,000")  # and why
+    first, second, *lines = capsys.readouterr().out.strip().splitlines()
+    assert first.startswith("precision: fp32 (auto): ")  # and why (tests/test_probe.py)
+    assert second.startswith("compile: off (auto): 18 steps, fewer than 1,000")  # and why
     assert len(lines) == 3  # 18 steps / 6 per epoch
     assert lines[0].startswith("epoch 1.0/3  step 6/18  loss ")
     assert "val_err" in lines[0] and "left" in lines[0]
