@@ -150,3 +150,25 @@ def test_eval_says_how_it_computed(resnet_run, monkeypatch, capsys):
     assert capsys.readouterr().out.splitlines()[0].endswith(
         f"(bf16, BatchNorm folded{_fused_words(torch.bfloat16)}; the run's own figures were "
         f"computed in fp32)")
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_eval_of_a_run_reproduces_the_test_error_its_summary_reports(tmp_path, monkeypatch,
+                                                                     precision):
+    """`resnets eval RUN` evaluates in the precision the run evaluated in, whichever inference
+    measured faster here (given: the other one), so it reports the run's own figure; forced to
+    another precision, it says the run's figures used another."""
+    other = "bf16" if precision == "fp32" else "fp32"
+    faster = _measured(1.0, 0.35) if other == "bf16" else _measured(1.0, 2.0)
+    monkeypatch.setattr(engine, "torch_table", lambda: faster)
+    parts = _resnet_parts()
+    summary = fit(tiny_config(model="resnet8", iters=12, compile=False, precision=precision),
+                  tmp_path / "run", progress="none", parts=parts)
+    trained = load_trained(tmp_path / "run", parts=parts)
+    result = evaluate_checkpoint(trained, parts=parts)
+    assert result["precision"].startswith(f"{precision}, BatchNorm folded")
+    assert "the run's own figures" not in result["precision"]
+    assert result["err"] == summary["final"]["test_err"]
+    forced = evaluate_checkpoint(trained, parts=parts, precision=other)
+    assert forced["precision"].startswith(f"{other}, BatchNorm folded")
+    assert forced["precision"].endswith(f"; the run's own figures were computed in {precision}")
