@@ -115,3 +115,11 @@ def test_a_run_records_the_measured_precision_and_its_resume_keeps_it(
                         or real_step(*a, **k))
     fit(tiny_config(iters=6, precision="auto"), tmp_path / "run", resume=True, progress="none")
     assert used and set(used) == {"bf16"}
+
+
+def test_a_measurement_on_a_busy_machine_is_used_but_not_kept(fresh_cache, monkeypatch):
+    import os
+
+    monkeypatch.setattr(os, "getloadavg", lambda: (9.0, 9.0, 9.0))
+    assert probe.training_precision("auto", CPU)[0] == "bf16"
+    assert not probe.cache_path("train", probe.machine_key(CPU)).exists()

@@ -14,7 +14,8 @@ faster than fp32 (benchmarks/RESULTS.md). So "auto" on a CPU asks the machine it
   keyed by `machine_key` (CPU model, CPU flags, torch version, device kind: another CPU or
   another torch measures again), written atomically; a file that cannot be read or does not
   hold a result of the expected form is measured again, never a crash; a cache that cannot be
-  written only means measuring again next time.
+  written only means measuring again next time; a result measured while the machine was busy
+  (load above its core count, before or after) is used but not kept.
 
 On CUDA the rule stays (bf16 where the GPU computes it natively, from compute capability 8);
 MPS trains in fp32. Inference measures its own precision and engine: resnets.train.engine.
@@ -34,7 +35,8 @@ from typing import Any, Callable
 import torch
 
 from resnets.atomic import write_json
-from resnets.train.device import autocast, cpu_flags, cuda_has_native_bf16
+from resnets.train.device import (autocast, cpu_flags, cuda_has_native_bf16,
+                                  machine_busy_warning)
 
 PROBE_VERSION = 1    # bump when a probe measures something else: old results are then ignored
 PROBE_BATCH = 128    # images per probe training step (the quick preset's batch)
@@ -97,10 +99,13 @@ def cached(kind: str, key: dict[str, Any], measure: Callable[[], dict],
     except (OSError, ValueError):  # missing, unreadable, not JSON
         pass
     if result is None:
+        busy = machine_busy_warning() is not None  # timings of a busy machine are not kept
         result = measure()
+        busy = busy or machine_busy_warning() is not None
         try:
-            write_json(path, {"key": key, "result": result,
-                              "measured": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+            if not busy:
+                write_json(path, {"key": key, "result": result, "measured":
+                                  time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
         except OSError:  # a read-only home: measured again next time
             pass
     _memo[str(path)] = result
