@@ -99,8 +99,7 @@ class InferenceModel(nn.Module):
             engine = self._onnxruntime(tuple(images.shape[1:]))
             if engine is not None:
                 self.ran["onnxruntime"] = "onnxruntime, fp32"
-                return engine(images).to(images.device if images.is_floating_point()
-                                         else self.device)
+                return engine(images)  # on the CPU, as this engine runs only there
         self.ran["torch"] = self._describe_torch()
         with torch.inference_mode():
             if images.ndim == 4:
@@ -171,14 +170,15 @@ def _probe_model() -> nn.Module:
 
 def measure_inference(onnxruntime: bool) -> dict[str, list[float]]:
     """Seconds per image at each of `PROBE_BATCHES`: {"fp32": [...], "bf16": [...]} for the
-    torch engine, or {"onnxruntime": [...]} with `onnxruntime`."""
+    torch engine, or {"onnxruntime": [...]} with `onnxruntime` (infinite where onnxruntime
+    cannot run the probe's model)."""
     model, cpu = _probe_model(), torch.device("cpu")
     generator = torch.Generator().manual_seed(0)
     batches = [torch.randn(b, 3, 32, 32, generator=generator) for b in PROBE_BATCHES]
     if onnxruntime:
-        engine, why = onnx_engine(model, (3, 32, 32))
-        if engine is None:
-            raise RuntimeError(why)
+        engine, _ = onnx_engine(model, (3, 32, 32))
+        if engine is None:  # it cannot export or run resnet20 here: never chosen
+            return {"onnxruntime": [math.inf] * len(batches)}
         return {"onnxruntime": [_time_calls(engine, batch) for batch in batches]}
     paths = {p: InferenceModel(model, cpu, p) for p in ("fp32", "bf16")}
     return {p: [_time_calls(path, batch) for batch in batches] for p, path in paths.items()}
