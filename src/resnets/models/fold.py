@@ -4,8 +4,7 @@ In eval mode a BatchNorm layer is a fixed per-channel affine map, y = s * x + t 
 s = gamma / sqrt(running_var + eps) and t = beta - s * running_mean, so a convolution followed
 by one is a single convolution with weights s * W and bias s * b + t. Folding removes every
 such BN (a quarter of an eval-mode forward pass on narrow maps) and changes the logits only by
-rounding. The arithmetic of one pair is torch's (`torch.nn.utils.fusion.fuse_conv_bn_eval`,
-in the model's dtype); what is ours is which BN follows which convolution in our units.
+rounding: the weights are computed in float64, then stored in the model's dtype.
 
 `fold_batchnorm(model)` returns a folded copy and leaves `model` alone. What is folded is what
 follows a convolution directly: in post-activation units every BN (conv1/bn1, conv2/bn2,
@@ -24,18 +23,29 @@ import copy
 
 import torch
 from torch import nn
-from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 FOLDED = "_resnets_folded"  # attribute set on a folded copy
 
 
 def folded_conv(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
-    """A convolution computing `bn(conv(x))` with `bn` in eval mode: torch's own
-    `fuse_conv_bn_eval` (in the conv's dtype: its logits are as close to the exact ones as
-    folding in float64 was, tests/models/test_fold.py), in the memory format the weights had."""
+    """A convolution computing `bn(conv(x))` with `bn` in eval mode (weights in float64, then
+    the conv's dtype)."""
     if bn.running_mean is None or bn.running_var is None:
         raise ValueError("cannot fold a BatchNorm without running statistics")
-    folded = fuse_conv_bn_eval(conv.eval(), bn.eval())
+    weight = conv.weight.detach().double()
+    scale = (bn.weight.detach().double() if bn.weight is not None
+             else torch.ones_like(bn.running_var, dtype=torch.float64))
+    scale = scale / torch.sqrt(bn.running_var.double() + bn.eps)
+    shift = bn.bias.detach().double() if bn.bias is not None else torch.zeros_like(scale)
+    bias = conv.bias.detach().double() if conv.bias is not None else torch.zeros_like(scale)
+    folded = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size,
+                       stride=conv.stride, padding=conv.padding, dilation=conv.dilation,
+                       groups=conv.groups, bias=True, padding_mode=conv.padding_mode,
+                       device=conv.weight.device, dtype=conv.weight.dtype)
+    with torch.no_grad():
+        folded.weight.copy_(weight * scale.view(-1, 1, 1, 1))
+        folded.bias.copy_((bias - bn.running_mean.double()) * scale + shift)
+    # Keep the memory format the weights had (channels_last stays channels_last).
     if conv.weight.is_contiguous(memory_format=torch.channels_last) \
             and not conv.weight.is_contiguous():
         folded = folded.to(memory_format=torch.channels_last)
