@@ -27,8 +27,9 @@ Models: resnet20 on 3x32x32 (10 classes) and resnet50 on 3x224x224 (1,000 classe
 8 and 64. Each cell: --warmup untimed calls, then --runs timed runs of about --seconds each
 (at least one call); the median run (min-max). The goal this answers: resnets' default at or
 above onnxruntime at every batch size. Run it on an idle machine: the engine probe's choice,
-made the first time, is cached (delete ~/.cache/resnets/probes to measure it again). Prints the table and appends it, with the hardware, versions, command,
-date and load average before and after, to benchmarks/RESULTS.md (--results '' for none).
+made the first time, is cached (delete ~/.cache/resnets/probes to measure it again). Prints
+the table and appends it, with the hardware, versions, command, date and load average before
+and after, to benchmarks/RESULTS.md (--results '' for none).
 
     python3 benchmarks/bench_inference.py               # resnet20 and resnet50, batch 1, 8, 64
     python3 benchmarks/bench_inference.py --quick       # tiny sizes: proves it runs
