@@ -46,7 +46,7 @@ from resnets.models.summary import count_parameters  # noqa: E402
 from resnets.models.weights import imagenet_normalizer  # noqa: E402
 from resnets.train import resolve_config  # noqa: E402
 from resnets.train import finetune  # noqa: E402
-from resnets.train.device import resolve_precision  # noqa: E402
+from resnets.train.probe import training_precision  # noqa: E402
 from resnets.train.steps import train_step  # noqa: E402
 
 MODES = {"frozen backbone": "backbone", "full fine-tuning": "none"}
@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     add_record_options(parser)
     args = parser.parse_args(argv)
     device = torch.device(args.device)
-    precision = resolve_precision(args.precision, device)
+    precision = training_precision(args.precision, device)[0]
     count = args.batch_size * (args.warmup + args.steps)
 
     header = ("| mode | trainable params | batch | precision | model only img/s | with loader "

@@ -36,8 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from harness import Load, add_record_options, record, results_path, time_fed, time_it  # noqa: E402
 from jpeg_tree import write_tree  # noqa: E402
 from resnets import create_model  # noqa: E402
-from resnets.data import Loader, Normalizer, load  # noqa: E402
-from resnets.train.device import resolve_precision  # noqa: E402
+from resnets.data import Loader, load  # noqa: E402
+from resnets.train.probe import training_precision  # noqa: E402
 from resnets.train.steps import train_step  # noqa: E402
 
 
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     add_record_options(parser)
     args = parser.parse_args(argv)
     device = torch.device(args.device)
-    precision = resolve_precision(args.precision, device)
+    precision = training_precision(args.precision, device)[0]
     count = args.batch_size * (args.warmup + args.steps)
 
     header = ("| model | batch | precision | model only img/s | with loader img/s | wait per step ms "

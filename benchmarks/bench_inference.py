@@ -3,15 +3,17 @@
 For each model and batch size, the same network (random weights, BatchNorm statistics of a
 calibration batch: speed does not depend on the values) on the same normalised float batches:
 
-- resnets default: what `resnets eval`, `resnets predict` and `Trained.inference_model()` run:
-  BatchNorm folded into the convolutions, convolution+addition+ReLU fused into single oneDNN
-  calls (resnets.models.fuse), channels_last, precision auto (bf16 on a CPU with AVX-512 BF16
-  or AMX, else fp32), under torch.inference_mode; the input handed over as a user has it
-  (contiguous fp32);
+- resnets default: what `resnets predict` and `Trained.inference_model()` run: precision auto
+  and engine auto, both chosen by what measured faster on this machine (resnets.train.engine:
+  a probe cached under ~/.cache/resnets, run on first use); the engine is PyTorch (BatchNorm
+  folded into the convolutions, convolution+addition+ReLU fused into single oneDNN calls,
+  channels_last, under torch.inference_mode) or onnxruntime (the model exported once, cached,
+  checked against PyTorch), per batch size; the "engine" column says which ran; the input
+  handed over as a user has it (contiguous fp32);
 - model as is: the unchanged eval-mode model (BatchNorm and all, contiguous fp32) under
   torch.no_grad, what a user runs without the fast path;
-- resnets fp32 or bf16: the same path forced to the precision auto did not pick
-  (`--precision fp32|bf16`), so the table shows what the auto rule gains on this CPU;
+- resnets fp32 or bf16: the PyTorch engine forced to the precision auto did not pick
+  (`--precision fp32|bf16 --engine torch`), so the table shows what the auto rule gains;
 - onnxruntime: the model exported as `resnets export --onnx` exports it (torch.onnx.export,
   dynamo, dynamic batch), run by onnxruntime's CPU provider with its default graph
   optimisations (which fold BatchNorm and fuse convolution with ReLU and additions), as many
@@ -21,13 +23,15 @@ calibration batch: speed does not depend on the values) on the same normalised f
 every `resnets` command that runs networks does; --malloc default leaves glibc's behaviour (a
 user's own script). onnxruntime allocates from its own arena either way.
 
-Models: resnet20 on 3x32x32 (10 classes) and resnet50 on 3x224x224 (1,000 classes) at batch 1
-and 64. Each cell: --warmup untimed calls, then --runs timed runs of about --seconds each
-(at least one call); the median run (min-max). The goal this answers: resnets' default at or above
-onnxruntime at batch 64. Prints the table and appends it, with the hardware, versions, command,
-date and load average before and after, to benchmarks/RESULTS.md (--no-record for none).
+Models: resnet20 on 3x32x32 (10 classes) and resnet50 on 3x224x224 (1,000 classes) at batch 1,
+8 and 64. Each cell: --warmup untimed calls, then --runs timed runs of about --seconds each
+(at least one call); the median run (min-max). The goal this answers: resnets' default at or
+above onnxruntime at every batch size. Run it on an idle machine: the engine probe's choice,
+made the first time, is cached (delete ~/.cache/resnets/probes to measure it again). Prints
+the table and appends it, with the hardware, versions, command, date and load average before
+and after, to benchmarks/RESULTS.md (--no-record for none).
 
-    python3 benchmarks/bench_inference.py               # resnet20 and resnet50, batch 1 and 64
+    python3 benchmarks/bench_inference.py               # resnet20 and resnet50, batch 1, 8, 64
     python3 benchmarks/bench_inference.py --quick       # tiny sizes: proves it runs
 """
 
@@ -46,9 +50,9 @@ from harness import (Load, Spread, add_malloc_option, add_record_options, apply_
                      record, results_path, time_it)
 
 from resnets import create_model  # noqa: E402
-from resnets.export import _onnx_export  # noqa: E402 (what `resnets export --onnx` runs)
-from resnets.train.device import cpu_has_native_bf16  # noqa: E402
-from resnets.train.inference import InferenceModel, inference_precision  # noqa: E402
+from resnets.models.onnx import export_model, onnx_session, onnxruntime_version  # noqa: E402
+from resnets.train.engine import (InferenceModel, inference_precision_why,  # noqa: E402
+                                  onnxruntime_table, torch_table)
 
 # (model, input size, classes)
 MODELS = {"resnet20": (32, 10), "resnet50": (224, 1000)}
@@ -74,16 +78,11 @@ def _rates(call, batch: torch.Tensor, *, seconds: float, warmup: int, runs: int
 
 
 def _session(model: nn.Module, size: int):
-    import onnxruntime
-
-    example = torch.randn(2, 3, size, size)
-    proto = _onnx_export(model, example)
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = torch.get_num_threads()
-    session = onnxruntime.InferenceSession(proto.SerializeToString(), options,
-                                           providers=["CPUExecutionProvider"])
+    """onnxruntime on the model as `resnets export --onnx` exports it (resnets.models.onnx),
+    with as many threads as torch."""
+    session = onnx_session(export_model(model, torch.randn(2, 3, size, size)).SerializeToString())
     name = session.get_inputs()[0].name
-    return lambda batch: session.run(None, {name: batch.numpy()})[0], onnxruntime.__version__
+    return lambda batch: session.run(None, {name: batch.numpy()})[0], onnxruntime_version()
 
 
 def _cell(rates: list[float]) -> str:
@@ -93,7 +92,7 @@ def _cell(rates: list[float]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="resnet20,resnet50")
-    parser.add_argument("--batch-sizes", default="1,64")
+    parser.add_argument("--batch-sizes", default="1,8,64")
     parser.add_argument("--seconds", type=float, default=3.0,
                         help="length of a timed run (at least one call)")
     parser.add_argument("--runs", type=int, default=5, help="timed runs (median reported)")
@@ -113,21 +112,23 @@ def main(argv: list[str] | None = None) -> int:
         args.batch_sizes, args.seconds, args.runs, args.warmup = "1,4", 0.01, 1, 1
     results = results_path(args, record_by_default=not args.quick)
     cpu = torch.device("cpu")
-    auto = inference_precision("auto", cpu)
+    auto, why = inference_precision_why("auto", cpu)
+    probes = f"torch s/img {torch_table()}, onnxruntime s/img {onnxruntime_table()}"
     malloc_line = apply_malloc(args.malloc)
     load_average = Load.start()
 
     other = "bf16" if auto == "fp32" else "fp32"
     header = (f"| model | input | batch | model as is (fp32, no_grad) img/s | resnets default "
-              f"({auto}) img/s | resnets {other} img/s | onnxruntime img/s | "
-              f"default / onnxruntime | max logit diff vs onnxruntime |\n"
-              f"|---|---|---:|---:|---:|---:|---:|---:|---:|")
+              f"({auto}, engine auto) img/s | engine | resnets {other} img/s | onnxruntime "
+              f"img/s | default / onnxruntime | max logit diff vs onnxruntime |\n"
+              f"|---|---|---:|---:|---:|---|---:|---:|---:|---:|")
     print(header, flush=True)
     rows, goals, ort_version = [], [], "?"
     for name in args.models.split(","):
         size, classes = sizes[name]
         model = _model(name, size, classes)
-        default, second = InferenceModel(model, cpu, auto), InferenceModel(model, cpu, other)
+        default = InferenceModel(model, cpu, auto, engine="auto")
+        second = InferenceModel(model, cpu, other)
 
         def as_is(batch, model=model):  # what a user runs without the fast path
             with torch.no_grad():
@@ -142,19 +143,19 @@ def main(argv: list[str] | None = None) -> int:
                                          ("other", second), ("ort", run_ort))
                      if not (label == "other" and args.no_other_precision)}
             ratio = statistics.median(timed["default"]) / statistics.median(timed["ort"])
+            engine = default.engine_for(batch_size)
+            ran = default.ran.get(engine, default.describe())
             row = (f"| {name} | 3x{size}x{size} | {batch_size} | {_cell(timed['as_is'])} | "
-                   f"{_cell(timed['default'])} | "
+                   f"{_cell(timed['default'])} | {ran} | "
                    f"{_cell(timed['other']) if 'other' in timed else '-'} | "
                    f"{_cell(timed['ort'])} | {ratio:.2f}x | "
                    f"{diff:.2g} |")
             rows.append(row)
             print(row, flush=True)
-            if batch_size == max(int(b) for b in args.batch_sizes.split(",")):
-                goals.append(f"{name} {ratio:.2f}x")
+            goals.append(f"{name} batch {batch_size} {ratio:.2f}x")
     load_average.stop()
-    verdict = (f"- goal: resnets' default at or above onnxruntime at the largest batch: "
-               f"{', '.join(goals)} (precision auto chose {auto}: this CPU "
-               f"{'has' if cpu_has_native_bf16() else 'has no'} native bf16)")
+    verdict = (f"- goal: resnets' default at or above onnxruntime at every batch size: "
+               f"{', '.join(goals)} (precision auto chose {auto}: {why}; the probes: {probes})")
     print("\n" + verdict)
     record(results, "bench_inference: inference images/s, resnets default path vs onnxruntime",
            load=load_average, device="cpu", others={"onnxruntime": ort_version},

@@ -30,7 +30,7 @@ from harness import Load, add_record_options, record, results_path, synchronizer
 
 from resnets.models import create_model  # noqa: E402
 from resnets.study.lesioning import units_removed  # noqa: E402
-from resnets.study.loss_landscape import grid, random_directions, scan  # noqa: E402
+from resnets.study.loss_landscape import random_directions, scan  # noqa: E402
 from resnets.study.trained import evaluate  # noqa: E402
 
 

@@ -26,7 +26,8 @@ from harness import Load, add_record_options, record, results_path, time_it  # n
 
 from resnets import create_model  # noqa: E402
 from resnets.models.summary import count_macs  # noqa: E402
-from resnets.train.device import autocast, resolve_precision  # noqa: E402
+from resnets.train.device import autocast  # noqa: E402
+from resnets.train.probe import training_precision  # noqa: E402
 
 PRECISIONS = ("fp32", "bf16")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -94,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     add_record_options(parser)
     args = parser.parse_args(argv)
     load = Load.start()
-    trains_in = resolve_precision("auto", torch.device("cpu"))
+    trains_in = training_precision("auto", torch.device("cpu"))[0]
     limits = {p: matmul_flops(p, args.matmul_size, args.runs) for p in PRECISIONS}
     header = ("| model | precision | img/s | achieved GFLOP/s | matmul GFLOP/s | share |\n"
               "|---|---|---:|---:|---:|---:|")

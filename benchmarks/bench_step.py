@@ -52,7 +52,8 @@ from harness import (Load, Spread, add_malloc_option, add_record_options, apply_
 from resnets import create_model  # noqa: E402
 from resnets.data import Dataset, Loader, Normalizer, load  # noqa: E402
 from resnets.train.compile import attach, compile_targets  # noqa: E402
-from resnets.train.device import autocast, cpu_has_amx, resolve_precision  # noqa: E402
+from resnets.train.device import cpu_has_amx  # noqa: E402
+from resnets.train.probe import training_precision  # noqa: E402
 from resnets.train.steps import train_step  # noqa: E402
 
 PAD = 4
@@ -216,7 +217,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def step_table(args, data: Dataset, auto: str, scopes: list[str]) -> tuple[list[str], list[str]]:
     """The images/s table (printed as it grows), and each model's best resnets / conventional."""
-    rows = [f"conventional (PIL per image, DataLoader 0 workers, fp32, contiguous)",
+    rows = ["conventional (PIL per image, DataLoader 0 workers, fp32, contiguous)",
             f"conventional (PIL per image, DataLoader {args.workers} workers, fp32, contiguous)",
             "resnets Loader + eager fp32, contiguous",
             "resnets Loader + eager bf16 + channels_last",
@@ -274,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     malloc_line = apply_malloc(args.malloc)
     load_average = Load.start()
     data = _data(args)
-    auto = resolve_precision("auto", torch.device("cpu"))
+    auto = training_precision("auto", torch.device("cpu"))[0]
     table, goals = step_table(args, data, auto, scopes)
     compiled = [] if args.no_compile_time else compile_table(args, auto, scopes)
     load_average.stop()

@@ -173,3 +173,32 @@ def published(monkeypatch):
         return name
 
     return publish
+
+
+@pytest.fixture(autouse=True, scope="session")
+def measured_machine(tmp_path_factory):
+    """Precision "auto" and the inference engine are chosen by timing this machine
+    (resnets.train.probe, resnets.train.engine); no test times anything. Every test sees the
+    same given measurements instead, in a cache folder of its own (nothing written to the
+    user's ~/.cache): fp32 trains faster; bf16 inference is faster where the CPU has native
+    bf16 (what the earlier flag rule said); onnxruntime is slower at every batch size, so no
+    test exports a model unless it asks for onnxruntime. Tests of the choice itself give
+    their own measurements."""
+    import resnets.train.engine as engine
+    import resnets.train.probe as probe
+    from resnets.train.device import cpu_has_native_bf16
+
+    folder = tmp_path_factory.mktemp("resnets-cache")
+    fast_bf16 = cpu_has_native_bf16()
+
+    def inference(onnxruntime: bool) -> dict:
+        if onnxruntime:
+            return {"onnxruntime": [1.0] * len(engine.PROBE_BATCHES)}
+        return {"fp32": [1e-3] * len(engine.PROBE_BATCHES),
+                "bf16": [(5e-4 if fast_bf16 else 2e-3)] * len(engine.PROBE_BATCHES)}
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(probe, "cache_root", lambda: folder)
+        patch.setattr(probe, "measure_training", lambda device: {"fp32": 1.0, "bf16": 2.0})
+        patch.setattr(engine, "measure_inference", inference)
+        yield

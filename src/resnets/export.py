@@ -15,7 +15,6 @@ checked before the slow work, and written atomically once the export has passed 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 from typing import IO, Any, Callable
@@ -25,6 +24,8 @@ from torch import nn
 
 from resnets.atomic import atomic_open, writable_folder
 from resnets.errors import UserError
+from resnets.models.onnx import EXTRA as ONNX_EXTRA
+from resnets.models.onnx import export_model, onnx_available, onnx_session, run_session
 from resnets.rundir import RunDir
 
 TORCHVISION_NAMES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
@@ -91,9 +92,8 @@ def export_onnx(checkpoint: str | Path, out: str | Path, *, check: bool = True,
     from resnets.train.inference import load_trained
 
     out = check_destination(out, checkpoint, overwrite=overwrite)
-    if any(importlib.util.find_spec(m) is None for m in ("onnx", "onnxscript")):
-        raise UserError("ONNX export needs the optional extra: pip install 'resnets[onnx]' "
-                        "(onnx, onnxruntime, onnxscript)")
+    if not onnx_available(runtime=False):
+        raise UserError(f"ONNX export needs the optional extra: {ONNX_EXTRA}")
     trained = load_trained(checkpoint, device="cpu")
     module = PixelsToLogits(trained.model, trained.normalizer).eval()
     channels, height, width = trained.input_size
@@ -108,29 +108,8 @@ def export_onnx(checkpoint: str | Path, out: str | Path, *, check: bool = True,
 
 
 def _onnx_export(module: nn.Module, example: torch.Tensor):
-    """The ONNX ModelProto of `module`, weights inside, batch dimension dynamic. The
-    exporter's own notices (warnings, and log lines such as "torchvision is not installed.
-    Skipping torchvision::nms") are kept off the user's terminal."""
-    import logging
-    import warnings
-
-    batch = torch.export.Dim("batch", min=1, max=65536)
-    exporter_log = logging.getLogger("torch.onnx")
-    level = exporter_log.level
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        exporter_log.setLevel(logging.ERROR)
-        try:
-            program = torch.onnx.export(module, (example,), None, input_names=["pixels"],
-                                        output_names=["logits"], dynamo=True,
-                                        dynamic_shapes=({0: batch},), external_data=False,
-                                        verbose=False)
-        except ImportError as error:
-            raise UserError(f"ONNX export needs the optional extra: pip install "
-                            f"'resnets[onnx]' ({error})") from None
-        finally:
-            exporter_log.setLevel(level)
-    return program.model_proto
+    """The ONNX ModelProto of `module` taking raw pixels (resnets.models.onnx exports it)."""
+    return export_model(module, example, input_name="pixels", output_name="logits")
 
 
 def _add_metadata(model, trained) -> None:
@@ -145,18 +124,16 @@ def _add_metadata(model, trained) -> None:
 
 def _check_onnx(data: bytes, module: nn.Module, example: torch.Tensor,
                 tolerance: float) -> float:
-    try:
-        import onnxruntime
-    except ImportError:
-        raise UserError("checking the ONNX file needs onnxruntime: pip install "
-                        "'resnets[onnx]' (or skip the check)") from None
-    session = onnxruntime.InferenceSession(data, providers=["CPUExecutionProvider"])
+    if not onnx_available():
+        raise UserError(f"checking the ONNX file needs onnxruntime: {ONNX_EXTRA} (or skip "
+                        f"the check)")
+    session = onnx_session(data)
     # A batch size other than the export example's, to exercise the dynamic batch dimension.
     pixels = torch.rand(3, *example.shape[1:], generator=torch.Generator().manual_seed(1)) * 255
-    (got,) = session.run(["logits"], {"pixels": pixels.numpy()})
+    got = run_session(session, pixels)
     with torch.no_grad():
         expected = module(pixels)
-    diff = float((torch.from_numpy(got) - expected).abs().max())
+    diff = float((got - expected).abs().max())
     scale = float(expected.abs().max()) or 1.0
     if not diff <= tolerance * max(scale, 1.0):
         raise UserError(f"ONNX check failed: onnxruntime and PyTorch differ by {diff:.3g} "

@@ -196,8 +196,9 @@ def test_predict_takes_folders_and_globs_and_reports_unreadable_files_at_the_end
     (photos / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
     assert main(["predict", str(run_dir), str(photos), str(photos / "*.png"), "--top", "1"]) == 0
     captured = capsys.readouterr()
-    names = [line for line in captured.out.splitlines() if not line.startswith("  ")]
+    *names, how = [line for line in captured.out.splitlines() if not line.startswith("  ")]
     assert names == [str(photos / n) for n in ("a.gif", "b.png", "c.bmp", "b.png")]
+    assert how.startswith("(") and "BatchNorm folded" in how  # what ran, last
     assert captured.err.splitlines() == [
         f"warning: skipped {photos / 'broken.png'}: not an image this program can read (cannot identify image file)"] * 2
 

@@ -32,8 +32,10 @@ from train_fakes import make_dataset, tiny_config
 WORKER = Path(__file__).with_name("ddp_worker.py")
 SRC = Path(__file__).resolve().parents[2] / "src"
 # resnet8 on 32 bundled digits a step: a real model and dataset, a few seconds a run
+# fp32 forced: "auto" would time this machine in each process (resnets.train.probe), and the
+# runs compared here must compute in the same arithmetic whatever those timings say
 RUN = ["train", "--model", "resnet8", "--data", "bundled", "--batch-size", "32", "--iters", "12",
-       "--eval-every", "6", "--threads", "1", "--progress", "none"]
+       "--eval-every", "6", "--threads", "1", "--progress", "none", "--precision", "fp32"]
 
 
 def _environment(report: Path | None = None, **extra: str) -> dict:

@@ -1,5 +1,5 @@
 """The fast inference path of eval, predict and the library: BatchNorm folded, channels_last,
-bf16 where it is faster (a CPU capability rule), under inference_mode; its logits against
+bf16 where it measured faster (a measurement given here), under inference_mode; its logits against
 the model's; and a trained model left as it was."""
 
 import copy
@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-import resnets.train.device as device
+import resnets.train.engine as engine
 from resnets.cli import main
 from resnets.models.fuse import fusion_available
 from resnets.train import fit
@@ -29,15 +29,18 @@ def _fused_words(dtype: torch.dtype = torch.float32) -> str:
     return ", conv+add+ReLU fused" if fusion_available(dtype) else ""
 
 
-@pytest.mark.parametrize("flags, expected", [({"avx512_bf16", "avx512f"}, "bf16"),
-                                             ({"amx_bf16", "avx512_bf16"}, "bf16"),
-                                             ({"avx512f", "avx2"}, "fp32"), ({"avx2"}, "fp32"),
-                                             (set(), "fp32")])
-def test_auto_is_bf16_only_on_cpus_with_native_bf16(monkeypatch, flags, expected):
-    monkeypatch.setattr(device, "cpu_flags", lambda: flags)
-    assert inference_precision("auto", CPU) == expected
-    assert inference_precision("fp32", CPU) == "fp32"  # forcible either way
-    assert inference_precision("bf16", CPU) == "bf16"
+def _measured(fp32: float, bf16: float) -> dict:
+    """A given inference measurement (seconds per image at each probed batch size)."""
+    return {"fp32": [fp32] * len(engine.PROBE_BATCHES), "bf16": [bf16] * len(engine.PROBE_BATCHES)}
+
+
+@pytest.mark.parametrize("times, expected", [(_measured(1.0, 0.35), "bf16"),  # EPYC: 2.9x
+                                             (_measured(1.0, 8.0), "fp32"),   # AVX2: emulated
+                                             (_measured(1.0, 1.1), "fp32")])
+def test_auto_is_bf16_only_where_bf16_inference_measured_faster(times, expected):
+    assert inference_precision("auto", CPU, times) == expected
+    assert inference_precision("fp32", CPU, times) == "fp32"  # forcible either way
+    assert inference_precision("bf16", CPU, times) == "bf16"
 
 
 def _resnet(name="resnet20", size=8):
@@ -121,7 +124,7 @@ def resnet_run(tmp_path):
 
 def test_eval_and_predict_run_the_fast_path_and_leave_the_model_alone(resnet_run, tmp_path,
                                                                       monkeypatch):
-    monkeypatch.setattr(device, "cpu_flags", lambda: set())  # auto: fp32 here
+    monkeypatch.setattr(engine, "torch_table", lambda: _measured(1.0, 2.0))  # auto: fp32 here
     run, parts = resnet_run
     trained = load_trained(run, parts=parts)
     state = {k: v.clone() for k, v in trained.model.state_dict().items()}
@@ -158,10 +161,33 @@ def test_eval_says_how_it_computed(resnet_run, monkeypatch, capsys):
 
     run, parts = resnet_run
     monkeypatch.setattr(parts_module, "default_parts", lambda: parts)
-    monkeypatch.setattr(device, "cpu_flags", lambda: {"avx512_bf16"})
-    assert main(["eval", str(run), "--device", "cpu"]) == 0
-    assert capsys.readouterr().out.splitlines()[0].endswith(
-        f"(bf16, BatchNorm folded{_fused_words(torch.bfloat16)})")
-    assert main(["eval", str(run), "--device", "cpu", "--precision", "fp32"]) == 0
+    monkeypatch.setattr(engine, "torch_table", lambda: _measured(1.0, 0.35))  # bf16 faster
+    assert main(["eval", str(run), "--device", "cpu"]) == 0  # the run's precision: fp32
     assert capsys.readouterr().out.splitlines()[0].endswith(
         f"(fp32, BatchNorm folded{_fused_words()})")
+    assert main(["eval", str(run), "--device", "cpu", "--precision", "bf16"]) == 0
+    assert capsys.readouterr().out.splitlines()[0].endswith(
+        f"(bf16, BatchNorm folded{_fused_words(torch.bfloat16)}; the run's own figures were "
+        f"computed in fp32)")
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_eval_of_a_run_reproduces_the_test_error_its_summary_reports(tmp_path, monkeypatch,
+                                                                     precision):
+    """`resnets eval RUN` evaluates in the precision the run evaluated in, whichever inference
+    measured faster here (given: the other one), so it reports the run's own figure; forced to
+    another precision, it says the run's figures used another."""
+    other = "bf16" if precision == "fp32" else "fp32"
+    faster = _measured(1.0, 0.35) if other == "bf16" else _measured(1.0, 2.0)
+    monkeypatch.setattr(engine, "torch_table", lambda: faster)
+    parts = _resnet_parts()
+    summary = fit(tiny_config(model="resnet8", iters=12, compile=False, precision=precision),
+                  tmp_path / "run", progress="none", parts=parts)
+    trained = load_trained(tmp_path / "run", parts=parts)
+    result = evaluate_checkpoint(trained, parts=parts)
+    assert result["precision"].startswith(f"{precision}, BatchNorm folded")
+    assert "the run's own figures" not in result["precision"]
+    assert result["err"] == summary["final"]["test_err"]
+    forced = evaluate_checkpoint(trained, parts=parts, precision=other)
+    assert forced["precision"].startswith(f"{other}, BatchNorm folded")
+    assert forced["precision"].endswith(f"; the run's own figures were computed in {precision}")

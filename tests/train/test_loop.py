@@ -173,25 +173,12 @@ def test_finished_run_resume_returns_its_summary(tmp_path, fake_rooms):
 
 def test_line_progress_prints_one_line_per_epoch(tmp_path, fake_rooms, capsys):
     fit(tiny_config(iters=18, eval_every=0, log_every=0), tmp_path / "run", progress="lines")
-    first, *lines = capsys.readouterr().out.strip().splitlines()
-    assert first.startswith("compile: off (auto): 18 steps, fewer than 1,000")  # and why
+    first, second, *lines = capsys.readouterr().out.strip().splitlines()
+    assert first.startswith("precision: fp32 (auto): ")  # and why (tests/test_probe.py)
+    assert second.startswith("compile: off (auto): 18 steps, fewer than 1,000")  # and why
     assert len(lines) == 3  # 18 steps / 6 per epoch
     assert lines[0].startswith("epoch 1.0/3  step 6/18  loss ")
     assert "val_err" in lines[0] and "left" in lines[0]
-
-
-def test_auto_precision_is_bf16_only_where_it_is_faster(monkeypatch):
-    import torch
-
-    from resnets.train import device
-
-    cpu = torch.device("cpu")
-    monkeypatch.setattr(device, "cpu_has_amx", lambda: False)
-    assert device.resolve_precision("auto", cpu) == "fp32"
-    monkeypatch.setattr(device, "cpu_has_amx", lambda: True)
-    assert device.resolve_precision("auto", cpu) == "bf16"
-    assert device.resolve_precision("fp32", cpu) == "fp32"
-    assert device.resolve_precision("bf16", cpu) == "bf16"
 
 
 def test_a_run_that_died_before_its_first_checkpoint_starts_afresh(tmp_path, fake_rooms, ctrl_c_after_step):
@@ -209,7 +196,7 @@ def test_a_run_that_died_before_its_first_checkpoint_starts_afresh(tmp_path, fak
 
 def test_resume_keeps_the_precision_the_run_started_with(tmp_path, fake_rooms, monkeypatch,
                                                           ctrl_c_after_step):
-    monkeypatch.setattr(setup, "resolve_precision", lambda precision, device: "fp32")
+    monkeypatch.setattr(setup, "training_precision", lambda precision, device: ("fp32", "why"))
     ctrl_c_after_step(2)
     with pytest.raises(TrainingInterrupted):
         fit(tiny_config(iters=6, precision="auto"), tmp_path / "run", progress="none")
@@ -222,7 +209,7 @@ def test_resume_keeps_the_precision_the_run_started_with(tmp_path, fake_rooms, m
         return real_step(*args, **kwargs)
 
     # on "another machine", auto would now mean bf16; the resumed run keeps fp32
-    monkeypatch.setattr(setup, "resolve_precision", lambda precision, device: "bf16")
+    monkeypatch.setattr(setup, "training_precision", lambda precision, device: ("bf16", "why"))
     monkeypatch.setattr(loop, "train_step", recording_step)
     fit(tiny_config(iters=6, precision="auto"), tmp_path / "run", resume=True, progress="none")
     assert used and set(used) == {"fp32"}

@@ -78,6 +78,7 @@ def _add_eval(sub) -> None:
     from resnets.data.dataset import SPLITS
     from resnets.data.views import CROPS
     from resnets.train.device import PRECISIONS
+    from resnets.train.engine import ENGINES
 
     evaluate = sub.add_parser("eval", help="top-1/top-5 and per-class error of a checkpoint",
                               description="Evaluate a checkpoint (or a run directory's last "
@@ -93,9 +94,14 @@ def _add_eval(sub) -> None:
                           help="images per batch (with --crops 10, ten crops each) (default: 500)")
     evaluate.add_argument("--device", type=device, default="auto")
     evaluate.add_argument("--precision", choices=PRECISIONS, default="auto",
-                          help="auto: bf16 where it is faster (CUDA, CPUs with AVX-512 BF16 "
-                          "or AMX), else fp32; BatchNorm is folded into the convolutions "
-                          "either way (default: auto)")
+                          help="auto: a run's checkpoint in the precision the run evaluated "
+                          "in; other weights in bf16 where it measured faster here, else "
+                          "fp32; BatchNorm is folded into the convolutions either way "
+                          "(default: auto)")
+    evaluate.add_argument("--engine", choices=ENGINES, default="auto",
+                          help="auto: onnxruntime where it measured faster here at this batch "
+                          "size (CPU, with pip install 'resnets[onnx]'), else PyTorch "
+                          "(default: auto)")
     evaluate.add_argument("--crops", type=int, choices=CROPS, default=1,
                           help="1: the centre crop; 10: the paper's 10-crop testing (four "
                           "corners and centre, and their flips; softmax averaged). For models "
@@ -110,6 +116,7 @@ def _add_eval(sub) -> None:
 
 def _add_predict(sub) -> None:
     from resnets.train.device import PRECISIONS
+    from resnets.train.engine import ENGINES
 
     predict = sub.add_parser("predict", help="classify image files with a checkpoint or "
                              "pretrained weights",
@@ -137,6 +144,8 @@ def _add_predict(sub) -> None:
                          "(default: Pillow's limit, about 89 million)")
     predict.add_argument("--device", type=device, default="cpu")
     predict.add_argument("--precision", choices=PRECISIONS, default="auto",
+                         help="as for eval (default: auto)")
+    predict.add_argument("--engine", choices=ENGINES, default="auto",
                          help="as for eval (default: auto)")
     predict.set_defaults(run=_cmd_predict, runs_models=True)
 
@@ -311,7 +320,8 @@ def _cmd_eval(args) -> int:
     result = evaluate_checkpoint(trained, data=args.data, data_dir=args.data_dir,
                                  split=args.split, batch_size=args.batch_size,
                                  precision=args.precision, crops=args.crops,
-                                 resize_size=args.resize_size, workers=args.workers)
+                                 resize_size=args.resize_size, workers=args.workers,
+                                 engine=args.engine)
     crops = f", {args.crops} crops" if args.crops != 1 else ""
     print(f"{trained.checkpoint['model']} on {result['data']} {args.split} ({result['n']} "
           f"images{crops}): top-1 error {result['err']:.2f}%, top-5 error "
@@ -344,7 +354,8 @@ def _cmd_predict(args) -> int:
     paths = image_paths(inputs)
     top = args.top or (5 if args.weights is not None else 3)
     results = predict_images(trained, paths, top=top, return_errors=True,
-                             max_pixels=args.max_pixels, precision=args.precision)
+                             max_pixels=args.max_pixels, precision=args.precision,
+                             engine=args.engine)
     done = [(str(path), top) for path, top in zip(paths, results) if not isinstance(top, UserError)]
     failed = [error for error in results if isinstance(error, UserError)]
     if not done:
@@ -353,6 +364,8 @@ def _cmd_predict(args) -> int:
         raise UserError(f"none of the {len(failed)} images could be classified: {failed[0]} "
                         f"(and {len(failed) - 1} more)")
     _print_predictions(done, args.format, trained)
+    if args.format == "text":  # what ran: the engine and precision
+        print(f"({trained.inference_model(args.precision, args.engine).describe()})")
     sys.stdout.flush()
     for error in failed:  # at the end, so a long listing does not hide them
         print(f"warning: skipped {error}", file=sys.stderr)

@@ -1,8 +1,8 @@
 """Where and in what arithmetic a model runs: device, precision and CPU threads, and autocast.
 
-Device "auto": CUDA if present, else CPU. Precision "auto": bf16 autocast where it was measured
-faster than fp32 (CUDA GPUs that support it; CPUs with AMX, about 2x), fp32 elsewhere (on a
-CPU with AVX-512 bf16 but no AMX, bf16 was ~10% slower: benchmarks/RESULTS.md).
+Device "auto": CUDA if present, else CPU. Precision "auto": bf16 autocast where it is faster
+than fp32 on this machine, measured once and cached (resnets.train.probe; CUDA GPUs: where
+they compute bf16 natively).
 
 Threads: torch's default uses every core, so two trainings at once on one machine fight over
 the cores and each runs many times slower than it would with its share of them
@@ -81,17 +81,6 @@ def cuda_has_native_bf16(device: torch.device) -> bool:
     """Whether a CUDA GPU computes bf16 in hardware: from Ampere (compute capability 8) on;
     torch.cuda.is_bf16_supported() also says yes where it is only emulated, and slow."""
     return torch.cuda.get_device_capability(device)[0] >= 8
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """"auto" -> "bf16" where it is faster than fp32, else "fp32"; others unchanged."""
-    if precision != "auto":
-        return precision
-    if device.type == "cuda":
-        return "bf16" if cuda_has_native_bf16(device) else "fp32"
-    if device.type == "cpu":
-        return "bf16" if cpu_has_amx() else "fp32"
-    return "fp32"
 
 
 def autocast(device: torch.device, precision: str):

@@ -8,18 +8,13 @@ resizes the shorter side and centre-crops to the training size, applies the save
 and returns the top classes with their probabilities.
 
 The fast path. `evaluate_checkpoint` and `predict_images` (so `resnets eval` and `resnets
-predict`) run `Trained.inference_model(precision)`, an `InferenceModel`: a copy of the model
-with BatchNorm folded into the convolutions (`resnets.models.fold`), in channels_last, in bf16
-where bf16 inference is faster, called under `torch.inference_mode`. `Trained.model` itself is
+predict`) run `Trained.inference_model(precision, engine)`, an `InferenceModel`
+(resnets.train.engine: BatchNorm folded, fused, channels_last, in the precision and on the
+engine, PyTorch or onnxruntime, measured faster on this machine). `Trained.model` itself is
 left as it was (the lesion and landscape studies change it).
 
-Precision "auto" (`inference_precision`) is a capability rule, the same answer on a machine
-every time: bf16 on a CUDA GPU that supports it and on a CPU with native bf16 dot products
-(the `avx512_bf16` or `amx_bf16` flags: oneDNN then runs bf16 convolutions in hardware); fp32
-elsewhere: on an AVX2-only CPU oneDNN emulates bf16, and the bf16 path measured 7-8x slower
-than fp32 there (benchmarks/bench_inference.py, 2026-12-02). It is not training's rule:
-without AMX bf16 *training* is slower than fp32, the weight gradients being the part without a
-fast kernel. `--precision fp32|bf16` forces either.
+A run's checkpoint is evaluated by default in the precision the run evaluated in, so `resnets
+eval RUN` reproduces the run's own figure; another precision, forced, is said in the result.
 
 Agreement with the model itself, relative to max(1, largest |logit|). fp32: within
 `FP32_TOLERANCE` (1e-4) where fp32 rounding alone moves the model's logits by under a tenth of
@@ -48,9 +43,9 @@ from resnets.data.normalize import Normalizer
 from resnets.errors import UserError
 from resnets.train.checkpoint import load_checkpoint, resolve_checkpoint_path
 from resnets.train.config import Config
-from resnets.train.device import PRECISIONS as INFERENCE_PRECISIONS
-from resnets.train.device import (cpu_has_native_bf16, cuda_has_native_bf16,
-                                   resolve_device)
+from resnets.train.device import resolve_device
+from resnets.train.engine import (BF16_TOLERANCE, FP32_TOLERANCE, InferenceModel,  # noqa: F401
+                                   check_engine, choose_engine, inference_precision)
 from resnets.train.steps import evaluate, image_shape
 from resnets.train import parts as parts_module
 from resnets.train.parts import Parts
@@ -75,16 +70,21 @@ class Trained:
     classes_are_folders: bool = True
     _inference: dict = field(default_factory=dict, repr=False, compare=False)
 
-    def inference_model(self, precision: str = "auto") -> "InferenceModel":
+    def inference_model(self, precision: str = "auto", engine: str = "auto"
+                        ) -> "InferenceModel":
         """The model prepared for fast inference (`InferenceModel`), made once per precision
-        and kept while `self.model` stays the same (its tensors unchanged in place and not
-        replaced: a lesion or a load_state_dict makes a new copy); `self.model` is not
-        changed."""
+        and engine and kept while `self.model` stays the same (its tensors unchanged in place
+        and not replaced: a lesion or a load_state_dict makes a new copy); `self.model` is
+        not changed. A forced bf16 runs in PyTorch (onnxruntime computes in fp32)."""
         resolved = inference_precision(precision, self.device)
+        if precision == "bf16" and engine == "auto":
+            engine = "torch"
+        engine = check_engine(engine, resolved, self.device)
         tensors = [*self.model.parameters(), *self.model.buffers()]
-        key = (resolved, id(self.model), tuple((id(t), t._version) for t in tensors))
+        key = (resolved, engine, id(self.model), tuple((id(t), t._version) for t in tensors))
         if key not in self._inference:
-            self._inference = {key: InferenceModel(self.model, self.device, resolved)}
+            self._inference = {key: InferenceModel(self.model, self.device, resolved,
+                                                   engine=engine)}
         return self._inference[key]
 
     def label(self, index: int) -> str:
@@ -112,71 +112,6 @@ class Prediction(tuple):
         prediction = super().__new__(cls, (label, probability))
         prediction.class_index = class_index
         return prediction
-
-
-FP32_TOLERANCE = 1e-4   # folded vs unfolded fp32 logits, relative to max(1, largest |logit|)
-BF16_TOLERANCE = 5e-2   # the bf16 path against the fp32 model, the same way
-
-
-def inference_precision(precision: str, device: torch.device) -> str:
-    """"auto" -> "bf16" where bf16 inference is faster than fp32 (a CUDA GPU with bf16; a CPU
-    with native bf16 dot products), else "fp32"; "bf16" and "fp32" as they are."""
-    if precision not in INFERENCE_PRECISIONS:
-        raise UserError(f"precision must be one of {', '.join(INFERENCE_PRECISIONS)}, got "
-                        f"{precision!r}")
-    if precision != "auto":
-        return precision
-    if device.type == "cuda":
-        return "bf16" if cuda_has_native_bf16(device) else "fp32"
-    if device.type == "cpu":
-        return "bf16" if cpu_has_native_bf16() else "fp32"
-    return "fp32"
-
-
-class InferenceModel(nn.Module):
-    """A trained model ready for inference: a copy with BatchNorm folded into the
-    convolutions, in `precision` ("bf16": weights and activations; "fp32"), in channels_last,
-    on `device`. Called with a float batch (B, C, H, W) (any memory format, dtype and device),
-    it returns fp32 logits (B, classes), computed under `torch.inference_mode`. For inference
-    only: it is never trained or written to a checkpoint."""
-
-    def __init__(self, model: nn.Module, device: torch.device | str, precision: str = "fp32",
-                 channels_last: bool = True):
-        super().__init__()
-        from resnets.models.fold import fold_batchnorm
-        from resnets.models.fuse import fuse_for_cpu
-
-        if precision not in ("bf16", "fp32"):
-            raise ValueError(f"precision must be bf16 or fp32, got {precision!r}")
-        self.device = torch.device(device)
-        self.precision = precision
-        self.dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        folded = fold_batchnorm(model).to(self.device, self.dtype)
-        folded = folded.to(memory_format=self.memory_format) if channels_last else folded
-        self.model = fuse_for_cpu(folded)  # on the CPU; elsewhere as it is
-        self.train(False)
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        with torch.inference_mode():
-            if images.ndim == 4:
-                images = images.to(self.device, self.dtype, memory_format=self.memory_format)
-            else:
-                images = images.to(self.device, self.dtype)
-            return self.model(images).float()
-
-    def train(self, mode: bool = True) -> "InferenceModel":
-        if mode:
-            raise ValueError("an InferenceModel is for inference only: train the model it "
-                             "was made from")
-        return super().train(False)
-
-    def describe(self) -> str:
-        """"fp32, BatchNorm folded, conv+add+ReLU fused": how it computes, for a report line."""
-        from resnets.models.fuse import describe_fusion
-
-        fused = describe_fusion(self.model)
-        return f"{self.precision}, BatchNorm folded" + (f", {fused}" if fused else "")
 
 
 def load_trained(path: str | Path, device: str = "cpu", parts: Parts | None = None) -> Trained:
@@ -242,7 +177,8 @@ def evaluate_checkpoint(trained: Trained, *, data: str | None = None,
                         batch_size: int = 500, precision: str = "auto",
                         parts: Parts | None = None, crops: int = 1,
                         resize_size: int | None = None,
-                        workers: int | None = None, fast: bool = True) -> dict[str, Any]:
+                        workers: int | None = None, fast: bool = True,
+                        engine: str = "auto") -> dict[str, Any]:
     """Top-1/top-5/per-class error of a trained model on a dataset split (by default the
     dataset and split options it was trained with).
 
@@ -250,11 +186,42 @@ def evaluate_checkpoint(trained: Trained, *, data: str | None = None,
     softmax averaged); resize_size: the shorter side before cropping (default: the run's).
     Both apply to models trained with augment paper | random-resized (images of any size).
     batch_size counts images (10 crops each with crops=10); workers: decoding processes.
-    fast: run `trained.inference_model(precision)` (BatchNorm folded, channels_last, bf16
-    where faster: see the module docstring); False: the model itself under autocast
-    (precision "auto" is then fp32). The result's "precision" says how it was computed.
+    fast: run `trained.inference_model(precision, engine)` (BatchNorm folded, channels_last,
+    bf16 and onnxruntime where faster: see the module docstring; the engine chosen once for
+    `batch_size`); False: the model itself under autocast (precision "auto" is then fp32).
+    precision "auto" on a run's checkpoint: the precision the run evaluated in. The result's
+    "precision" says how it was computed, and when the run's own figures used another.
     """
     parts = parts or parts_module.default_parts()
+    run_precision = trained.checkpoint.get("precision")  # a training run's checkpoint says it
+    if precision == "auto" and run_precision in ("bf16", "fp32"):
+        precision = run_precision
+    config, dataset = _eval_data(trained, parts, data, data_dir, split, crops, resize_size)
+    options = {} if crops == 1 else {"crops": crops}
+    workers_ = workers if workers is not None else config.workers
+    side = eval_resize_size(config) or 0  # a resized image, 3 bytes a pixel, per worker
+    check_inference_memory(trained, min(batch_size, len(dataset)) * crops, "use a smaller "
+                           "--resize-size or "
+                           "--batch-size", decoded_bytes=3 * side * side * max(1, workers_ or 0))
+    model, autocast = _eval_model(trained, fast, precision, engine, batch_size * crops)
+    loader = parts.make_loader(dataset, batch_size, shuffle=False, pad=0, flip=False,
+                               normalizer=trained.normalizer, device=trained.device,
+                               seed=0, drop_last=False, channels_last=fast,
+                               workers=workers if workers is not None else config.workers,
+                               **options)
+    result = evaluate(model, loader, precision=autocast, num_classes=len(trained.classes))
+    how, used = (model.describe(), model.used_precision) if fast else (autocast, autocast)
+    if run_precision in ("bf16", "fp32") and used != run_precision:
+        how += f"; the run's own figures were computed in {run_precision}"
+    skipped = list(getattr(loader, "skipped", ()))
+    return {**result, "data": config.data, "split": split, "crops": crops,
+            "skipped_images": skipped, "precision": how}
+
+
+def _eval_data(trained: Trained, parts: Parts, data, data_dir, split: str, crops: int,
+               resize_size: int | None):
+    """(config, dataset) evaluate_checkpoint measures on: the run's data, or `data`, refused
+    where its images or classes do not fit the model."""
     config = trained.config
     changes: dict[str, Any] = {}
     if data is not None or data_dir is not None:
@@ -289,28 +256,23 @@ def evaluate_checkpoint(trained: Trained, *, data: str | None = None,
     elif list(dataset.classes) != trained.classes:
         raise UserError(f"{config.data} has classes {_short(dataset.classes)}, the "
                         f"checkpoint {_short(trained.classes)}")
-    options = {} if crops == 1 else {"crops": crops}
-    workers_ = workers if workers is not None else config.workers
-    side = eval_resize_size(config) or 0  # a resized image, 3 bytes a pixel, per worker
-    check_inference_memory(trained, min(batch_size, len(dataset)) * crops, "use a smaller "
-                           "--resize-size or "
-                           "--batch-size", decoded_bytes=3 * side * side * max(1, workers_ or 0))
+    return config, dataset
+
+
+def _eval_model(trained: Trained, fast: bool, precision: str, engine: str, images: int):
+    """(model, autocast precision) evaluate_checkpoint runs: the fast InferenceModel on the
+    engine measured faster for batches of `images` (one for every batch), or the model itself."""
     if fast:
-        model = trained.inference_model(precision)
-        autocast, how = "fp32", model.describe()  # the model casts its input itself
+        resolved = inference_precision(precision, trained.device)
+        if precision != "bf16" and check_engine(engine, resolved, trained.device) == "auto":
+            engine = choose_engine(resolved, images)  # one for every batch
+        model = trained.inference_model(precision, engine)
+        autocast = "fp32"  # the model casts its input itself
     else:
         autocast = "fp32" if precision == "auto" else inference_precision(precision,
                                                                           trained.device)
-        model, how = trained.model, autocast
-    loader = parts.make_loader(dataset, batch_size, shuffle=False, pad=0, flip=False,
-                               normalizer=trained.normalizer, device=trained.device,
-                               seed=0, drop_last=False, channels_last=fast,
-                               workers=workers if workers is not None else config.workers,
-                               **options)
-    result = evaluate(model, loader, precision=autocast, num_classes=len(trained.classes))
-    skipped = list(getattr(loader, "skipped", ()))
-    return {**result, "data": config.data, "split": split, "crops": crops,
-            "skipped_images": skipped, "precision": how}
+        model = trained.model
+    return model, autocast
 
 
 def check_inference_memory(trained: Trained, images: int, remedy: str,
@@ -434,14 +396,16 @@ def eval_resize_size(config: Config) -> int | None:
 @torch.no_grad()
 def predict_images(trained: Trained, paths: Sequence[str | Path], top: int = 5, *,
                    return_errors: bool = False, max_pixels: int | None = None,
-                   batch_size: int = 64, precision: str = "auto", fast: bool = True
-                   ) -> list[list[tuple[str, float]] | UserError]:
+                   batch_size: int = 64, precision: str = "auto", fast: bool = True,
+                   engine: str = "auto") -> list[list[tuple[str, float]] | UserError]:
     """For each image, the `top` classes as (name, probability), most likely first (each a
     `Prediction`: its `class_index` too).
 
     An unreadable image raises its `UserError`, or with `return_errors` takes its place in the
     list, so the others are still classified. `max_pixels`: see `load_image`. `precision` and
-    `fast`: as `evaluate_checkpoint`'s (fast=False runs the fp32 model itself).
+    `fast`: as `evaluate_checkpoint`'s (fast=False runs the fp32 model itself); `engine`:
+    "auto" (per batch, the faster measured here), "torch" or "onnxruntime";
+    `trained.inference_model(precision, engine).describe()` says afterwards what ran.
     """
     k = min(top, len(trained.classes))
     resize = eval_resize_size(trained.config)
@@ -450,7 +414,7 @@ def predict_images(trained: Trained, paths: Sequence[str | Path], top: int = 5, 
                            f"the checkpoint's input_size {list(trained.input_size)} or resize "
                            f"size {resize} is too large for this machine (was it edited?)",
                            decoded_bytes=channels * max(height, width, resize or 0) ** 2)
-    model = trained.inference_model(precision) if fast else trained.model
+    model = trained.inference_model(precision, engine) if fast else trained.model
     results: list[list[tuple[str, float]] | UserError] = []
     for start in range(0, len(paths), batch_size):
         loaded: list[torch.Tensor | UserError] = []

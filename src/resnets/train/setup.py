@@ -15,10 +15,9 @@ from resnets.rundir import RunDir
 from resnets.train.autocompile import StepCompiler
 from resnets.train.config import Config
 from resnets.train import finetune
-from resnets.train.device import (check_memory, cpu_has_amx, cpu_has_native_bf16,
-                                  machine_busy_warning, resolve_device, resolve_precision,
-                                  resolve_threads)
-from resnets.train.distributed import World, convert_sync_bn, wrap_model
+from resnets.train.device import check_memory, machine_busy_warning, resolve_device, resolve_threads
+from resnets.train.distributed import World, broadcast_text, convert_sync_bn, wrap_model
+from resnets.train.probe import training_precision
 from resnets.train.metrics import truncate_metrics
 from resnets.train.parts import Parts
 from resnets.train.schedule import peak_lr, schedule_from_config
@@ -42,15 +41,7 @@ class TrainingSetup:
         self.device = device or resolve_device(config.device)
         self.threads = resolve_threads(config.threads)
         self.notes: list[str] = []  # lines for the display once it has started
-        # A resumed run keeps the arithmetic it started with, whatever "auto" means here.
-        precision = (checkpoint.get("precision") if checkpoint and "precision" in checkpoint
-                     else resolve_precision(config.precision, self.device))
-        if precision == "bf16" and self.device.type == "cpu" and not cpu_has_amx():
-            self.notes.append(
-                "note: precision bf16 on a CPU without AMX: "
-                + ("bf16 trains slower than fp32 here" if cpu_has_native_bf16() else
-                   "its bf16 arithmetic is emulated, several times slower than fp32")
-                + " (precision auto picks fp32 on this CPU)")
+        precision, why = self._precision(checkpoint)
         torch.manual_seed(config.seed)
         train_set, eval_sets = self._datasets(parts)
         self.state = self._state(parts, train_set, checkpoint, precision)
@@ -68,6 +59,7 @@ class TrainingSetup:
             if self.world.main:
                 write_json(run.config, {**config.to_dict(), "environment": {
                     **environment(), "device": str(self.device), "precision": precision,
+                    "precision_reason": why,
                     "threads": self.threads, "processes": self.world.size}})
         self._wrap_model(checkpoint)
         self.board = Board.open(config.tensorboard and self.world.main, run.path,
@@ -77,6 +69,20 @@ class TrainingSetup:
         busy = machine_busy_warning() if self.world.main else None
         if busy:  # last, so a mistake in the settings is reported first; before the display
             warnings.warn(busy)
+
+    def _precision(self, checkpoint: dict | None) -> tuple[str, str]:
+        """(precision, why): a resumed run keeps the arithmetic it started with, whatever
+        "auto" means here; else "auto" is measured (resnets.train.probe) by rank 0 and every
+        process follows. The first progress line says which and why."""
+        precision, why = ((checkpoint["precision"], "the precision this run started with")
+                          if checkpoint and "precision" in checkpoint
+                          else ("", "") if not self.world.main  # rank 0 measures, all follow
+                          else training_precision(self.config.precision, self.device))
+        precision, _, why = broadcast_text(f"{precision}:{why}", self.world,
+                                           self.device).partition(":")
+        self.notes.append(f"precision: {precision} ({self.config.precision}): {why}"
+                          if why != "as set" else f"precision: {precision} (as set)")
+        return precision, why
 
     def _wrap_model(self, checkpoint: dict | None) -> None:
         """`forward_model`, what a training step calls (the model, under
