@@ -57,6 +57,27 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def cpu_model() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo), else what the platform says."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_description() -> str:
+    """The CPU in one line, with the flags that decide its fast paths: "MODEL (AVX2, AVX-512,
+    AVX-512 BF16, AMX)", those it has."""
+    names = {"avx2": "AVX2", "avx512f": "AVX-512", "avx512_bf16": "AVX-512 BF16",
+             "amx_bf16": "AMX"}
+    flags = cpu_flags()
+    return f"{cpu_model()} ({', '.join(n for f, n in names.items() if f in flags) or 'none'})"
+
+
 def cpu_flags() -> set[str]:
     """The CPU's feature flags as Linux reports them (/proc/cpuinfo); empty elsewhere."""
     try:

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import platform
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -35,7 +34,7 @@ from typing import Any, Callable
 import torch
 
 from resnets.atomic import write_json
-from resnets.train.device import (autocast, cpu_flags, cuda_has_native_bf16,
+from resnets.train.device import (autocast, cpu_flags, cpu_model, cuda_has_native_bf16,
                                   machine_busy_warning)
 
 PROBE_VERSION = 1    # bump when a probe measures something else: old results are then ignored
@@ -51,18 +50,6 @@ def cache_root() -> Path:
     from resnets.train.compile import default_cache_dir
 
     return default_cache_dir().parent
-
-
-def cpu_model() -> str:
-    """The CPU's model name (Linux /proc/cpuinfo), else what the platform says."""
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    return line.partition(":")[2].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def machine_key(device: torch.device, **extra: Any) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from resnets.errors import UserError
 from resnets.rundir import RunDir
 from resnets.train.checkpoint import load_checkpoint
 from resnets.train.config import Config
+from resnets.train.device import cpu_description
 from resnets.train.distributed import (World, broadcast_text, current_world, session)
 from resnets.train.state import TRAINING_KEYS, require
 
@@ -158,5 +159,6 @@ def environment() -> dict[str, Any]:
 
     return {"resnets": resnets.__version__, "torch": torch.__version__,
             "python": platform.python_version(), "platform": platform.platform(),
+            "cpu": cpu_description(),
             "git_commit": _git_commit(),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
