@@ -62,11 +62,11 @@ def _misbehave() -> None:
     slices = int(os.environ.get("DDP_TEST_REFERENCE", "0"))
     real_step, steps = loop.train_step, [0]
 
-    def step(model, optimizer, images, labels, *, precision="fp32"):
+    def step(model, optimizer, images, labels, *, precision="fp32", **options):
         if slices:
             out = _sliced_step(model, optimizer, images, labels, slices)
         else:
-            out = real_step(model, optimizer, images, labels, precision=precision)
+            out = real_step(model, optimizer, images, labels, precision=precision, **options)
         steps[0] += 1
         if LOSSES:
             with open(Path(LOSSES) / f"losses{RANK}.txt", "a") as losses:

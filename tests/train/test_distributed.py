@@ -126,7 +126,7 @@ def test_a_killed_rank_under_max_restarts_continues_from_its_checkpoint(two_proc
     result = _torchrun("--nproc-per-node", "2", "--max-restarts", "1", "--rdzv-backend", "c10d",
                        "--rdzv-endpoint", f"127.0.0.1:{_free_port()}",
                        script_args=[*RUN, "--checkpoint-every", "4", "--out", str(tmp_path),
-                                    "--name", "killed"],
+                                    "--name", "killed", "--eval-test", "every"],
                        env=_environment(tmp_path / "report", DDP_TEST_KILL="1:7"))
     assert result.returncode == 0, _our_lines(result.stdout + result.stderr)
     records = [json.loads(line) for line in (tmp_path / "killed" / "metrics.jsonl").open()]

@@ -58,7 +58,8 @@ def test_predict_on_a_digit_photo(run_dir, tmp_path, capsys):
     Image.fromarray(digit).convert("RGB").resize((100, 80)).save(tmp_path / "digit.jpg")
     assert main(["predict", str(run_dir), str(tmp_path / "digit.jpg")]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert len(out) == 4 and out[1].split()[0] in [str(d) for d in range(10)]
+    assert len(out) == 5 and out[1].split()[0] in [str(d) for d in range(10)]
+    assert out[-1].startswith("(") and ("fp32" in out[-1] or "bf16" in out[-1])  # what ran
 
 
 def test_plot_the_run(run_dir, tmp_path):

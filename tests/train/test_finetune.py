@@ -250,9 +250,9 @@ def test_predict_with_torchvision_weights_prints_the_top5_imagenet_classes(tmp_p
     photo(500, 375, seed=3).save(path, "JPEG", quality=95)
     assert main(["predict", "--model", "resnet18", "--weights", "torchvision", str(path)]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0] == str(path) and len(lines) == 6
+    assert lines[0] == str(path) and len(lines) == 7 and lines[-1].startswith("(")  # what ran
     shown = [(line.rsplit(None, 1)[0].strip(), float(line.rsplit(None, 1)[1].rstrip("%")))
-             for line in lines[1:]]
+             for line in lines[1:-1]]
     expected = _expected_top(resnets.create_model("resnet18", weights="torchvision"), path)
     assert [name for name, _ in shown] == [name for name, _ in expected]
     assert [p for _, p in shown] == pytest.approx([100 * p for _, p in expected], abs=0.02)

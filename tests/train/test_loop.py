@@ -231,7 +231,7 @@ def test_ten_crop_scores_of_an_overconfident_model_stay_finite():
     """A badly calibrated model (logits in the thousands) gives the true class a probability
     below fp32's smallest number in every crop: averaged in linear space, its log was -inf and
     the loss inf. In log space it is the float64 reference's finite value."""
-    from resnets.train.loop import class_scores, evaluate
+    from resnets.train.steps import class_scores, evaluate
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 4 * 4, 5)).eval()

@@ -60,7 +60,8 @@ def add_weights_command(sub) -> None:
 
 
 def _cmd_weights(args) -> int:
-    from resnets.models.weights import cache_folder, cached_file, releases
+    from resnets.models.hub import cache_folder, cached_file
+    from resnets.models.weights import releases
 
     print(f"{'model':<10} {'--weights':<15} {'torchvision':<14} {'top-1':>7} {'top-5':>7} "
           f"{'resize':>6}  {'file':<24} cached")
