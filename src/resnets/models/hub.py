@@ -1,7 +1,7 @@
 """torch.hub's cache of published weights: the download, and the check of what is found there.
 
-torchvision's releases are fetched once through `torch.hub.load_state_dict_from_url(...,
-check_hash=True)` into torch's hub cache (`$TORCH_HOME/hub/checkpoints`, by default
+torchvision's releases are fetched once through `torch.hub.download_url_to_file(...,
+hash_prefix=)` into torch's hub cache (`$TORCH_HOME/hub/checkpoints`, by default
 `~/.cache/torch/hub/checkpoints`), where a file torchvision already downloaded is found and
 reused. torch.hub checks the SHA-256 in the file name on download only; a file found in the
 cache (copied there by hand, or replaced since) is checked here against that hash once: the
@@ -49,35 +49,42 @@ def cached_file(entry: Release) -> Path:
 
 def fetch_state_dict(entry: Release, *, progress: bool | None = None) -> dict[str, torch.Tensor]:
     """The state dict of a release: from the hub cache, else downloaded into it (once) with
-    its hash checked. Every failure is one line: no network (which file to put where), a hash
-    that does not match (nothing kept), an unwritable cache, a cached file that cannot be read.
+    its hash checked; read by `resnets.models.files.read_torch_file`, the one reader of every
+    torch file. Every failure is one line: no network (which file to put where), a hash that
+    does not match (nothing kept), an unwritable cache, a cached file that cannot be read.
     `progress`: torch.hub's progress bar on stderr (default: when stderr is a terminal);
     without it a download is silent until its one line "downloaded URL to PATH"."""
+    from resnets.models.files import read_torch_file
+
     folder, path = cache_folder(), cached_file(entry)
-    cached = path.is_file()
-    if cached:
+    if path.is_file():
         verify_cached(path, entry.sha256)
     else:
         from resnets.atomic import writable_folder
 
         writable_folder(folder)  # before any byte is fetched
         _remove_stale_partials(path)
+        _download(entry, path, sys.stderr.isatty() if progress is None else progress)
+    return as_state_dict(read_torch_file(path, "weights"), path)
+
+
+def _download(entry: Release, path: Path, progress: bool) -> None:
+    """Fetch `entry` to `path`: torch.hub writes a temporary file and renames it only once
+    its SHA-256 starts with the release's hash, so a failure leaves nothing behind."""
     try:
         # torch.hub says "Downloading: ..." on stdout before it has connected (so a failure
         # would be two lines): dropped, and said below once the file is here; its urlopen
         # takes no timeout
         with contextlib.redirect_stdout(io.StringIO()), _socket_timeout(TIMEOUT_S):
-            state = torch.hub.load_state_dict_from_url(
-                entry.url, model_dir=str(folder), map_location="cpu", check_hash=True,
-                weights_only=True,
-                progress=sys.stderr.isatty() if progress is None else progress)
+            torch.hub.download_url_to_file(entry.url, str(path), hash_prefix=entry.sha256,
+                                           progress=progress)
     except RuntimeError as error:
         if "invalid hash value" not in str(error):
             raise unreadable_weights(path, error) from None
         got = str(error).rsplit('got "', 1)[-1].rstrip('")')
         raise UserError(f"the download of {entry.url} does not match its hash (its SHA-256 starts "
                         f"with {got[:len(entry.sha256)]}, expected {entry.sha256}): it was cut "
-                        f"short or altered on the way; nothing was kept in {folder}; try "
+                        f"short or altered on the way; nothing was kept in {path.parent}; try "
                         f"again") from None
     except (urllib.error.URLError, http.client.HTTPException, ConnectionError,
             TimeoutError) as error:
@@ -85,12 +92,8 @@ def fetch_state_dict(entry: Release, *, progress: bool | None = None) -> dict[st
     except OSError as error:  # writing the download: a full disk, a read-only cache
         raise UserError(f"cannot write {path} ({error.strerror or error}); nothing was "
                         f"kept") from None
-    except Exception as error:  # torch.load of a cached file: truncated, not torch's, code
-        raise unreadable_weights(path, error) from None
-    if not cached:
-        remember_verified(path)  # torch.hub checked its hash: no second read next time
-        print(f"downloaded {entry.url} to {path}", file=sys.stderr)
-    return as_state_dict(state, path)
+    remember_verified(path)  # torch.hub checked its hash: no second read next time
+    print(f"downloaded {entry.url} to {path}", file=sys.stderr)
 
 
 @contextlib.contextmanager

@@ -5,7 +5,7 @@
 - `"torchvision"` (= `"torchvision:v1"`) or `"torchvision:v2"`: torchvision's published ImageNet
   weights for resnet18/34/50/101/152 (v2 for 50/101/152 only), listed with their URL, file hash,
   accuracy, parameter count and evaluation transform in `torchvision_weights.toml`. They are
-  fetched once through `torch.hub.load_state_dict_from_url(..., check_hash=True)` into torch's hub
+  fetched once through `torch.hub.download_url_to_file(..., hash_prefix=)` into torch's hub
   cache (`$TORCH_HOME/hub/checkpoints`, by default `~/.cache/torch/hub/checkpoints`), where a
   file torchvision already downloaded is found and reused. torch.hub writes a download to a
   temporary file and renames it only once its SHA-256 matches, so a dropped connection or a
