@@ -62,12 +62,23 @@ def activation_bytes(model: nn.Module, input_shape: Sequence[int]) -> int:
     module's output in fp32; an upper bound, since in-place ReLUs share theirs), measured by a
     forward pass on the meta device: no memory is used and nothing is computed. The model is
     moved to the meta device: pass one built for counting (`with torch.device("meta")`)."""
-    total = 0
+    return sum(_output_bytes(model, input_shape))
+
+
+def _largest_output_bytes(model: nn.Module, input_shape: Sequence[int]) -> int:
+    """Bytes of the largest layer output one (C, H, W) input gives (fp32), by a forward pass on
+    the meta device (nothing allocated; pass a model built there, as for `activation_bytes`)."""
+    return max(_output_bytes(model, input_shape), default=0)
+
+
+def _output_bytes(model: nn.Module, input_shape: Sequence[int]) -> list[int]:
+    """The fp32 bytes of each leaf module's output for one (C, H, W) input, by a forward pass
+    on the meta device (nothing is allocated)."""
+    sizes: list[int] = []
 
     def count(module, args, out):
-        nonlocal total
         if isinstance(out, torch.Tensor):
-            total += out.numel() * 4
+            sizes.append(out.numel() * 4)
 
     leaves = [m for m in model.modules() if next(m.children(), None) is None]
     hooks = [m.register_forward_hook(count) for m in leaves]
@@ -77,28 +88,7 @@ def activation_bytes(model: nn.Module, input_shape: Sequence[int]) -> int:
     finally:
         for hook in hooks:
             hook.remove()
-    return total
-
-
-def _largest_output_bytes(model: nn.Module, input_shape: Sequence[int]) -> int:
-    """Bytes of the largest layer output one (C, H, W) input gives (fp32), by a forward pass on
-    the meta device (nothing allocated; pass a model built there, as for `activation_bytes`)."""
-    largest = 0
-
-    def track(module, args, out):
-        nonlocal largest
-        if isinstance(out, torch.Tensor):
-            largest = max(largest, out.numel() * 4)
-
-    leaves = [m for m in model.modules() if next(m.children(), None) is None]
-    hooks = [m.register_forward_hook(track) for m in leaves]
-    try:
-        with eval_mode(model), torch.no_grad():
-            model.to("meta")(torch.zeros(1, *input_shape, device="meta"))
-    finally:
-        for hook in hooks:
-            hook.remove()
-    return largest
+    return sizes
 
 
 def training_bytes(model: nn.Module, input_shape: Sequence[int], batch: int) -> int:

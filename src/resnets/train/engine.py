@@ -39,7 +39,7 @@ from torch import nn
 from resnets.errors import UserError
 from resnets.models.onnx import onnx_available, onnxruntime_version
 from resnets.train import probe
-from resnets.train.device import PRECISIONS, cuda_has_native_bf16
+from resnets.train.device import PRECISIONS
 from resnets.train.onnx_engine import FP32_TOLERANCE, OnnxEngine, onnx_engine
 
 BF16_TOLERANCE = 5e-2   # the bf16 path against the fp32 model, the same way
@@ -234,12 +234,8 @@ def inference_precision_why(precision: str, device: torch.device,
     """(`inference_precision`, why)."""
     if precision not in PRECISIONS:
         raise UserError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    if precision != "auto":
-        return precision, "as set"
-    if device.type == "cuda":
-        native = cuda_has_native_bf16(device)
-        return ("bf16", "native on this GPU") if native else ("fp32", "no native bf16 on this GPU")
-    if device.type != "cpu":
-        return "fp32", f"bf16 is not measured on {device.type}"
+    ruled = probe.precision_without_probe(precision, device)
+    if ruled is not None:
+        return ruled
     times = torch_table() if times is None else times
     return probe.choose_precision({p: times[p][-1] for p in ("fp32", "bf16")}, "infers")

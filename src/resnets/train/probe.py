@@ -137,15 +137,24 @@ def choose_precision(times: dict[str, float], job: str = "trains") -> tuple[str,
     return "fp32", f"bf16 {job} at {speedup:.2f}x fp32 on this CPU (measured)"
 
 
-def training_precision(precision: str, device: torch.device) -> tuple[str, str]:
-    """(the precision a new run trains in, why): `precision` when it is "bf16" or "fp32";
-    for "auto" the measured choice on a CPU, the hardware rule on CUDA, fp32 elsewhere."""
+def precision_without_probe(precision: str, device: torch.device) -> tuple[str, str] | None:
+    """(precision, why) where no measurement decides: a precision as set, the hardware rule
+    on CUDA, fp32 on other devices; None for "auto" on a CPU (measure it)."""
     if precision != "auto":
         return precision, "as set"
     if device.type == "cuda":
         native = cuda_has_native_bf16(device)
         return ("bf16", "native on this GPU") if native else ("fp32", "no native bf16 on this GPU")
     if device.type != "cpu":
-        return "fp32", f"bf16 autocast is not measured on {device.type}"
+        return "fp32", f"bf16 is not measured on {device.type}"
+    return None
+
+
+def training_precision(precision: str, device: torch.device) -> tuple[str, str]:
+    """(the precision a new run trains in, why): `precision` when it is "bf16" or "fp32";
+    for "auto" the measured choice on a CPU, the hardware rule on CUDA, fp32 elsewhere."""
+    ruled = precision_without_probe(precision, device)
+    if ruled is not None:
+        return ruled
     times = cached("train", machine_key(device), lambda: measure_training(device), _valid_times)
     return choose_precision(times)
