@@ -20,8 +20,9 @@ from resnets.errors import UserError
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 # resnet8 on 32 bundled digits a step: a real model and dataset, a few seconds a run
+# fp32 forced: precision auto would time this machine in the child processes
 TRAIN = ["train", "--model", "resnet8", "--data", "bundled", "--batch-size", "32",
-         "--threads", "1", "--progress", "lines"]
+         "--threads", "1", "--progress", "lines", "--precision", "fp32"]
 
 
 def _environment() -> dict:
@@ -114,3 +115,29 @@ def test_under_plain_torchrun_only_rank_0_prints_a_users_error(tmp_path):
     assert done.returncode != 0
     assert len([line for line in (done.stdout + done.stderr).splitlines()
                 if "does not divide among 3 processes" in line and "error:" in line]) == 1
+
+
+def test_how_a_job_whose_process_failed_ends(tmp_path, capsys):
+    """The launcher's verdict from the processes' exit statuses (torch's ChildFailedError):
+    Ctrl-C is 130, a user's mistake 2 (rank 0 said it), a crash while closing a finished run
+    a warning (nothing is lost), any other failure one line with the command to continue."""
+    from types import SimpleNamespace
+
+    from resnets.rundir import RunDir
+    from resnets.train.launch import _failed
+
+    def job(**codes):
+        return SimpleNamespace(failures={i: SimpleNamespace(local_rank=int(r[4:]), exitcode=c)
+                                         for i, (r, c) in enumerate(codes.items())})
+
+    run = RunDir(tmp_path / "run").create()
+    assert _failed(job(rank1=130), 2, run.path).status == 130
+    assert _failed(job(rank0=-2, rank1=-2), 2, run.path).status == 130
+    assert _failed(job(rank0=2, rank1=2), 2, run.path).status == 2
+    crashed = _failed(job(rank1=-6), 2, run.path)  # the run is not finished: one line
+    assert crashed.status == 1 and "process 1 of 2 failed (exit status -6)" in crashed.line
+    assert resume_command(2, run.path) in crashed.line
+    run.summary.write_text("{}")
+    assert _failed(job(rank1=-6), 2, run.path).status == 0  # finished: a warning
+    assert "after the run had finished" in capsys.readouterr().err
+    assert _failed(job(rank0=1), 2, run.path).status == 1  # rank 0 itself failed

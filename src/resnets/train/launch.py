@@ -104,12 +104,26 @@ def _quiet_launcher_logs() -> None:
 
 def _failed(failed, processes: int, run_dir) -> Outcome:
     """The outcome of a job one of whose processes failed: rank 0's own line stands for a
-    mistake of the user's (status 2) and for Ctrl-C (130); anything else gets one line here."""
+    mistake of the user's (status 2) and for Ctrl-C (130); a process that crashed while it
+    left a finished run (rank 0 done, summary.json written) loses nothing and is a warning;
+    anything else gets one line here."""
+    import signal
+    from pathlib import Path
+
+    from resnets.rundir import RunDir
+
     codes = {failure.local_rank: failure.exitcode for failure in failed.failures.values()}
-    if INTERRUPTED in codes.values() or any(code < 0 for code in codes.values()):
+    stopped = {INTERRUPTED, -signal.SIGINT, -signal.SIGTERM}
+    if stopped & set(codes.values()):
         return Outcome(INTERRUPTED)
     if codes.get(0) == USER_ERROR:
         return Outcome(USER_ERROR)
+    if 0 not in codes and RunDir(Path(run_dir)).finished():
+        rank, code = min(codes.items())
+        print(f"warning: training process {rank} of {processes} ended with exit status {code} "
+              f"as it closed, after the run had finished; {run_dir} is complete",
+              file=sys.stderr)
+        return Outcome(0)
     rank, code = min(codes.items())
     return Outcome(1, f"training process {rank} of {processes} failed (exit status {code}); "
                       f"its output is above; once the cause is fixed, continue with "
