@@ -19,14 +19,14 @@ import sys
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_train import training_step  # noqa: E402
 from harness import Load, add_record_options, record, results_path, time_it  # noqa: E402
 
 from resnets import create_model  # noqa: E402
 from resnets.models.summary import count_macs  # noqa: E402
-from resnets.train.device import autocast  # noqa: E402
 from resnets.train.probe import training_precision  # noqa: E402
 
 PRECISIONS = ("fp32", "bf16")
@@ -41,31 +41,11 @@ def matmul_flops(precision: str, size: int, runs: int) -> float:
     return 2 * size**3 / seconds
 
 
-def training_step(model_name: str, precision: str, batch_size: int):
-    """One resnets training step (channels_last, SGD with momentum), as a function."""
-    torch.manual_seed(0)
-    model = create_model(model_name, num_classes=10, in_channels=3).train()
-    model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
-    images = torch.randn(batch_size, 3, 32, 32).contiguous(memory_format=torch.channels_last)
-    labels = torch.randint(0, 10, (batch_size,))
-    device = torch.device("cpu")
-
-    def step():
-        with autocast(device, precision):
-            logits = model(images)
-        loss = F.cross_entropy(logits.float(), labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
-    return step
-
-
 def step_flops(model_name: str, precision: str, batch_size: int, runs: int) -> tuple[float, float]:
     """(img/s, achieved FLOP/s) of the training step."""
     macs = count_macs(create_model(model_name, num_classes=10, in_channels=3), (3, 32, 32))
-    step = training_step(model_name, precision, batch_size)
+    step = training_step(model_name, precision, True, batch_size=batch_size,
+                         device=torch.device("cpu"))
     images_per_second = time_it(step, warmup=3, runs=runs, calls=5).per_second(batch_size).median
     return images_per_second, images_per_second * 3 * 2 * macs
 
@@ -74,7 +54,8 @@ def top_operators(model_name: str, precision: str, batch_size: int, count: int =
     """The operators that take most of a step's time (self CPU time, 3 profiled steps)."""
     from torch.profiler import ProfilerActivity, profile
 
-    step = training_step(model_name, precision, batch_size)
+    step = training_step(model_name, precision, True, batch_size=batch_size,
+                         device=torch.device("cpu"))
     step()
     with profile(activities=[ProfilerActivity.CPU]) as profiler:
         for _ in range(3):

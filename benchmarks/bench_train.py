@@ -34,9 +34,10 @@ MODES = {"fp32": ("fp32", False), "bf16+channels_last": ("bf16", True),
          "fp32+channels_last": ("fp32", True), "bf16": ("bf16", False)}
 
 
-def images_per_second(model_name: str, mode: str, *, batch_size: int, steps: int, runs: int,
-                      warmup: int, device: torch.device, image_size: int) -> Spread:
-    precision, channels_last = MODES[mode]
+def training_step(model_name: str, precision: str, channels_last: bool, *, batch_size: int,
+                  device: torch.device, image_size: int = 32):
+    """One training step of `model_name` on a fixed random batch, as a function: forward (under
+    autocast for bf16), fp32 cross-entropy, backward, SGD with momentum and weight decay."""
     torch.manual_seed(0)
     model = create_model(model_name, num_classes=10, in_channels=3).to(device).train()
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -54,6 +55,14 @@ def images_per_second(model_name: str, mode: str, *, batch_size: int, steps: int
         loss.backward()
         optimizer.step()
 
+    return step
+
+
+def images_per_second(model_name: str, mode: str, *, batch_size: int, steps: int, runs: int,
+                      warmup: int, device: torch.device, image_size: int) -> Spread:
+    precision, channels_last = MODES[mode]
+    step = training_step(model_name, precision, channels_last, batch_size=batch_size,
+                         device=device, image_size=image_size)
     return time_it(step, warmup=warmup, runs=runs, calls=steps,
                    sync=synchronizer(device)).per_second(batch_size)
 

@@ -20,6 +20,7 @@ from resnets.models.fuse import (FusedConv, FusedUnit, describe_fusion, fuse_for
 from resnets.models.zoo import describe
 from resnets.train.inference import FP32_TOLERANCE
 
+from calibration import trained_looking
 from fp32_rounding import CHAOTIC, agree_to_fp32_rounding, own_rounding
 
 CIFAR_MODELS = [name for name in list_models() if describe(name)["family"] == "cifar"]
@@ -36,27 +37,11 @@ def no_denormals():
     torch.set_flush_denormal(False)
 
 
-def _trained_looking(model: nn.Module, images: torch.Tensor) -> nn.Module:
-    """`model` with BN scales and shifts away from 1 and 0 and running statistics of real
-    activations (a forward pass in training mode with cumulative averages), in eval mode."""
-    generator = torch.Generator().manual_seed(1)
-    for module in model.modules():
-        if isinstance(module, nn.BatchNorm2d):
-            with torch.no_grad():
-                module.weight.copy_(torch.rand(module.num_features, generator=generator) + 0.5)
-                module.bias.copy_(torch.randn(module.num_features, generator=generator) * 0.2)
-            module.reset_running_stats()
-            module.momentum = None  # a cumulative average over the calibration pass
-    with torch.no_grad():
-        model.train()(images)
-    return model.eval()
-
-
 def _calibrated(name: str, size: int, **kwargs) -> nn.Module:
-    """`_trained_looking` model `name` (10 classes), calibrated on 16 random images of `size`."""
+    """`trained_looking` model `name` (10 classes), calibrated on 16 random images of `size`."""
     torch.manual_seed(0)
     channels = kwargs.get("in_channels", 3)
-    return _trained_looking(create_model(name, num_classes=10, **kwargs),
+    return trained_looking(create_model(name, num_classes=10, **kwargs),
                             torch.randn(16, channels, size, size))
 
 # fp32's unit roundoff, and Higham's gamma_n = n u / (1 - n u): a sum of n terms computed in fp32
@@ -144,7 +129,7 @@ def _check_fused_units(fused: nn.Module, images: torch.Tensor) -> int:
 def _check_fold(name: str, size: int) -> None:
     """Folded against unfolded logits, in fp32 and in fp64 (folded from fp64 weights)."""
     torch.manual_seed(0)
-    model = _trained_looking(create_model(name, num_classes=10), torch.randn(32, 3, size, size))
+    model = trained_looking(create_model(name, num_classes=10), torch.randn(32, 3, size, size))
     images = torch.randn(4, 3, size, size)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     double = copy.deepcopy(model).double()
@@ -192,7 +177,7 @@ def test_residual_networks_fold_within_the_stated_fp32_tolerance():
     # own ~6e-5, beyond that: _check_fold covers it with the general bound.
     for name, size in (("resnet110", 8), ("preact_resnet56", 8)):
         torch.manual_seed(0)
-        model = _trained_looking(create_model(name, num_classes=10),
+        model = trained_looking(create_model(name, num_classes=10),
                                  torch.randn(16, 3, size, size))
         images = torch.randn(4, 3, size, size)
         with torch.no_grad():

@@ -21,7 +21,7 @@ from resnets.models import imagenet_classes, list_models
 from resnets.models import weights as weights_module
 from resnets.models.summary import count_parameters
 from resnets.models.hub import cache_folder, fetch_state_dict
-from resnets.models.weights import (Pretrained, load_body, load_pretrained, release, releases,
+from resnets.models.weights import (load_body, load_pretrained, release, releases,
                                     transform)
 from resnets.models.zoo import describe
 from test_torchvision_layout import torchvision_layout

@@ -13,7 +13,7 @@ import resnets.train.compile as compile_module
 from resnets.cli import main
 from resnets.errors import UserError
 from resnets.train import fit, load_checkpoint, resolve_config
-from resnets.train.autocompile import MIN_STEPS, StepCompiler, choose_compile
+from resnets.train.autocompile import StepCompiler, choose_compile
 from resnets.train.compile import is_compiled
 from resnets.train.config import Config
 from resnets.train.metrics import read_metrics

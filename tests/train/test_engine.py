@@ -22,6 +22,8 @@ from torch import nn
 
 pytest.importorskip("onnxruntime")  # the optional extra resnets[onnx]; installed in CI
 
+from calibration import trained_looking  # noqa: E402
+
 import resnets.train.engine as engine  # noqa: E402
 import resnets.train.onnx_engine as onnx_engine_module  # noqa: E402
 import resnets.train.probe as probe  # noqa: E402
@@ -54,30 +56,20 @@ def exports(monkeypatch):
     return made
 
 
-def _trained_looking(model: nn.Module, size: int) -> nn.Module:
-    """BN scales and shifts away from 1 and 0, running statistics of real activations."""
-    generator = torch.Generator().manual_seed(1)
-    for module in model.modules():
-        if isinstance(module, nn.BatchNorm2d):
-            with torch.no_grad():
-                module.weight.copy_(torch.rand(module.num_features, generator=generator) + 0.5)
-                module.bias.copy_(torch.randn(module.num_features, generator=generator) * 0.2)
-            module.reset_running_stats()
-            module.momentum = None
-    with torch.no_grad():
-        model.train()(torch.randn(16, 3, size, size, generator=generator))
-    return model.eval()
+def _images(size: int) -> torch.Tensor:
+    """16 random (3, size, size) images to calibrate BatchNorm on."""
+    return torch.randn(16, 3, size, size, generator=torch.Generator().manual_seed(2))
 
 
 def _small() -> nn.Module:
     torch.manual_seed(0)
-    return _trained_looking(cifar_resnet(depth=8, width=4, num_classes=4), 8)
+    return trained_looking(cifar_resnet(depth=8, width=4, num_classes=4), _images(8))
 
 
 @pytest.mark.parametrize("name, size", MODELS)
 def test_onnxruntime_gives_pytorchs_top1_and_logits_within_the_derived_tolerance(name, size):
     torch.manual_seed(0)
-    model = _trained_looking(create_model(name, num_classes=10), size)
+    model = trained_looking(create_model(name, num_classes=10), _images(size))
     runtime, detail = onnx_engine(model, (3, size, size))
     assert runtime is not None, detail
     images = torch.randn(8, 3, size, size, generator=torch.Generator().manual_seed(5))

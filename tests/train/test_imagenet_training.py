@@ -55,7 +55,7 @@ def test_eval_with_one_or_ten_crops(imagenet_run, crops, capsys):
     assert main(["eval", str(imagenet_run), "--device", "cpu", "--crops", str(crops)]) == 0
     out = capsys.readouterr().out.splitlines()
     shown = "4 images" if crops == 1 else "4 images, 10 crops"
-    assert out[0].startswith(f"resnet18 on folder:") and f"test ({shown}): top-1 error " in out[0]
+    assert out[0].startswith("resnet18 on folder:") and f"test ({shown}): top-1 error " in out[0]
     assert out[2].startswith("tench, Tinca tinca (n01440764)") and len(out) == 4
 
 

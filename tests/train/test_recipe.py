@@ -1,7 +1,6 @@
 """The `quick` recipe (what `resnets train` runs with no arguments): its loss, its documented
 values, and the accuracy it promises, on the real digits and the real resnet20."""
 
-import re
 from pathlib import Path
 
 import pytest
