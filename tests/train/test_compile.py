@@ -113,13 +113,60 @@ def _drive(compiler, clock, steps, eager_s, compiled_s, compile_s=30.0):
         compiler.run(step)
 
 
-def _compiler(clock, setting="auto", total=5_000, saved=None, decisions=None):
+def _compiler(clock, setting="auto", total=5_000, saved=None, decisions=None,
+              assumed_speedup=decision_module.EXPECTED_SPEEDUP):
+    """A StepCompiler for resnet8 on the CPU; by default it assumes the speed-up a GPU does
+    where nothing was measured (a CPU assumes none: test_a_cpu_compiles_only_where_...)."""
     model = _resnet8()
     return StepCompiler(model, setting, device=torch.device("cpu"), total_steps=total,
                         start_step=0, model_name="resnet8", run_key=("resnet8", {}, [1, 8, 8],
                                                                        16, "fp32", True, 1),
-                        saved=saved, clock=clock,
+                        saved=saved, clock=clock, assumed_speedup=assumed_speedup,
                         on_decision=(decisions.append if decisions is not None else None))
+
+
+def test_a_cpu_compiles_only_where_this_machine_measured_compiling_faster(fake_compile):
+    # Nothing measured: "auto" on a CPU trains eagerly (compiling ran 0.77-0.83x eager on
+    # AVX2), and keeps the eager step time it measured.
+    assert decision_module.unmeasured_speedup(torch.device("cpu")) is None
+    assert decision_module.unmeasured_speedup(torch.device("cuda")) == \
+        decision_module.EXPECTED_SPEEDUP
+    clock, said = FakeClock(), []
+    first = _compiler(clock, assumed_speedup="device")
+    first.begin(said.append)
+    _drive(first, clock, 20, eager_s=0.2, compiled_s=0.1)
+    assert first.decision is False and not fake_compile
+    assert said[0].startswith("compile: off (auto): no compiled step of these graphs")
+    assert "--compile measures it" in said[0]
+    # --compile measures the compiled step; with the eager time on record, the ratio too.
+    said.clear()
+    forced = _compiler(clock, setting=True, assumed_speedup="device")
+    forced.begin(said.append)
+    _drive(forced, clock, 20, eager_s=0.2, compiled_s=0.1)
+    assert said[-1].endswith("0.1 s a step against 0.2 s eager measured here before (2.00x)")
+    # The next "auto" run compiles, on the measured speed-up.
+    said.clear()
+    later = _compiler(clock, assumed_speedup="device")
+    later.begin(said.append)
+    _drive(later, clock, 20, eager_s=0.2, compiled_s=0.1)
+    assert said[0].startswith("compile: on (auto)") and "measured here before" in said[0]
+    assert later.decision is True
+
+
+def test_a_cpu_where_compiling_measured_slower_stays_eager(fake_compile):
+    clock, said = FakeClock(), []
+    _drive_begun = _compiler(clock, assumed_speedup="device")
+    _drive_begun.begin(said.append)
+    _drive(_drive_begun, clock, 8, eager_s=0.2, compiled_s=0.25)
+    forced = _compiler(clock, setting=True, assumed_speedup="device")
+    forced.begin(said.append)
+    _drive(forced, clock, 20, eager_s=0.2, compiled_s=0.25)  # 0.8x, as on AVX2
+    said.clear()
+    later = _compiler(clock, assumed_speedup="device")
+    later.begin(said.append)
+    _drive(later, clock, 20, eager_s=0.2, compiled_s=0.25)
+    assert said[0].startswith("compile: off (auto): compiled steps were measured no faster")
+    assert later.decision is False
 
 
 def test_auto_measures_eager_steps_compiles_and_keeps_what_wins(fake_compile):
@@ -152,6 +199,7 @@ def test_the_speed_up_measured_for_one_depth_holds_for_another(fake_compile):
         return StepCompiler(cifar_resnet(depth=depth, width=4, num_classes=4, in_channels=1),
                             "auto", device=torch.device("cpu"), total_steps=5_000,
                             start_step=0, model_name=f"resnet{depth}", clock=clock,
+                            assumed_speedup=decision_module.EXPECTED_SPEEDUP,
                             run_key=(f"resnet{depth}", {"depth": depth}, [1, 8, 8], 16, "fp32",
                                      True, 1))
 

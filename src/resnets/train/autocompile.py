@@ -10,8 +10,14 @@ The setting, `config.compile`: True (`--compile`) compiles from the first step; 
 - otherwise the run's first `WARMUP_STEPS + MEASURE_STEPS` steps run eagerly (real training
   steps, nothing is wasted) and give the eager step time; compiling is chosen when
   steps x step time x (1 - 1/speedup) exceeds the estimated compile time, with the speedup
-  measured earlier on this machine for the same unit graphs (any depth) and settings, else
-  `EXPECTED_SPEEDUP` (the low end of the 1.1-1.4x measured on an AMX CPU), and the compile
+  measured earlier on this machine for the same unit graphs (any depth) and settings. Where
+  none was measured: on a GPU `EXPECTED_SPEEDUP`; on a CPU compiling is not chosen at all
+  (`unmeasured_speedup`): compiled steps ran 0.77-0.83x eager on AVX2 CPUs and 1.1-1.4x on
+  AMX ones, so only a measurement on the machine can say, and "auto" must never make a run
+  slower than eager. The measurement comes from the runs themselves: every "auto" run keeps
+  the eager step time it measured, and a `--compile` run its compiled step time, for the
+  same unit graphs and settings; once both are on record, the next "auto" run uses their
+  ratio. The compile
   time estimated per
   unit graph: none for graphs already compiled in this process, `WARM_SECONDS_PER_GRAPH` for
   graphs in the on-disk cache, `COLD_SECONDS_PER_GRAPH` for the others (or what compiling
@@ -48,7 +54,7 @@ from resnets.train.compile import (COMPILE_SCOPE, attach, compile_targets, compi
 
 SETTINGS = ("auto", True, False)
 MIN_STEPS = 1000                 # "auto" never compiles a shorter run
-EXPECTED_SPEEDUP = 1.10          # compiled over eager, where this machine has no measurement
+EXPECTED_SPEEDUP = 1.10          # compiled over eager on a GPU with no measurement
 MIN_GAIN = 1.03                  # "auto" keeps the compiled step only if this much faster
 WARMUP_STEPS = 1                 # eager (and compiled) steps not timed: first-call costs
 MEASURE_STEPS = 5                # steps timed for the eager and the compiled step time
@@ -76,6 +82,13 @@ def check_setting(value: Any) -> bool | str:
         if word in ("false", "off", "no", "0"):
             return False
     raise ValueError(f"compile must be auto, true or false, got {value!r}")
+
+
+def unmeasured_speedup(device: torch.device) -> float | None:
+    """The speed-up "auto" assumes where this machine has measured none for the run's graphs:
+    `EXPECTED_SPEEDUP` on a GPU; None (do not compile) on a CPU, where compiling measured
+    slower than eager on some kinds (AVX2) and faster on others (AMX)."""
+    return None if device.type == "cpu" else EXPECTED_SPEEDUP
 
 
 def seconds_text(seconds: float) -> str:
@@ -188,6 +201,8 @@ class StepCompiler:
     precision, memory format, threads): the key of this machine's measurements.
     processes: how many processes train the run together (torchrun); "auto" does not compile
     a run of several, whose processes would each measure and decide on their own.
+    assumed_speedup: the speed-up "auto" assumes where none was measured (None: do not
+    compile); "device": `unmeasured_speedup(device)`.
     clock: seconds from any origin (tests pass a fake one).
     """
 
@@ -195,7 +210,7 @@ class StepCompiler:
                  total_steps: int, start_step: int, model_name: str, run_key: Sequence,
                  saved: bool | None = None, on_decision: Callable[[bool], None] | None = None,
                  scope: str = COMPILE_SCOPE, clock: Callable[[], float] = time.perf_counter,
-                 processes: int = 1):
+                 processes: int = 1, assumed_speedup: float | None | str = "device"):
         self.model, self.setting, self.device = model, check_setting(setting), device
         if self.setting is not False:
             # Before anything starts TorchInductor, which sets TORCHINDUCTOR_CACHE_DIR to its
@@ -205,6 +220,8 @@ class StepCompiler:
         self.total_steps, self.start_step = total_steps, start_step
         self.model_name, self.saved, self.scope = model_name, saved, scope
         self.processes = processes
+        self.assumed_speedup = (unmeasured_speedup(device) if assumed_speedup == "device"
+                                else assumed_speedup)
         if self.setting is True:
             why_not = compile_unavailable(device)
             if why_not is not None:
@@ -315,8 +332,14 @@ class StepCompiler:
         runs, weight = sharing_runs(self.model_name, _plan.get(), self.scope)
         steps = round((self.total_steps - self.start_step - self.counted) * weight)
         compile_s, cached = self._estimate(record)
-        measured = record.get("runs", {}).get(self.run_key, {})
-        speedup = measured.get("speedup", EXPECTED_SPEEDUP)
+        measured = self._measured(record)
+        speedup = measured.get("speedup", self.assumed_speedup)
+        if speedup is None:  # a CPU that has not measured a compiled step for these graphs
+            self._final(False, f"compile: off (auto): no compiled step of these graphs and "
+                               f"settings has been measured on this CPU, and compiling runs "
+                               f"slower than eager on some CPUs; a run with --compile measures "
+                               f"it, and later 'auto' runs use what it measured")
+            return
         on, reason = choose_compile(steps, self.eager_s, compile_s, speedup=speedup)
         words = f"compile: {'on' if on else 'off'} (auto): {reason}{self._runs_words(runs)}"
         if "speedup" in measured:
@@ -326,6 +349,20 @@ class StepCompiler:
             self._compile_next(words, trial=True)
         else:
             self._final(False, words)
+
+    def _measured(self, record: dict) -> dict:
+        """This machine's record for the run's graphs and settings, with the eager step time
+        just measured added (kept on disk for a later --compile run), and the speed-up where
+        both step times are known."""
+        runs = record.setdefault("runs", {})
+        measured = runs.setdefault(self.run_key, {})
+        if self.eager_s is not None:
+            measured["eager_s"] = self.eager_s
+            _write_record(record)
+        if "speedup" not in measured and measured.get("eager_s") and \
+                measured.get("compiled_s"):
+            measured["speedup"] = round(measured["eager_s"] / measured["compiled_s"], 3)
+        return measured
 
     def _estimate(self, record: dict) -> tuple[float, str]:
         """Seconds compiling this run's graphs should take, and what that rests on."""
@@ -386,8 +423,11 @@ class StepCompiler:
         compile_s = max(0.0, self.first_s - self.compiled_s)
         self._remember(compile_s)
         if self.final_after_trial or self.eager_s is None:
+            earlier = read_record().get("runs", {}).get(self.run_key, {}).get("eager_s")
+            against = (f" against {earlier:.3g} s eager measured here before "
+                       f"({earlier / self.compiled_s:.2f}x)" if earlier else "")
             self.report(f"compile: compiled in {seconds_text(compile_s)}; "
-                        f"{self.compiled_s:.3g} s a step")
+                        f"{self.compiled_s:.3g} s a step{against}")
             self._final(True)
             return
         gain = self.eager_s / self.compiled_s
@@ -414,10 +454,12 @@ class StepCompiler:
         for graph in self.graphs:
             graphs[graph] = True
         _compiled_here.update(self.graphs)
-        if self.eager_s is not None:
-            record.setdefault("runs", {})[self.run_key] = {
-                "speedup": round(self.eager_s / self.compiled_s, 3), "eager_s": self.eager_s,
-                "compiled_s": self.compiled_s, "compile_s": round(compile_s, 2)}
+        runs = record.setdefault("runs", {})
+        eager_s = self.eager_s or runs.get(self.run_key, {}).get("eager_s")
+        entry = {"compiled_s": self.compiled_s, "compile_s": round(compile_s, 2)}
+        if eager_s:  # measured now, or by an earlier eager run of the same graphs
+            entry.update(speedup=round(eager_s / self.compiled_s, 3), eager_s=eager_s)
+        runs[self.run_key] = entry
         _write_record(record)
 
     def _final(self, on: bool, words: str | None = None) -> None:

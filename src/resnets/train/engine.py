@@ -78,16 +78,17 @@ class InferenceModel(nn.Module):
         self.model = fuse_for_cpu(folded)  # on the CPU; elsewhere as it is
         self.__dict__["_source"] = model  # not a submodule: the onnxruntime side's origin
         self._onnx: tuple[OnnxEngine | None, str] | None = None
+        self._chosen: dict[int, str] = {}  # batch size -> engine, decided once per size
         self.ran: dict[str, str] = {}  # engine -> its description, for what ran so far
         self.train(False)
 
     def engine_for(self, batch: int) -> str:
         """The engine a call with `batch` images runs ("torch" or "onnxruntime")."""
-        if self.engine == "torch":
-            return "torch"
-        if self.engine == "auto" and choose_engine(self.precision, batch) == "torch":
-            return "torch"
-        return "onnxruntime"
+        if self.engine != "auto":
+            return "torch" if self.engine == "torch" else "onnxruntime"
+        if batch not in self._chosen:  # the tables' lookup costs more than a batch-1 call
+            self._chosen[batch] = choose_engine(self.precision, batch)
+        return self._chosen[batch]
 
     def _onnxruntime(self, shape: tuple[int, ...]) -> OnnxEngine | None:
         if self._onnx is None:
