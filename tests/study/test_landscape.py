@@ -242,5 +242,6 @@ def test_the_number_of_evaluations_is_shown_before_the_first_and_the_estimate_af
     monkeypatch.setattr(loss_landscape, "evaluate", spy)
     assert main(["landscape", str(trained_runs["resnet"]), "--device", "cpu", "--points", "5",
                  "--images", "16", "--progress", "lines", "--out", str(tmp_path / "scan")]) == 0
-    assert "landscape resnet8: 5 evaluations of 16 images" in seen_before_each[0]
+    assert "landscape resnet8: 5 evaluations of 16 images, about 0:" in seen_before_each[0]
+    assert "(from one timed batch)" in seen_before_each[0]
     assert "landscape resnet8: 1/5 (" in seen_before_each[1] and " left)" in seen_before_each[1]

@@ -377,3 +377,24 @@ def test_a_lesion_study_too_large_to_finish_is_refused_naming_its_flags_before_a
     assert calls == []  # before the first evaluation
     with pytest.raises(UserError, match="evaluations, more than the 10,000"):
         random_subsets(list(range(600)), 50, None, seed=0)  # 30,000 draws: refused, not drawn
+
+
+def test_a_lesion_study_says_its_evaluations_and_their_time_before_the_first(monkeypatch,
+                                                                            capsys):
+    import resnets.study.lesioning as lesioning
+
+    model = _trained_looking(create_model("resnet8", num_classes=4, in_channels=1))
+    seen_before_each = []
+    real = lesioning.evaluate
+
+    def spy(*args, **kwargs):
+        seen_before_each.append(capsys.readouterr().err)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(lesioning, "evaluate", spy)
+    batches = [(_images(channels=1, size=8), torch.zeros(8, dtype=torch.long))]
+    lesion_model(model, batches, subsets=1, progress="lines", title="lesion resnet8")
+    first = seen_before_each[0]
+    # 1 baseline + 3 units one at a time + 1 subset for each k in 1..3
+    assert "lesion resnet8: 7 evaluations of 8 images, about 0:" in first
+    assert "(from one timed batch)" in first

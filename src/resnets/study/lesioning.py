@@ -39,7 +39,7 @@ from resnets.atomic import writable_folder, write_json, write_text
 from resnets.errors import UserError, integer
 from resnets.study.progress import check_evaluations, counter
 from resnets.study.trained import (Batches, check_precision, evaluate, fixed_batches, load_run,
-                                   run_location)
+                                   run_location, seconds_per_image)
 
 DEFAULT_SUBSETS = 5  # random subsets per k: a 56-layer lesion study took 4 min 15 s on 2 shared cores (docs/lesion.md)
 
@@ -209,10 +209,13 @@ def lesion_model(model: nn.Module, batches: Batches, *, subsets: int = DEFAULT_S
         return {"loss": result["loss"], "err": result["err"]}
 
     total = 1 + len(candidates) + sum(len(draws) for draws in plan.values())
+    images_each = sum(len(y) for _, y in batches)
+    # an evaluation, and the forward passes that re-estimate BN statistics before it
+    passes = images_each + sum(len(y) for _, y in calibration or [])
+    each = seconds_per_image(model, batches, precision) * passes if progress != "none" else None
     try:
-        with counter(total, title, progress,
-                     unit=f"evaluations of {sum(len(y) for _, y in batches):,} images") \
-                as advance:
+        with counter(total, title, progress, unit=f"evaluations of {images_each:,} images",
+                     seconds_each=each) as advance:
             baseline = measure([])
             advance()
             for row in units:

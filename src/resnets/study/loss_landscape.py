@@ -30,7 +30,8 @@ from torch import nn
 from resnets.atomic import writable_folder, write_json
 from resnets.errors import UserError, integer
 from resnets.study.progress import MAX_EVALUATIONS, check_evaluations, counter
-from resnets.study.trained import Batches, check_precision, evaluate, fixed_batches, load_run
+from resnets.study.trained import (Batches, check_precision, evaluate, fixed_batches, load_run,
+                                   seconds_per_image)
 
 DIMS = (1, 2)
 # Defaults sized for a laptop: a 56-layer model's 2-D scan (15 x 15 = 225 evaluations of 500
@@ -220,8 +221,11 @@ def landscape(run_dirs: Sequence[str | Path], *, dims: int = 1, points: int | No
         done = store.points if store else {}
         directions = random_directions(run.model, dims, seed)
         try:
+            images_each = sum(len(y) for _, y in batches)
+            each = (seconds_per_image(run.model, batches, precision) * images_each
+                    if progress != "none" and len(done) < len(keys) else None)
             with counter(len(keys), f"landscape {name}", progress, done=len(done),
-                         unit=f"evaluations of {sum(len(y) for _, y in batches):,} images") \
+                         unit=f"evaluations of {images_each:,} images", seconds_each=each) \
                     as advance:
                 results = scan(run.model, batches, directions, keys, precision=precision,
                                done=done, on_point=store.add if store else None,

@@ -40,18 +40,23 @@ def _duration(seconds: float) -> str:
 
 @contextmanager
 def counter(total: int, title: str, mode: str = "auto", *, done: int = 0, stream=None,
-            unit: str | None = None) -> Iterator[Callable[[int], None]]:
+            unit: str | None = None, seconds_each: float | None = None
+            ) -> Iterator[Callable[[int], None]]:
     """Count `total` items of work, `done` of them finished before (a resumed scan). With
     `unit` ("evaluations of 500 images"), a line says before the first item how many are to
-    do; the "lines" display then gives its time estimate right after the first item."""
+    do, and with `seconds_each` (an estimate of one item's time, from one timed batch) about
+    how long they take; the "lines" display gives its measured estimate right after the first
+    item."""
     if mode not in MODES:
         raise UserError(f"progress must be one of {', '.join(MODES)}, got {mode!r}")
     stream = stream or sys.stderr
     if mode == "auto":
         mode = "bar" if hasattr(stream, "isatty") and stream.isatty() else "lines"
     if unit is not None and mode != "none":
-        print(f"{title}: {total - done:,} {unit}" + (f" ({done:,} done before)" if done else ""),
-              file=stream, flush=True)
+        about = (f", about {_duration((total - done) * seconds_each)} (from one timed batch)"
+                 if seconds_each is not None else "")
+        print(f"{title}: {total - done:,} {unit}" + (f" ({done:,} done before)" if done else "")
+              + about, file=stream, flush=True)
     if mode == "none":
         yield lambda n=1: None
         return

@@ -98,6 +98,26 @@ def evaluate(model: nn.Module, batches: Batches, precision: str = "fp32") -> dic
     return {"loss": result["loss"], "err": result["err"], "n": result["n"]}
 
 
+def seconds_per_image(model: nn.Module, batches: Batches, precision: str = "fp32") -> float:
+    """The time one image of `batches` takes to evaluate, from one timed forward pass of the
+    first batch (eval mode, no gradients): the basis of a measurement's estimate before its
+    first evaluation. That pass also sets up the kernels, so the estimate errs long."""
+    import time
+
+    from resnets.train.steps import class_scores
+
+    images = batches[0][0]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            started = time.perf_counter()
+            class_scores(model, images, precision)
+            return (time.perf_counter() - started) / max(len(images), 1)
+    finally:
+        model.train(was_training)
+
+
 def check_precision(precision: str) -> None:
     if precision not in PRECISIONS:
         raise UserError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
