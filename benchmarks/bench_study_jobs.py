@@ -58,19 +58,21 @@ def study_file(args, folder: Path) -> Path:
 def study_words(args) -> str:
     """The study `study_file(args)` makes, in words, for a record."""
     if args.default_study:
-        return ("the default study (`resnets study`: plain/resnet 20, 32, 44, 56, seeds 0 1, "
-                "8 epochs)")
+        return ("the default study of each version (a bare `resnets study`: plain/resnet 20, "
+                "32, 44, 56, seeds 0 1, each version's own recipe)")
     budget = f"{args.iters} step(s)" if args.iters else f"{args.epochs:g} epochs"
     return (f"kinds {' '.join(args.kinds)}, depths {' '.join(map(str, args.depths))}, seeds "
             f"{' '.join(map(str, args.seeds))}, {budget} per run on the bundled digits, quick "
             f"preset")
 
 
-def run_once(args, study: Path, jobs: int, out: Path, name: str, src: Path = ROOT / "src",
+def run_once(args, study: Path | None, jobs: int, out: Path, name: str, src: Path = ROOT / "src",
              environ: dict | None = None) -> tuple[float, str]:
     """Wall seconds of one whole `resnets study --jobs N` with the package in `src`, and the
-    table it printed."""
-    command = [sys.executable, "-m", "resnets", "study", "--config", str(study), "--name",
+    table it printed; `study` None runs that package's own default study (a bare `resnets
+    study`)."""
+    config = [] if study is None else ["--config", str(study)]  # None: the version's default
+    command = [sys.executable, "-m", "resnets", "study", *config, "--name",
                name, "--out", str(out), "--progress", "none", "--jobs", str(jobs)]
     environ = {**os.environ, **(environ or {}), "PYTHONPATH": os.pathsep.join(
         filter(None, [str(src), os.environ.get("PYTHONPATH")]))}

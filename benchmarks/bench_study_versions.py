@@ -9,8 +9,10 @@ and compile record, so the first round of a version that compiles pays the compi
 rounds show what the on-disk cache saves.
 
 The small study by default (plain and residual 20 and 56 on the bundled digits, seed 0, 2
-epochs: four runs); `--default-study` times what a bare `resnets study` trains (16 runs of 8
-epochs). Appended to benchmarks/RESULTS.md only if the 1-minute load average before the first
+epochs: four runs), the same study file for both versions; `--default-study` times what a bare
+`resnets study` trains with each version: each its own default study (16 runs; the recipe is
+the version's own, which is what a user waits for). `--keep-after DIR` copies the after
+version's last study folder (runs, figures, table) to DIR. Appended to benchmarks/RESULTS.md only if the 1-minute load average before the first
 round is at most IDLE_LOAD (benchmarks/harness.py).
 
     python3 benchmarks/bench_study_versions.py --before d494a3d --after .
@@ -21,6 +23,7 @@ round is at most IDLE_LOAD (benchmarks/harness.py).
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 import subprocess
 import sys
@@ -58,6 +61,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--default-study", action="store_true",
                         help="time the bundled default study instead (ignores the four above)")
     parser.add_argument("--rounds", type=int, default=2, help="rounds (median reported)")
+    parser.add_argument("--keep-after", metavar="DIR",
+                        help="copy the after version's last study folder here")
     add_record_options(parser)
     return parser
 
@@ -65,7 +70,7 @@ def _parser() -> argparse.ArgumentParser:
 def time_rounds(args, versions: dict[str, str]) -> tuple[dict[str, list[float]], int]:
     """Wall seconds of the study with each version per round (order alternating), and the
     study's number of runs."""
-    from resnets.study.spec import read_study
+    from resnets.study.spec import default_study, read_study
     from resnets.train.progress import format_duration
 
     seconds: dict[str, list[float]] = {label: [] for label in versions}
@@ -73,7 +78,7 @@ def time_rounds(args, versions: dict[str, str]) -> tuple[dict[str, list[float]],
         folder = Path(folder)
         sources = {label: unpack(revision, folder) for label, revision in versions.items()}
         caches = {label: folder / f"inductor-{label}" for label in versions}
-        study = study_file(args, folder)
+        study = None if args.default_study else study_file(args, folder)
         for round_number in range(args.rounds):
             order = list(versions) if round_number % 2 == 0 else list(versions)[::-1]
             for label in order:
@@ -83,7 +88,11 @@ def time_rounds(args, versions: dict[str, str]) -> tuple[dict[str, list[float]],
                 seconds[label].append(wall)
                 print(f"round {round_number + 1}, {label} ({versions[label]}): "
                       f"{format_duration(wall)}", flush=True)
-        return seconds, len(read_study(study).runs())
+        if args.keep_after:
+            shutil.copytree(folder / f"after-round{args.rounds - 1}", args.keep_after,
+                            dirs_exist_ok=True)
+        runs = len((default_study() if study is None else read_study(study)).runs())
+        return seconds, runs
 
 
 def main(argv: list[str] | None = None) -> int:
