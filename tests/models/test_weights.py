@@ -17,7 +17,7 @@ import torch
 import resnets
 from resnets.cli import main
 from resnets.errors import UserError
-from resnets.models import imagenet_classes, list_models
+from resnets.models import imagenet_classes, imagenet_wnids, list_models
 from resnets.models import weights as weights_module
 from resnets.models.summary import count_parameters
 from resnets.models.hub import cache_folder, fetch_state_dict
@@ -362,7 +362,8 @@ def test_a_state_dict_file_loads_with_torchvisions_conventions(tmp_path):
     path = tmp_path / "my-resnet50.pth"
     torch.save(state, path)
     weights = load_pretrained(str(path), "resnet50")
-    assert weights.classes == imagenet_classes() and weights.resize_size == 256
+    assert weights.classes == imagenet_wnids() and weights.class_names == imagenet_classes()
+    assert weights.resize_size == 256
     assert weights.model_kwargs == {"bottleneck_stride": "3x3"} and weights.fixed == ()
     model = resnets.create_model("resnet50", weights=str(path))
     assert model.layer2[0].conv2.stride == (2, 2)  # torchvision's placement, by default
@@ -448,3 +449,14 @@ def test_a_torchvision_layout_file_without_model_names_the_architecture_it_holds
                   "resnet18")
     assert "the weights are a resnet34's, they do not fit model 'resnet18' (use resnet34, " \
            "e.g. --model resnet34;" in str(refused.value)
+
+
+def test_imagenet_wnids_are_the_1000_sorted_synsets_paired_with_the_class_names():
+    # The order of torchvision's outputs is the sorted order of ImageNet's class folders.
+    wnids, names = imagenet_wnids(), imagenet_classes()
+    assert len(wnids) == len(set(wnids)) == len(names) == 1000
+    assert wnids == sorted(wnids) and all(re.fullmatch(r"n\d{8}", w) for w in wnids)
+    pairs = {0: ("n01440764", "tench"), 1: ("n01443537", "goldfish"),
+             207: ("n02099601", "golden retriever"), 281: ("n02123045", "tabby"),
+             504: ("n03063599", "coffee mug"), 999: ("n15075141", "toilet tissue")}
+    assert all((wnids[i], names[i]) == pair for i, pair in pairs.items())

@@ -242,7 +242,11 @@ def _expected_top(model, path, resize=256, crop=224):
     with torch.no_grad():
         probabilities = model.eval()(x[None]).softmax(1)[0]
     values, indices = probabilities.topk(5)
-    return [(imagenet_classes()[i], v) for v, i in zip(values.tolist(), indices.tolist())]
+    from resnets import imagenet_wnids
+
+    # as predict's text shows a class: its name, then its WordNet id ("tench (n01440764)")
+    return [(f"{imagenet_classes()[i]} ({imagenet_wnids()[i]})", v)
+            for v, i in zip(values.tolist(), indices.tolist())]
 
 
 def test_predict_with_torchvision_weights_prints_the_top5_imagenet_classes(tmp_path, hub, capsys):
@@ -299,12 +303,21 @@ def test_eval_with_torchvision_weights_refuses_a_tree_of_other_classes(hub, phot
     assert "the weights predict 1,000 classes (" in one_error_line()
 
 
-def test_predict_json_with_torchvision_weights_gives_the_imagenet_index_and_name(
+def test_predict_json_with_torchvision_weights_gives_the_imagenet_index_wnid_and_name(
         tmp_path, hub, photo_tree, capsys):
+    from resnets import imagenet_wnids
+
     image = next((photo_tree / "val").rglob("*.JPEG"))
     assert main(["predict", "--model", "resnet18", "--weights", "torchvision", str(image),
                  "--top", "3", "--format", "json", "--device", "cpu"]) == 0
     top = json.loads(capsys.readouterr().out)[0]["top"]
-    names = imagenet_classes()
+    names, wnids = imagenet_classes(), imagenet_wnids()
     assert len(top) == 3 and all(0 <= row["index"] < 1000 for row in top)
-    assert all(row["class"] == row["name"] == names[row["index"]] for row in top)
+    assert all(row["class"] == wnids[row["index"]] and row["name"] == names[row["index"]]
+               for row in top)
+    assert main(["predict", "--model", "resnet18", "--weights", "torchvision", str(image),
+                 "--top", "2", "--format", "csv", "--device", "cpu"]) == 0
+    rows = capsys.readouterr().out.splitlines()
+    assert rows[0] == "path,rank,index,class,name,probability"
+    index, wnid = rows[1].split(",")[2:4]
+    assert wnid == wnids[int(index)]

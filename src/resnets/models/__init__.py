@@ -11,7 +11,7 @@ from resnets.models.zoo import (
     imagenet_resnet,
     list_models,
 )
-from resnets.models.weights import imagenet_classes
+from resnets.models.weights import imagenet_classes, imagenet_wnids
 
 __all__ = [
     "BasicUnit",
@@ -26,6 +26,7 @@ __all__ = [
     "create_model",
     "format_info",
     "imagenet_classes",
+    "imagenet_wnids",
     "imagenet_plain",
     "imagenet_resnet",
     "list_models",

@@ -91,7 +91,7 @@ def releases() -> list[Release]:
 def transform() -> dict[str, Any]:
     """The evaluation transform the releases share: mean, std (per channel, [0, 1] scale),
     interpolation; each release adds its resize_size and crop_size."""
-    return {key: value for key, value in _table()["transform"].items() if key != "classes"}
+    return {key: value for key, value in _table()["transform"].items() if key not in ("classes", "wnids")}
 
 
 @functools.lru_cache(maxsize=None)
@@ -103,6 +103,18 @@ def _classes() -> tuple[str, ...]:
 def imagenet_classes() -> list[str]:
     """ImageNet's 1,000 class names in the order of the weights' outputs (torchvision's)."""
     return list(_classes())
+
+
+@functools.lru_cache(maxsize=None)
+def _wnids() -> tuple[str, ...]:
+    path = TABLE.with_name(_table()["transform"]["wnids"])
+    return tuple(line for line in path.read_text(encoding="ascii").splitlines() if line)
+
+
+def imagenet_wnids() -> list[str]:
+    """ImageNet's 1,000 WordNet ids (n01440764 ... n15075141, the names of its class folders),
+    in the order of the weights' outputs: sorted, as torchvision's folder reader numbers them."""
+    return list(_wnids())
 
 
 def torchvision_version(weights: str) -> str | None:
@@ -204,13 +216,15 @@ def load_pretrained(weights: str, model: str | None = None, *,
     if known is not None:  # a release downloaded or copied by hand
         return _from_release(known, state, f"{path} ({known.describe()})", path)
     outputs = state[f"{HEAD}.weight"].shape[0] if f"{HEAD}.weight" in state else 1000
-    classes = imagenet_classes() if outputs == 1000 else [f"class{k}" for k in range(outputs)]
+    imagenet = outputs == 1000
+    classes = imagenet_wnids() if imagenet else [f"class{k}" for k in range(outputs)]
     channels = state["conv1.weight"].shape[1] if "conv1.weight" in state else 3
     from resnets.models.zoo import imagenet_model_of
 
     held = imagenet_model_of(state)  # what the keys show: named where a model does not fit
     return Pretrained(source=str(path) if held is None else f"{path} ({held[1]})",
                       state_dict=state, classes=classes,
+                      class_names=imagenet_classes() if imagenet else None,
                       normalizer=imagenet_normalizer(), input_size=[channels, 224, 224],
                       model=None if held is None else held[0],
                       model_kwargs=_torchvision_stride(model) if model else {},
@@ -254,7 +268,8 @@ def _read(path: Path) -> Any:
 
 def _from_release(entry: Release, state: dict, source: str, path: Path | None) -> Pretrained:
     stride = _torchvision_stride(entry.model)
-    return Pretrained(source=source, state_dict=state, classes=imagenet_classes(),
+    return Pretrained(source=source, state_dict=state, classes=imagenet_wnids(),
+                      class_names=imagenet_classes(),
                       normalizer=imagenet_normalizer(),
                       input_size=[3, entry.crop_size, entry.crop_size], model=entry.model,
                       model_kwargs=stride, fixed=tuple(stride), resize_size=entry.resize_size,

@@ -182,6 +182,17 @@ def _as_grid(values: list[float], dims: int, points: int) -> list:
     return values if dims == 1 else [values[j * points:(j + 1) * points] for j in range(points)]
 
 
+def _counter(run, name: str, batches: Batches, total: int, done: int, progress: str,
+             precision: str):
+    """The progress counter of one run's scan; its first line gives the number of evaluations
+    and about how long they take (one batch timed)."""
+    images_each = sum(len(y) for _, y in batches)
+    each = (seconds_per_image(run.model, batches, precision) * images_each
+            if progress != "none" and done < total else None)
+    return counter(total, f"landscape {name}", progress, done=done,
+                   unit=f"evaluations of {images_each:,} images", seconds_each=each)
+
+
 def landscape(run_dirs: Sequence[str | Path], *, dims: int = 1, points: int | None = None,
               span: float = DEFAULT_SPAN, images: int | None = DEFAULT_IMAGES, split: str = "train",
               seed: int = 0, precision: str = "fp32", device: str = "cpu",
@@ -221,11 +232,7 @@ def landscape(run_dirs: Sequence[str | Path], *, dims: int = 1, points: int | No
         done = store.points if store else {}
         directions = random_directions(run.model, dims, seed)
         try:
-            images_each = sum(len(y) for _, y in batches)
-            each = (seconds_per_image(run.model, batches, precision) * images_each
-                    if progress != "none" and len(done) < len(keys) else None)
-            with counter(len(keys), f"landscape {name}", progress, done=len(done),
-                         unit=f"evaluations of {images_each:,} images", seconds_each=each) \
+            with _counter(run, name, batches, len(keys), len(done), progress, precision) \
                     as advance:
                 results = scan(run.model, batches, directions, keys, precision=precision,
                                done=done, on_point=store.add if store else None,
