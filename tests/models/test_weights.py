@@ -264,6 +264,29 @@ def test_a_wrong_file_under_a_releases_name_in_the_cache_is_refused_naming_it(pa
     assert files_in(torch_home) == [wrong.name]  # nothing written, nothing deleted
 
 
+def test_a_file_passed_by_path_under_a_releases_name_is_checked_against_that_hash(
+        payload, torch_home, published, tmp_path, capsys):
+    """Named like torchvision's resnet18 release, a file given by path is taken for it only if
+    its content is that release's; otherwise one line says how to use it as one's own."""
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    wrong = mine / "resnet18-f37072fd.pth"
+    wrong.write_bytes(payload["bytes"])
+    assert main(["predict", "--model", "resnet18", "--weights", str(wrong), "x.png"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{wrong} is not the file its name promises" in err
+    assert err.rstrip().endswith("rename it to load it as weights of your own, or give "
+                                 "--weights torchvision for the release itself")
+    renamed = mine / "resnet18-finetuned.pth"
+    wrong.rename(renamed)
+    model = resnets.create_model("resnet18", weights=str(renamed))
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in payload["state"].items())
+    right = mine / published("resnet18", payload["bytes"])  # the release's own content
+    renamed.rename(right)
+    model = resnets.create_model("resnet18", weights=str(right))
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in payload["state"].items())
+
+
 def test_a_cached_file_is_hashed_once_until_it_changes(payload, torch_home, published,
                                                       monkeypatch):
     import os
@@ -353,7 +376,7 @@ def test_the_papers_bottleneck_stride_with_torchvisions_weights_is_one_line(torc
     assert files_in(torch_home) == []  # refused before anything was fetched
 
 
-def test_a_state_dict_file_loads_with_torchvisions_conventions(tmp_path):
+def test_a_state_dict_file_loads_with_torchvisions_conventions(tmp_path, published):
     state = {k: torch.randn(v.shape) if v.is_floating_point() else v
              for k, v in _torchvision_state("resnet50", "cpu").items()}
     for key in state:  # a variance is never below 0: such weights are refused as unusable
@@ -370,7 +393,8 @@ def test_a_state_dict_file_loads_with_torchvisions_conventions(tmp_path):
     assert torch.equal(model.layer4[2].conv3.weight, state["layer4.2.conv3.weight"])
     paper = resnets.create_model("resnet50", weights=str(path), bottleneck_stride="1x1")
     assert paper.layer2[0].conv1.stride == (2, 2)  # a file of unknown origin: the user decides
-    by_hand = tmp_path / "resnet50-0676ba61.pth"  # a release's name: torchvision's, so fixed
+    # under a release's name, with that release's content (its hash): torchvision's, so fixed
+    by_hand = tmp_path / published("resnet50", path.read_bytes())
     path.rename(by_hand)
     with pytest.raises(UserError, match="were trained with bottleneck_stride='3x3'"):
         resnets.create_model("resnet50", weights=str(by_hand), bottleneck_stride="1x1")

@@ -146,22 +146,30 @@ def _read_verified() -> dict:
     return record if isinstance(record, dict) else {}
 
 
+def _key(path: Path) -> str:
+    """A file's entry in the record: its name in the hub cache, its whole path elsewhere."""
+    path = path.absolute()
+    return path.name if path.parent == cache_folder().absolute() else str(path)
+
+
 def remember_verified(path: Path) -> None:
     """Record that `path` (as it is now: size and modification time) matches its name's hash.
     An unwritable record is no error: the file is then read again next time."""
     from resnets.atomic import write_json
 
     record = _read_verified()
-    record[path.name] = _fingerprint(path)
+    record[_key(path)] = _fingerprint(path)
     with contextlib.suppress(OSError):
         write_json(_verified_record(), record)
 
 
-def verify_cached(path: Path, sha256: str) -> None:
-    """Refuse a file of the hub cache whose SHA-256 does not start with `sha256`, the hash in
-    its name: torch.hub checks only what it downloads. Once a file matched, its size and
-    modification time are remembered and it is not read again until they change."""
-    if _read_verified().get(path.name) == _fingerprint(path):
+def verify_cached(path: Path, sha256: str, remedy: str = "delete it and it will be "
+                                                        "downloaded again") -> None:
+    """Refuse a file whose SHA-256 does not start with `sha256`, the hash in its name (a
+    release's file in the hub cache, or one a user passes by path): torch.hub checks only what
+    it downloads. Once a file matched, its size and modification time are remembered and it
+    is not read again until they change. `remedy`: the refusal's advice."""
+    if _read_verified().get(_key(path)) == _fingerprint(path):
         return
     digest = hashlib.sha256()
     with open(path, "rb") as file:
@@ -171,7 +179,7 @@ def verify_cached(path: Path, sha256: str) -> None:
     if not got.startswith(sha256):
         raise UserError(f"{path} is not the file its name promises: its SHA-256 starts with "
                         f"{got[:len(sha256)]}, the name says {sha256} (replaced or altered "
-                        f"since it was downloaded); delete it and it will be downloaded again")
+                        f"since it was downloaded); {remedy}")
     remember_verified(path)
 
 

@@ -35,7 +35,7 @@ from resnets.errors import UserError
 from resnets.models.files import MODEL_KEYS, check_checkpoint, read_torch_file, require
 from resnets.models.files import resolve_checkpoint_path
 from resnets.models.zoo import IMAGENET_STAGES, get_entry
-from resnets.models.hub import (as_state_dict, cached_file, fetch_state_dict)
+from resnets.models.hub import as_state_dict, cached_file, fetch_state_dict, verify_cached
 
 try:
     import tomllib
@@ -213,7 +213,11 @@ def load_pretrained(weights: str, model: str | None = None, *,
         return _from_checkpoint(value, path)
     state = as_state_dict(value, path)
     known = next((r for r in releases() if r.file_name == path.name), None)
-    if known is not None:  # a release downloaded or copied by hand
+    if known is not None:  # a release downloaded or copied by hand: what its name says?
+        spec = "torchvision" if known.version == "v1" else f"torchvision:{known.version}"
+        verify_cached(path, known.sha256, remedy=f"rename it to load it as weights of your "
+                                                 f"own, or give --weights {spec} for the "
+                                                 f"release itself")
         return _from_release(known, state, f"{path} ({known.describe()})", path)
     outputs = state[f"{HEAD}.weight"].shape[0] if f"{HEAD}.weight" in state else 1000
     imagenet = outputs == 1000
