@@ -127,6 +127,49 @@ def test_a_busy_check_takes_out_the_load_this_process_left_itself(monkeypatch):
     assert device.machine_busy_warning().startswith(f"this machine is busy (load {cores + 0.9:.1f}")
 
 
+def test_a_parallel_studys_workers_take_out_their_siblings_load(monkeypatch):
+    """`resnets study --jobs 2` on 2 cores: each worker sees the other in the load average;
+    the study tells each worker its siblings' load, which is taken out; more than that is
+    still busy."""
+    import resnets.train.device as device
+
+    cores = os.cpu_count() or 1
+    monkeypatch.setattr(device, "own_load", lambda cpu, wall: 0.0)  # this process: idle
+    monkeypatch.setattr(os, "getloadavg", lambda: (cores + 0.9, cores, cores))
+    monkeypatch.delenv(device.SIBLING_LOAD_ENV, raising=False)
+    assert device.machine_busy_warning() is not None
+    monkeypatch.setenv(device.SIBLING_LOAD_ENV, "1")
+    assert device.machine_busy_warning() is None
+    monkeypatch.setattr(os, "getloadavg", lambda: (cores + 2.5, cores, cores))
+    assert device.machine_busy_warning() is not None  # someone else's load besides
+    for bad in ("nan", "-3", "x"):
+        monkeypatch.setenv(device.SIBLING_LOAD_ENV, bad)
+        assert device.sibling_load() == 0.0
+
+
+def test_a_parallel_study_tells_each_worker_its_siblings_load(tmp_path, monkeypatch):
+    import subprocess
+
+    import resnets.study.parallel as parallel
+    from resnets.train.device import SIBLING_LOAD_ENV
+
+    seen = {}
+
+    class Started:  # stands in for the worker process
+        def __init__(self, command, env, **options):
+            seen.update(env=env)
+
+    monkeypatch.setattr(subprocess, "Popen", Started)
+    workers = parallel.Workers(tmp_path, 3, progress="none")
+    (tmp_path / "logs").mkdir(exist_ok=True)
+
+    class Run:
+        name = "resnet20-seed0"
+
+    workers.start(Run(), 0, threads=2, device=None)
+    assert seen["env"][SIBLING_LOAD_ENV] == "4"  # two other workers of 2 threads each
+
+
 def test_own_load_follows_the_load_averages_one_minute_decay():
     assert own_load(0.0, 10.0) == 0.0 and own_load(5.0, 0.0) == 0.0
     assert own_load(120.0, 60.0) == pytest.approx(2 * (1 - math.exp(-1)))  # 2 cores, 1 minute

@@ -201,6 +201,11 @@ class Workers:
         package_root = str(Path(resnets.__file__).resolve().parents[1])
         environ = {**os.environ, "PYTHONPATH": os.pathsep.join(
             filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
+        from resnets.train.device import SIBLING_LOAD_ENV
+
+        # the other workers' threads: load of ours, not someone else's (the busy check)
+        each = threads or max(1, (os.cpu_count() or 1) // self.jobs)
+        environ[SIBLING_LOAD_ENV] = str((self.jobs - 1) * each)
         path = log_path(self.study_dir, run.name)
         log = open(path, "a", encoding="utf-8")
         try:

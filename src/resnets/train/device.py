@@ -198,12 +198,25 @@ def _cpu_seconds() -> float:
 
 
 _since = [time.monotonic(), _cpu_seconds()]  # (wall, CPU) at import or at the last check
+# Set by a parallel study (`resnets study --jobs N`) for each worker process: the load its
+# sibling workers put on the machine (their threads), which a worker's busy check takes out.
+SIBLING_LOAD_ENV = "RESNETS_SIBLING_LOAD"
+
+
+def sibling_load() -> float:
+    """The load this process's sibling workers make (SIBLING_LOAD_ENV; 0 when unset or bad)."""
+    try:
+        value = float(os.environ.get(SIBLING_LOAD_ENV, "0"))
+    except ValueError:
+        return 0.0
+    return value if math.isfinite(value) and value > 0 else 0.0
 
 
 def machine_busy_warning() -> str | None:
     """`busy_warning` for this machine now (None where the OS reports no load average), with
-    this process's own recent use taken out: a study's next run must not take the load its
-    previous run left in the 1-minute average (it lags by a minute) for someone else's."""
+    this process's own recent use taken out (a study's next run must not take the load its
+    previous run left in the 1-minute average, which lags by a minute, for someone else's),
+    and the load of a parallel study's other workers (`sibling_load`)."""
     try:
         load = os.getloadavg()[0]
     except (AttributeError, OSError):  # Windows; some containers
@@ -211,8 +224,8 @@ def machine_busy_warning() -> str | None:
     now, cpu = time.monotonic(), _cpu_seconds()
     then, cpu_then = _since
     _since[:] = [now, cpu]
-    return busy_warning(max(0.0, load - own_load(cpu - cpu_then, now - then)),
-                        os.cpu_count() or 1)
+    ours = own_load(cpu - cpu_then, now - then) + sibling_load()
+    return busy_warning(max(0.0, load - ours), os.cpu_count() or 1)
 
 
 # glibc's mallopt parameters (malloc.h). The mmap threshold asked for: 1 GiB (an ImageNet
