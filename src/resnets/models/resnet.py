@@ -117,7 +117,11 @@ class ResNet(nn.Module):
         self.maxpool = nn.MaxPool2d(3, stride=2, padding=1) if self.family == "imagenet" else nn.Identity()
 
     def _init_weights(self) -> None:
-        """He initialisation (fan-out, as for ReLU); BN scale 1, shift 0; fc keeps torch's default."""
+        """He initialisation (fan-out, as for ReLU); BN scale 1, shift 0; fc keeps torch's default.
+        Nothing to draw for a model built on the meta device (shapes only, for counting and
+        memory estimates): torch's meta `normal_` would start TorchDynamo, 2 s at start-up."""
+        if self.conv1.weight.is_meta:
+            return
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
