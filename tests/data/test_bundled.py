@@ -58,8 +58,32 @@ def test_bad_names_splits_and_fractions_are_user_errors():
         load("bundled", "dev")
     with pytest.raises(UserError, match="val_fraction 1.5"):
         load("bundled", val_fraction=1.5)
-    with pytest.raises(UserError, match="image_size=32 applies only to folder"):
-        load("bundled", image_size=32)
+    for bad in (0, -3, 2.5, True):
+        with pytest.raises(UserError, match=f"image_size {bad!r} is invalid"):
+            load("bundled", image_size=bad)
+
+
+def test_image_size_resizes_the_bundled_digits_as_pil_resizes_an_image_file():
+    """The in-memory sets are resized at load with antialiased bilinear, the filter PIL's
+    resize uses (what `predict` does to an image file): both give the same pixels up to
+    rounding, and every split is resized alike."""
+    from PIL import Image
+
+    native = load("bundled", "test")
+    small = load("bundled", "test", image_size=20)
+    assert small.images.shape == (1000, 1, 20, 20) and small.images.dtype == torch.uint8
+    assert torch.equal(small.labels, native.labels)
+    assert load("bundled", "train", image_size=20).images.shape[1:] == (1, 20, 20)
+    assert torch.equal(load("bundled", "test", image_size=28).images, native.images)  # native: kept
+    # Each output pixel is a weighted mean of input pixels (weights >= 0, summing to 1), so
+    # the image's mean brightness is kept to within the uint8 rounding of its pixels.
+    assert abs(small.images.float().mean() - native.images.float().mean()) < 0.5
+    for k in range(5):
+        digit = Image.fromarray(native.images[k, 0].numpy())
+        by_pil = torch.tensor(list(digit.resize((20, 20), Image.BILINEAR).tobytes())).view(20, 20)
+        # PIL computes in fixed point and torch in float: a pixel may round the other way,
+        # and their kernels' edge handling differs by a fraction of a grey level.
+        assert (by_pil - small.images[k, 0].int()).abs().max() <= 2
 
 
 def test_corrupt_bundled_file_is_a_user_error(tmp_path, monkeypatch):

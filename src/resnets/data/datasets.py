@@ -45,7 +45,9 @@ def load(
     root: the folder holding the CIFAR archive or its extracted folder (`--data-dir`).
     val_fraction: share of the training set held out; None -> 5,000/50,000 for CIFAR, 0.1
         elsewhere; 0 -> "val" is empty and "train" is "trainval".
-    image_size: image folders only: resize the shorter side to this and centre-crop a square.
+    image_size: resize the images to this side: image folders resize the shorter side and
+        centre-crop a square; the in-memory sets (bundled, CIFAR), whose images are square,
+        are resized at load (bilinear, antialiased, as PIL resizes the images `predict` reads).
     label: CIFAR-100 only: "fine" (100 classes, default) or "coarse" (20 superclasses).
     max_memory_bytes: image folders only: above this decoded size, stream from disk instead of
         holding the split in memory (default: a quarter of the machine's RAM).
@@ -61,13 +63,14 @@ def load(
     if name == "bundled":
         from resnets.data.bundled import load_bundled
 
-        return load_bundled(split, seed=seed, val_fraction=val_fraction)
+        return resized(load_bundled(split, seed=seed, val_fraction=val_fraction), image_size)
     if name in ("cifar10", "cifar100", "cifar100-coarse"):
         from resnets.data.cifar import load_cifar
 
         if name == "cifar100-coarse":
             name, label = "cifar100", "coarse"
-        return load_cifar(name, split, root=root, seed=seed, val_fraction=val_fraction, label=label)
+        return resized(load_cifar(name, split, root=root, seed=seed, val_fraction=val_fraction,
+                                  label=label), image_size)
     if name.startswith("folder:"):
         from resnets.data.folder import load_folder
 
@@ -78,13 +81,34 @@ def load(
     raise UserError(f"unknown dataset {name!r}: expected one of {', '.join(NAMES)}")
 
 
+def resized(dataset, image_size: int | None):
+    """An in-memory dataset with its square images resized to image_size x image_size (None:
+    as it is): bilinear with antialiasing, the filter PIL's resize uses, so a model trained on
+    them sees what `predict` makes of an image file; rounded back to uint8."""
+    if image_size is None or dataset.images.shape[-1] == image_size == dataset.images.shape[-2]:
+        return dataset
+    import dataclasses
+
+    import torch
+    import torch.nn.functional as F
+
+    pixels = dataset.images.float()
+    chunks = [F.interpolate(chunk, size=(image_size, image_size), mode="bilinear",
+                            antialias=True, align_corners=False)
+              for chunk in pixels.split(4096)] if len(pixels) else [
+        pixels.new_zeros((0, pixels.shape[1], image_size, image_size))]
+    images = torch.cat(chunks).round_().clamp_(0, 255).to(torch.uint8)
+    return dataclasses.replace(dataset, images=images)
+
+
 def _check_options(name, split: str, image_size, augment: str, skip_bad_images: bool) -> None:
     """Refuse a split, a name or an option the named dataset does not take."""
     check_split(split)
     if not isinstance(name, str) or not name:
         raise UserError(f"dataset name {name!r} is invalid: expected one of {', '.join(NAMES)}")
-    if image_size is not None and not name.startswith("folder:"):
-        raise UserError(f"image_size={image_size} applies only to folder:PATH datasets, not {name!r}")
+    if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int)
+                                   or image_size < 1):
+        raise UserError(f"image_size {image_size!r} is invalid: expected a positive integer")
     if augment != "pad-crop" and not name.startswith("folder:"):
         if augment not in AUGMENTS:
             raise UserError(f"unknown augment {augment!r}: expected one of {', '.join(AUGMENTS)}")
