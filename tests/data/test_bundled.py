@@ -110,3 +110,22 @@ def test_converter_writes_what_the_reader_reads():
     assert labels[n_train:].tolist() == [0, 0, 1, 1]
     with pytest.raises(UserError, match="tiny.*RNDIGITS"):
         bundled.parse(gzip.compress(b"something else entirely"), "tiny")
+
+
+def test_image_crop_keeps_the_centre_of_every_digit_at_its_resolution(tmp_path):
+    native = load("bundled", "test")
+    crop = load("bundled", "test", image_crop=20)
+    assert crop.images.shape == (1000, 1, 20, 20) and crop.images.is_contiguous()
+    assert torch.equal(crop.images, native.images[..., 4:24, 4:24])
+    assert torch.equal(crop.labels, native.labels)
+    # after image_size: the centre of the resized images
+    both = load("bundled", "test", image_size=24, image_crop=20)
+    assert torch.equal(both.images, load("bundled", "test", image_size=24).images[..., 2:22, 2:22])
+    with pytest.raises(UserError, match=r"image_crop 30 is larger than the bundled images \(28 x 28\)"):
+        load("bundled", "test", image_crop=30)
+    for bad in (0, -1, 1.5):
+        with pytest.raises(UserError, match=f"image_crop {bad!r} is invalid"):
+            load("bundled", image_crop=bad)
+    with pytest.raises(UserError, match="image_crop applies to the in-memory sets"):
+        load(f"folder:{tmp_path}", image_crop=20)
+

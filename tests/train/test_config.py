@@ -36,6 +36,26 @@ def test_layers_apply_in_order_preset_file_overrides(tmp_path):
     assert config.seed == 0  # a None override leaves the value alone
 
 
+def test_when_tables_apply_to_their_dataset_only_and_later_layers_still_win(tmp_path):
+    # quick crops the bundled digits to their centre 20 x 20 ([when.bundled]); CIFAR keeps
+    # its whole 32 x 32.
+    assert resolve_config("quick").image_crop == 20
+    assert resolve_config("quick", overrides={"data": "cifar10"}).image_crop is None
+    assert resolve_config("quick", overrides={"image_crop": 24}).image_crop == 24
+    assert resolve_config("quick", overrides={"image_crop": 0}).image_crop is None  # whole
+    file = tmp_path / "run.toml"
+    file.write_text('data = "cifar10"\n[when.cifar10]\nlr = 0.05\n[when.bundled]\nlr = 0.3\n')
+    assert resolve_config("quick", file).lr == 0.05
+    assert resolve_config("quick", file, {"data": "bundled"}).lr == 0.3
+    assert resolve_config("quick", file, {"data": "bundled", "lr": 0.1}).lr == 0.1
+    for text, words in (('[when.cifar10]\ndata = "bundled"\n', "data cannot depend on"),
+                        ('[when]\ncifar10 = 3\n', "[when.NAME] tables hold settings"),
+                        ('[when.bundled]\nnope = 3\n', "[when.bundled]: unknown config key")):
+        file.write_text(text)
+        with pytest.raises(UserError, match=words.replace("[", "\\[").replace("]", "\\]")):
+            resolve_config("quick", file)
+
+
 def test_iters_in_a_later_layer_replaces_epochs():
     config = resolve_config("quick", overrides={"iters": 5})
     assert config.iters == 5 and config.epochs is None

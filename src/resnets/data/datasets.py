@@ -33,6 +33,7 @@ def load(
     crop_size: int = 224,
     resize_size: int | None = None,
     skip_bad_images: bool = False,
+    image_crop: int | None = None,
 ):
     """Load one split of a dataset by name. (Over a screen for its parameters' documentation;
     the body only dispatches to the readers.)
@@ -58,19 +59,13 @@ def load(
         used with augment "paper" | "random-resized".
     skip_bad_images: image folders only: leave out files that cannot be decoded (counted and
         reported) instead of stopping with the file's name.
+    image_crop: in-memory sets only: keep the centre image_crop x image_crop pixels of every
+        image (after any image_size), at their resolution.
     """
-    _check_options(name, split, image_size, augment, skip_bad_images)
-    if name == "bundled":
-        from resnets.data.bundled import load_bundled
-
-        return resized(load_bundled(split, seed=seed, val_fraction=val_fraction), image_size)
-    if name in ("cifar10", "cifar100", "cifar100-coarse"):
-        from resnets.data.cifar import load_cifar
-
-        if name == "cifar100-coarse":
-            name, label = "cifar100", "coarse"
-        return resized(load_cifar(name, split, root=root, seed=seed, val_fraction=val_fraction,
-                                  label=label), image_size)
+    _check_options(name, split, image_size, augment, skip_bad_images, image_crop)
+    if name in ("bundled", "cifar10", "cifar100", "cifar100-coarse"):
+        dataset = _in_memory(name, split, root, seed, val_fraction, label)
+        return cropped(resized(dataset, image_size), image_crop)
     if name.startswith("folder:"):
         from resnets.data.folder import load_folder
 
@@ -101,11 +96,54 @@ def resized(dataset, image_size: int | None):
     return dataclasses.replace(dataset, images=images)
 
 
-def _check_options(name, split: str, image_size, augment: str, skip_bad_images: bool) -> None:
+def _in_memory(name: str, split: str, root, seed: int, val_fraction, label: str):
+    if name == "bundled":
+        from resnets.data.bundled import load_bundled
+
+        return load_bundled(split, seed=seed, val_fraction=val_fraction)
+    from resnets.data.cifar import load_cifar
+
+    if name == "cifar100-coarse":
+        name, label = "cifar100", "coarse"
+    return load_cifar(name, split, root=root, seed=seed, val_fraction=val_fraction, label=label)
+
+
+def cropped(dataset, image_crop: int | None):
+    """An in-memory dataset with only the centre image_crop x image_crop pixels of each image
+    (None: as it is); refused where the images are smaller."""
+    if image_crop is None:
+        return dataset
+    height, width = dataset.images.shape[-2:]
+    if image_crop > min(height, width):
+        raise UserError(f"image_crop {image_crop} is larger than the {dataset.name} images "
+                        f"({height} x {width})")
+    top, left = (height - image_crop) // 2, (width - image_crop) // 2
+    import dataclasses
+
+    images = dataset.images[..., top:top + image_crop, left:left + image_crop].contiguous()
+    return dataclasses.replace(dataset, images=images)
+
+
+def side_before_crop(name: str, image_size: int | None) -> int | None:
+    """The side of an in-memory set's images before image_crop: image_size, else the set's
+    own (28 for the bundled digits, 32 for CIFAR); None for an image folder."""
+    if image_size is not None:
+        return image_size
+    return {"bundled": 28, "cifar10": 32, "cifar100": 32, "cifar100-coarse": 32}.get(name)
+
+
+def _check_options(name, split: str, image_size, augment: str, skip_bad_images: bool,
+                   image_crop) -> None:
     """Refuse a split, a name or an option the named dataset does not take."""
     check_split(split)
     if not isinstance(name, str) or not name:
         raise UserError(f"dataset name {name!r} is invalid: expected one of {', '.join(NAMES)}")
+    if image_crop is not None and (isinstance(image_crop, bool) or not isinstance(image_crop, int)
+                                   or image_crop < 1):
+        raise UserError(f"image_crop {image_crop!r} is invalid: expected a positive integer")
+    if image_crop is not None and name.startswith("folder:"):
+        raise UserError("image_crop applies to the in-memory sets (bundled, CIFAR); an image "
+                        "folder's image_size already resizes and centre-crops a square")
     if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int)
                                    or image_size < 1):
         raise UserError(f"image_size {image_size!r} is invalid: expected a positive integer")

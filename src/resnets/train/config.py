@@ -85,7 +85,11 @@ class Config:
         "default, 0.1, as CIFAR's 5k of 50k; 0: no validation split)", "data")
     split_seed: int = _field(0, "seed of the train/validation split (fixed across runs so that "
                              "seeds vary the training, not the data)", "data")
-    image_size: int | None = _field(None, "resize images to this size (None: native)", "data")
+    image_size: int | None = _field(None, "resize images to this size (None or 0: their own "
+                                    "size)", "data")
+    image_crop: int | None = _field(None, "keep the centre N x N pixels of the images of an "
+                                    "in-memory set (bundled, CIFAR), at their resolution, after "
+                                    "any image_size (None or 0: whole images)", "data")
     normalize: str = _field("channel", "input normalisation fitted on the training images",
                             "data", choices=NORMALIZERS)
     pad: int | None = _field(None, "pad-and-random-crop augmentation, pixels (0: off; None: "
@@ -254,17 +258,22 @@ def resolve_config(preset: str | None = None, file: str | Path | None = None,
         layers.append((str(file), read_toml(Path(file))))
     if overrides:
         layers.append(("settings", {k: v for k, v in overrides.items() if v is not None}))
+    flats = [_layer_settings(layer, source) for source, layer in layers]
+    data = next((f["data"] for f, _ in reversed(flats) if f.get("data") is not None),
+                FIELDS["data"].default)
     named_model = False  # by the file or the overrides (a preset's model is its default)
-    for index, (source, layer) in enumerate(layers):
-        flat = _flatten(layer, source)
-        if "epochs" in flat and "iters" in flat and None not in (flat["epochs"], flat["iters"]):
-            raise UserError(f"{source}: give epochs or iters, not both")
-        if "epochs" in flat:
-            values["iters"] = None
-        if "iters" in flat:
-            values["epochs"] = None
-        values.update(flat)
-        named_model |= "model" in flat and (preset is None or index > 0)
+    for index, ((source, _), (flat, when)) in enumerate(zip(layers, flats)):
+        # a layer's settings, then those it gives for the dataset the run uses (`[when.NAME]`)
+        for settings in (flat, when.get(data, {})):
+            if "epochs" in settings and "iters" in settings \
+                    and None not in (settings["epochs"], settings["iters"]):
+                raise UserError(f"{source}: give epochs or iters, not both")
+            if "epochs" in settings:
+                values["iters"] = None
+            if "iters" in settings:
+                values["epochs"] = None
+            values.update(settings)
+            named_model |= "model" in settings and (preset is None or index > 0)
     config = _build(values)
     if config.weights is not None and not named_model:
         from resnets.models.weights import checkpoint_model
@@ -297,6 +306,24 @@ def read_toml(path: Path, what: str = "config file") -> dict:
         raise UserError(f"{path}: not valid TOML ({error})") from None
 
 
+def _layer_settings(layer: dict, source: str) -> tuple[dict[str, Any], dict[str, dict]]:
+    """(a layer's flat settings, {dataset name: the settings it gives for that dataset only}):
+    a `[when.NAME]` table holds settings that apply only when the run's data is NAME (the
+    quick preset resizes the bundled digits, not CIFAR); later layers still override them."""
+    layer = dict(layer)
+    when = layer.pop("when", {})
+    if not isinstance(when, dict) or not all(isinstance(v, dict) for v in when.values()):
+        raise UserError(f"{source}: [when.NAME] tables hold settings for dataset NAME, e.g. "
+                        f"[when.bundled] image_crop = 20")
+    conditional = {}
+    for name, table in when.items():
+        settings = _flatten(table, f"{source} [when.{name}]")
+        if "data" in settings:
+            raise UserError(f"{source} [when.{name}]: data cannot depend on the data")
+        conditional[name] = settings
+    return _flatten(layer, source), conditional
+
+
 def _flatten(data: dict, source: str) -> dict[str, Any]:
     flat: dict[str, Any] = {}
     for key, value in data.items():
@@ -318,6 +345,9 @@ def _build(values: dict[str, Any]) -> Config:
         config.milestones = []
     if isinstance(config.weights, str) and config.weights.lower() == "none":
         config.weights = None  # a preset's weights undone from the command line
+    for name in ("image_size", "image_crop"):
+        if getattr(config, name) == 0:
+            setattr(config, name, None)  # a preset's resize or crop undone: whole images
     _validate(config)
     return config
 
@@ -393,8 +423,9 @@ def _check_combinations(config: Config) -> None:
         raise UserError(f"label_smoothing must be in [0, 1), got {config.label_smoothing}")
     if config.val_fraction is not None and not 0 <= config.val_fraction < 1:
         raise UserError(f"val_fraction must be in [0, 1), got {config.val_fraction}")
-    if config.image_size is not None and config.image_size < 1:
-        raise UserError(f"image_size must be >= 1, got {config.image_size}")
+    for name in ("image_size", "image_crop"):
+        if getattr(config, name) is not None and getattr(config, name) < 1:
+            raise UserError(f"{name} must be >= 1 (0: none), got {getattr(config, name)}")
     if any(m < 1 for m in config.milestones) or config.milestones != sorted(config.milestones):
         raise UserError(f"milestones must be increasing positive steps, got {config.milestones}")
     if any(m < 1 for m in config.milestone_epochs) or \

@@ -385,9 +385,15 @@ def load_image(path: str | Path, input_size: Sequence[int], max_pixels: int | No
 
 def eval_resize_size(config: Config) -> int | None:
     """The shorter side a model's evaluation images are resized to before the centre crop:
-    None (the crop's own size) for pad-crop training, else the run's resize_size."""
+    for pad-crop training None (the crop's own size), or with image_crop the side the images
+    had before it (the bundled digits: 28, so a digit keeps its size); else the run's
+    resize_size."""
     if config.augment == "pad-crop":
-        return None
+        if config.image_crop is None:
+            return None
+        from resnets.data.datasets import side_before_crop
+
+        return side_before_crop(config.data, config.image_size)
     from resnets.data.views import check_sizes
 
     return check_sizes(config.crop_size, config.resize_size)

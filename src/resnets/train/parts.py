@@ -34,7 +34,8 @@ def load_dataset(config, split: str):
     return load(config.data, split, root=config.data_dir, seed=config.split_seed,
                 val_fraction=config.val_fraction, image_size=config.image_size,
                 augment=config.augment, crop_size=config.crop_size,
-                resize_size=config.resize_size, skip_bad_images=config.skip_bad_images)
+                resize_size=config.resize_size, skip_bad_images=config.skip_bad_images,
+                image_crop=getattr(config, "image_crop", None))
 
 
 def default_parts() -> Parts:
