@@ -153,7 +153,12 @@ def process_group(world: World, device: torch.device, timeout_s: float) -> Itera
                                  f"process(es): {_first_line(error)}") from None
     yield world
     # Only on success: after a failed collective, leaving the group can wait forever on the
-    # dead or hung peer; the process is about to exit, which frees everything anyway.
+    # dead or hung peer; the process is about to exit, which frees everything anyway. All
+    # ranks leave together: a rank that tore its connections down while rank 0 was still
+    # writing the run's last files was seen once to make a peer's gloo abort (SIGABRT,
+    # "terminate called without an active exception") after the run had finished.
+    with contextlib.suppress(RuntimeError):
+        dist.barrier()
     dist.destroy_process_group()
 
 
