@@ -29,7 +29,7 @@ import resnets.train.onnx_engine as onnx_engine_module  # noqa: E402
 import resnets.train.probe as probe  # noqa: E402
 from resnets.models import cifar_resnet, create_model  # noqa: E402
 from resnets.train.engine import InferenceModel, choose_engine  # noqa: E402
-from resnets.train.onnx_engine import FP32_TOLERANCE, onnx_engine  # noqa: E402
+from resnets.train.onnx_engine import FP32_TOLERANCE, OnnxEngine, onnx_engine  # noqa: E402
 
 CPU = torch.device("cpu")
 MODELS = [(f"{kind}20", 32) for kind in ("resnet", "plain", "preact_resnet")] + [
@@ -150,9 +150,24 @@ def _tables(monkeypatch, torch_fp32, torch_bf16, runtime):
     monkeypatch.setattr(engine, "onnxruntime_table", lambda: {"onnxruntime": runtime})
 
 
+def _model_timings(monkeypatch, onnxruntime_s, torch_s):
+    """The model's own check (where the tables chose onnxruntime) given, not timed; returns
+    the list of engines timed."""
+    timed = []
+
+    def given(call, batch, **options):
+        on_onnxruntime = isinstance(call, OnnxEngine)
+        timed.append("onnxruntime" if on_onnxruntime else "torch")
+        return onnxruntime_s if on_onnxruntime else torch_s
+
+    monkeypatch.setattr(engine, "_time_calls", given)
+    return timed
+
+
 def test_auto_runs_the_engine_measured_faster_at_each_batch_size(monkeypatch):
     # as measured on an AVX-512 BF16 EPYC: onnxruntime ahead at batch 1, PyTorch bf16 at 64
     _tables(monkeypatch, [1.7e-3, 4e-4, 2.4e-4], [1.7e-3, 3e-4, 2.4e-4], [5e-4, 4.5e-4, 4.8e-4])
+    _model_timings(monkeypatch, onnxruntime_s=5e-4, torch_s=1.7e-3)
     assert [choose_engine("bf16", b) for b in (1, 2, 6, 8, 30, 64, 500)] == \
         ["onnxruntime", "onnxruntime", "torch", "torch", "torch", "torch", "torch"]
     assert [choose_engine("fp32", b) for b in (1, 8, 64)] == ["onnxruntime", "torch", "torch"]
@@ -163,6 +178,25 @@ def test_auto_runs_the_engine_measured_faster_at_each_batch_size(monkeypatch):
     fast(torch.randn(64, 3, 8, 8))
     assert fast.describe().startswith("onnxruntime, fp32 and bf16, BatchNorm folded")
     assert InferenceModel(model, CPU, "fp32", engine="torch").engine_for(1) == "torch"
+
+
+def test_where_the_tables_choose_onnxruntime_the_model_itself_is_timed_once_per_batch_size(
+        monkeypatch):
+    # resnet20's tables put onnxruntime ahead at batch 1; a large model runs faster in bf16
+    # PyTorch there (resnet50 at 224 x 224: 42 against 25 images/s on the EPYC)
+    _tables(monkeypatch, [1.7e-3, 4e-4, 2.4e-4], [1.7e-3, 3e-4, 2.4e-4], [5e-4, 4.5e-4, 4.8e-4])
+    timed = _model_timings(monkeypatch, onnxruntime_s=4e-2, torch_s=2.4e-2)
+    fast = InferenceModel(_small(), CPU, "bf16", engine="auto")
+    for _ in range(3):
+        fast(torch.randn(1, 3, 8, 8))
+    assert fast.describe().startswith("bf16, BatchNorm folded") and timed == ["torch", "onnxruntime"]
+    fast(torch.randn(64, 3, 8, 8))  # the tables say torch: nothing timed
+    assert timed == ["torch", "onnxruntime"] and fast.engine_for(64) == "torch"
+    # the other way round: onnxruntime kept
+    timed = _model_timings(monkeypatch, onnxruntime_s=1e-3, torch_s=3e-3)
+    other = InferenceModel(_small(), CPU, "bf16", engine="auto")
+    other(torch.randn(1, 3, 8, 8))
+    assert other.describe() == "onnxruntime, fp32" and len(timed) == 2
 
 
 def test_the_onnxruntime_engine_computes_in_fp32_only():

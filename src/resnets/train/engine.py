@@ -10,7 +10,11 @@ Two engines:
   (resnets.train.onnx_engine: cached by the checkpoint's content, checked against PyTorch).
 
 "auto" picks, for each call's batch size, whichever measured faster on this machine
-(`choose_engine`); on a GPU, or without onnxruntime (`pip install 'resnets[onnx]'`), torch.
+(`choose_engine`, from tables measured once on resnet20); where the tables choose onnxruntime
+(small batches, where PyTorch's fixed cost per call shows), the model itself is timed with both
+engines on its first batch of that size, since a larger network can turn the order round
+(`InferenceModel.engine_for`). On a GPU, or without onnxruntime (`pip install
+'resnets[onnx]'`), torch.
 
 Precision "auto" (`inference_precision`) on a CPU: bf16 where bf16 inference measured at least
 `probe.MIN_GAIN` times faster than fp32 at batch 64 on this machine, else fp32 (on an AVX2-only
@@ -47,6 +51,7 @@ ENGINES = ("auto", "torch", "onnxruntime")
 PROBE_BATCHES = (1, 8, 64)
 PROBE_SECONDS = 0.5     # each probe cell: calls until this long (at least 5), the median kept
 TIMING = "median"       # in the probes' cache key: a result timed otherwise is measured again
+MODEL_PROBE_SECONDS = 0.1  # a model's own check where the tables chose onnxruntime (small batches)
 
 __all__ = ["BF16_TOLERANCE", "ENGINES", "FP32_TOLERANCE", "InferenceModel", "choose_engine",
            "inference_precision"]
@@ -83,13 +88,29 @@ class InferenceModel(nn.Module):
         self.ran: dict[str, str] = {}  # engine -> its description, for what ran so far
         self.train(False)
 
-    def engine_for(self, batch: int) -> str:
-        """The engine a call with `batch` images runs ("torch" or "onnxruntime")."""
+    def engine_for(self, batch: int, images: torch.Tensor | None = None) -> str:
+        """The engine a call with `batch` images runs ("torch" or "onnxruntime"). With "auto",
+        decided once per batch size: torch where this machine's tables say so; where they say
+        onnxruntime (measured on resnet20 at 32 x 32), this model is timed on `images` with
+        both engines first, and the faster one kept (a resnet50 at 224 x 224 ran 1.7x faster
+        in bf16 PyTorch than in onnxruntime at batch 1, where resnet20 ran 2.6x slower)."""
         if self.engine != "auto":
             return "torch" if self.engine == "torch" else "onnxruntime"
         if batch not in self._chosen:  # the tables' lookup costs more than a batch-1 call
-            self._chosen[batch] = choose_engine(self.precision, batch)
+            chosen = choose_engine(self.precision, batch)
+            if chosen == "onnxruntime" and images is not None and images.ndim == 4:
+                chosen = self._faster_on(images)
+            self._chosen[batch] = chosen
         return self._chosen[batch]
+
+    def _faster_on(self, images: torch.Tensor) -> str:
+        """"onnxruntime" or "torch", whichever runs this model faster on `images`."""
+        engine = self._onnxruntime(tuple(images.shape[1:]))
+        if engine is None:
+            return "torch"
+        on_torch = _time_calls(self._run_torch, images, seconds=MODEL_PROBE_SECONDS)
+        on_onnxruntime = _time_calls(engine, images, seconds=MODEL_PROBE_SECONDS)
+        return "onnxruntime" if on_onnxruntime < on_torch else "torch"
 
     def _onnxruntime(self, shape: tuple[int, ...]) -> OnnxEngine | None:
         if self._onnx is None:
@@ -97,12 +118,15 @@ class InferenceModel(nn.Module):
         return self._onnx[0]
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        if self.engine_for(len(images)) == "onnxruntime" and images.ndim == 4:
+        if self.engine_for(len(images), images) == "onnxruntime" and images.ndim == 4:
             engine = self._onnxruntime(tuple(images.shape[1:]))
             if engine is not None:
                 self.ran["onnxruntime"] = "onnxruntime, fp32"
                 return engine(images)  # on the CPU, as this engine runs only there
         self.ran["torch"] = self._describe_torch()
+        return self._run_torch(images)
+
+    def _run_torch(self, images: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
             if images.ndim == 4:
                 images = images.to(self.device, self.dtype, memory_format=self.memory_format)
@@ -152,14 +176,17 @@ def check_engine(engine: str, precision: str, device: torch.device) -> str:
     return engine
 
 
-def _time_calls(call, batch: torch.Tensor) -> float:
-    """Seconds per image of the median of at least 5 calls filling `PROBE_SECONDS`: the
-    typical call, as a user's calls are (the fastest favoured the engine whose times vary
-    most: PyTorch at batch 8 measured 0.38 ms an image at best, 0.70 in a benchmark's runs)."""
+def _time_calls(call, batch: torch.Tensor, seconds: float | None = None, calls: int = 5
+                ) -> float:
+    """Seconds per image of the median of at least `calls` calls filling `seconds` (default
+    `PROBE_SECONDS`): the typical call, as a user's calls are (the fastest favoured the engine
+    whose times vary most: PyTorch at batch 8 measured 0.38 ms an image at best, 0.70 in a
+    benchmark's runs)."""
+    seconds = PROBE_SECONDS if seconds is None else seconds
     call(batch)  # allocates, picks kernels, packs weights
     times: list[float] = []
     started = time.perf_counter()
-    while len(times) < 5 or time.perf_counter() - started < PROBE_SECONDS:
+    while len(times) < calls or time.perf_counter() - started < seconds:
         start = time.perf_counter()
         call(batch)
         times.append(time.perf_counter() - start)
