@@ -50,7 +50,8 @@ def test_when_tables_apply_to_their_dataset_only_and_later_layers_still_win(tmp_
     assert resolve_config("quick", file, {"data": "bundled", "lr": 0.1}).lr == 0.1
     for text, words in (('[when.cifar10]\ndata = "bundled"\n', "data cannot depend on"),
                         ('[when]\ncifar10 = 3\n', "[when.NAME] tables hold settings"),
-                        ('[when.bundled]\nnope = 3\n', "[when.bundled]: unknown config key")):
+                        ('[when.bundled]\nnope = 3\n', "[when.bundled]: unknown config key"),
+                        ('[when.bundeld]\nlr = 3\n', "no dataset is named 'bundeld'")):
         file.write_text(text)
         with pytest.raises(UserError, match=words.replace("[", "\\[").replace("]", "\\]")):
             resolve_config("quick", file)

@@ -140,6 +140,8 @@ def test_a_parallel_studys_workers_take_out_their_siblings_load(monkeypatch):
     assert device.machine_busy_warning() is not None
     monkeypatch.setenv(device.SIBLING_LOAD_ENV, "1")
     assert device.machine_busy_warning() is None
+    # a probe's timing beside the siblings is still not clean: it asks without them
+    assert device.machine_busy_warning(siblings=False) is not None
     monkeypatch.setattr(os, "getloadavg", lambda: (cores + 2.5, cores, cores))
     assert device.machine_busy_warning() is not None  # someone else's load besides
     for bad in ("nan", "-3", "x"):
@@ -167,6 +169,9 @@ def test_a_parallel_study_tells_each_worker_its_siblings_load(tmp_path, monkeypa
         name = "resnet20-seed0"
 
     workers.start(Run(), 0, threads=2, device=None)
+    assert seen["env"][SIBLING_LOAD_ENV] == "0"  # the first: no other worker runs yet
+    workers.start(Run(), 1, threads=2, device=None)
+    workers.start(Run(), 2, threads=2, device=None)
     assert seen["env"][SIBLING_LOAD_ENV] == "4"  # two other workers of 2 threads each
 
 

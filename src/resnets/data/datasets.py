@@ -69,10 +69,14 @@ def load(
     if name.startswith("folder:"):
         from resnets.data.folder import load_folder
 
-        return load_folder(name[len("folder:"):], split, seed=seed, val_fraction=val_fraction,
-                           image_size=image_size, max_memory_bytes=max_memory_bytes,
-                           augment=augment, crop_size=crop_size, resize_size=resize_size,
-                           skip_bad_images=skip_bad_images)
+        folder = load_folder(name[len("folder:"):], split, seed=seed, val_fraction=val_fraction,
+                             image_size=image_size, max_memory_bytes=max_memory_bytes,
+                             augment=augment, crop_size=crop_size, resize_size=resize_size,
+                             skip_bad_images=skip_bad_images)
+        if image_crop is not None and not hasattr(folder, "images"):
+            raise UserError(f"image_crop needs the images in memory; {name} is too large and "
+                            f"streams from disk: drop image_crop and set image_size")
+        return cropped(folder, image_crop)
     raise UserError(f"unknown dataset {name!r}: expected one of {', '.join(NAMES)}")
 
 
@@ -87,12 +91,14 @@ def resized(dataset, image_size: int | None):
     import torch
     import torch.nn.functional as F
 
-    pixels = dataset.images.float()
-    chunks = [F.interpolate(chunk, size=(image_size, image_size), mode="bilinear",
+    def resize(chunk: torch.Tensor) -> torch.Tensor:  # a float copy of 4,096 images at most
+        out = F.interpolate(chunk.float(), size=(image_size, image_size), mode="bilinear",
                             antialias=True, align_corners=False)
-              for chunk in pixels.split(4096)] if len(pixels) else [
-        pixels.new_zeros((0, pixels.shape[1], image_size, image_size))]
-    images = torch.cat(chunks).round_().clamp_(0, 255).to(torch.uint8)
+        return out.round_().clamp_(0, 255).to(torch.uint8)
+
+    images = dataset.images
+    images = torch.cat([resize(chunk) for chunk in images.split(4096)]) if len(images) else \
+        images.new_zeros((0, images.shape[1], image_size, image_size))
     return dataclasses.replace(dataset, images=images)
 
 
@@ -116,7 +122,8 @@ def cropped(dataset, image_crop: int | None):
     height, width = dataset.images.shape[-2:]
     if image_crop > min(height, width):
         raise UserError(f"image_crop {image_crop} is larger than the {dataset.name} images "
-                        f"({height} x {width})")
+                        f"({height} x {width}): give a smaller --image-crop, or --image-crop 0 "
+                        f"for whole images (the quick preset crops the bundled digits to 20)")
     top, left = (height - image_crop) // 2, (width - image_crop) // 2
     import dataclasses
 
@@ -141,9 +148,9 @@ def _check_options(name, split: str, image_size, augment: str, skip_bad_images: 
     if image_crop is not None and (isinstance(image_crop, bool) or not isinstance(image_crop, int)
                                    or image_crop < 1):
         raise UserError(f"image_crop {image_crop!r} is invalid: expected a positive integer")
-    if image_crop is not None and name.startswith("folder:"):
-        raise UserError("image_crop applies to the in-memory sets (bundled, CIFAR); an image "
-                        "folder's image_size already resizes and centre-crops a square")
+    if image_crop is not None and name.startswith("folder:") and augment != "pad-crop":
+        raise UserError(f"image_crop applies to images held in memory (augment pad-crop), not "
+                        f"to augment {augment}, whose views are crop_size squares")
     if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int)
                                    or image_size < 1):
         raise UserError(f"image_size {image_size!r} is invalid: expected a positive integer")

@@ -205,7 +205,7 @@ class Workers:
 
         # the other workers' threads: load of ours, not someone else's (the busy check)
         each = threads or max(1, (os.cpu_count() or 1) // self.jobs)
-        environ[SIBLING_LOAD_ENV] = str((self.jobs - 1) * each)
+        environ[SIBLING_LOAD_ENV] = str(len(self.running) * each)  # those running now
         path = log_path(self.study_dir, run.name)
         log = open(path, "a", encoding="utf-8")
         try:

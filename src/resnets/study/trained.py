@@ -112,7 +112,7 @@ def seconds_per_image(model: nn.Module, batches: Batches, precision: str = "fp32
     try:
         with torch.no_grad():
             started = time.perf_counter()
-            class_scores(model, images, precision)
+            class_scores(model, images, precision).cpu()  # waits for a GPU's work to end
             return (time.perf_counter() - started) / max(len(images), 1)
     finally:
         model.train(was_training)

@@ -239,7 +239,9 @@ def resolve_config(preset: str | None = None, file: str | Path | None = None,
     """Build a validated `Config`: defaults, then `preset`, then TOML `file`, then `overrides`.
 
     Each layer replaces only the fields it names (flat names; TOML tables named after a
-    section, e.g. `[optim]`, are accepted too). Setting `epochs` in a layer clears an `iters`
+    section, e.g. `[optim]`, are accepted too); a layer's `[when.NAME]` table holds settings
+    that apply only when the run's data is NAME, right after that layer's own. 0 for
+    image_size or image_crop means none (it undoes an earlier layer's). Setting `epochs` in a layer clears an `iters`
     from an earlier layer and vice versa. Overrides whose value is None are ignored.
 
     For a new run: weights that are one of our runs or checkpoints bring their model unless
@@ -306,6 +308,9 @@ def read_toml(path: Path, what: str = "config file") -> dict:
         raise UserError(f"{path}: not valid TOML ({error})") from None
 
 
+DATASET_NAMES = ("bundled", "cifar10", "cifar100", "cifar100-coarse")  # and folder:PATH
+
+
 def _layer_settings(layer: dict, source: str) -> tuple[dict[str, Any], dict[str, dict]]:
     """(a layer's flat settings, {dataset name: the settings it gives for that dataset only}):
     a `[when.NAME]` table holds settings that apply only when the run's data is NAME (the
@@ -317,6 +322,9 @@ def _layer_settings(layer: dict, source: str) -> tuple[dict[str, Any], dict[str,
                         f"[when.bundled] image_crop = 20")
     conditional = {}
     for name, table in when.items():
+        if name not in DATASET_NAMES and not name.startswith("folder:"):
+            raise UserError(f"{source}: [when.{name}]: no dataset is named {name!r}; expected "
+                            f"one of {', '.join(DATASET_NAMES)} or folder:PATH")
         settings = _flatten(table, f"{source} [when.{name}]")
         if "data" in settings:
             raise UserError(f"{source} [when.{name}]: data cannot depend on the data")

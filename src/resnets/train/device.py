@@ -212,11 +212,12 @@ def sibling_load() -> float:
     return value if math.isfinite(value) and value > 0 else 0.0
 
 
-def machine_busy_warning() -> str | None:
+def machine_busy_warning(siblings: bool = True) -> str | None:
     """`busy_warning` for this machine now (None where the OS reports no load average), with
     this process's own recent use taken out (a study's next run must not take the load its
     previous run left in the 1-minute average, which lags by a minute, for someone else's),
-    and the load of a parallel study's other workers (`sibling_load`)."""
+    and, with `siblings`, the load of a parallel study's other workers (`sibling_load`): a
+    run should not warn about them, but a timing taken beside them is still not clean."""
     try:
         load = os.getloadavg()[0]
     except (AttributeError, OSError):  # Windows; some containers
@@ -224,7 +225,7 @@ def machine_busy_warning() -> str | None:
     now, cpu = time.monotonic(), _cpu_seconds()
     then, cpu_then = _since
     _since[:] = [now, cpu]
-    ours = own_load(cpu - cpu_then, now - then) + sibling_load()
+    ours = own_load(cpu - cpu_then, now - then) + (sibling_load() if siblings else 0.0)
     return busy_warning(max(0.0, load - ours), os.cpu_count() or 1)
 
 

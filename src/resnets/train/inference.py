@@ -228,8 +228,12 @@ def _eval_data(trained: Trained, parts: Parts, data, data_dir, split: str, crops
         changes = {k: v for k, v in {"data": data, "data_dir": data_dir}.items() if v is not None}
         if data is not None and data.startswith("folder:") and config.image_size is None \
                 and config.augment == "pad-crop":
-            # another tree is resized to what the model was trained on (its H; square crops)
-            changes["image_size"] = trained.input_size[1]
+            # another tree is resized to what the model was trained on (its H; square crops),
+            # or for a run trained on centre crops, to the side they were cut from
+            from resnets.data.datasets import side_before_crop
+
+            changes["image_size"] = (side_before_crop(config.data, None) if config.image_crop
+                                     else trained.input_size[1])
     if config.augment == "pad-crop" and (crops != 1 or resize_size is not None):
         flag = f"--crops {crops}" if crops != 1 else f"--resize-size {resize_size}"
         raise UserError(f"{flag} cuts views from images of any size: it applies to models "

@@ -86,9 +86,10 @@ def cached(kind: str, key: dict[str, Any], measure: Callable[[], dict],
     except (OSError, ValueError):  # missing, unreadable, not JSON
         pass
     if result is None:
-        busy = machine_busy_warning() is not None  # timings of a busy machine are not kept
+        # timings of a busy machine are not kept, even when the load is a study's own workers
+        busy = machine_busy_warning(siblings=False) is not None
         result = measure()
-        busy = busy or machine_busy_warning() is not None
+        busy = busy or machine_busy_warning(siblings=False) is not None
         try:
             if not busy:
                 write_json(path, {"key": key, "result": result, "measured":
