@@ -114,11 +114,16 @@ def _failed(failed, processes: int, run_dir) -> Outcome:
 
     codes = {failure.local_rank: failure.exitcode for failure in failed.failures.values()}
     stopped = {INTERRUPTED, -signal.SIGINT, -signal.SIGTERM}
-    if stopped & set(codes.values()):
+    # Killed or aborted while closing a finished run: when one process aborts there (gloo,
+    # SIGABRT), the launcher stops the others (SIGTERM; rank 0 then exits 130), so all the
+    # codes are signals or 130, and the run has its summary.json.
+    signalled = all(code < 0 or code == INTERRUPTED for code in codes.values())
+    closing = (0 not in codes or signalled) and RunDir(Path(run_dir)).finished()
+    if stopped & set(codes.values()) and not closing:
         return Outcome(INTERRUPTED)
     if codes.get(0) == USER_ERROR:
         return Outcome(USER_ERROR)
-    if 0 not in codes and RunDir(Path(run_dir)).finished():
+    if closing:
         rank, code = min(codes.items())
         print(f"warning: training process {rank} of {processes} ended with exit status {code} "
               f"as it closed, after the run had finished; {run_dir} is complete",
