@@ -56,3 +56,44 @@ def test_stored_figures_of_1202_layers_follow_from_fresh_counts_at_20_and_56(nam
     assert {key: stored[key] for key in per_n} == expected
     assert stored["input_size"] == small["input_size"] == [3, 32, 32]
     assert round(stored["params"] / 1e6, 1) == 19.4  # Table 6: 19.4M
+
+
+@pytest.mark.parametrize("name, shape", [("resnet20", (1, 20, 20)), ("plain20", (3, 32, 32)),
+                                         ("resnet50", (3, 64, 64)), ("resnet18", (3, 56, 48))])
+def test_activation_bytes_are_the_layer_outputs_of_a_real_forward_pass(name, shape):
+    """The estimate (a forward pass of an empty batch on uninitialised weights) counts what a
+    forward pass of one real image leaves: every leaf module's output, 4 bytes an element."""
+    import torch
+
+    from resnets.models import create_model
+    from resnets.models.summary import activation_bytes
+
+    real = create_model(name, in_channels=shape[0], num_classes=10)
+    sizes = []
+    leaves = [m for m in real.modules() if next(m.children(), None) is None]
+    for module in leaves:
+        module.register_forward_hook(lambda m, a, out: sizes.append(out.numel() * 4))
+    with torch.no_grad():
+        real.eval()(torch.randn(1, *shape))
+    with torch.device("meta"):
+        probe = create_model(name, in_channels=shape[0], num_classes=10)
+    assert activation_bytes(probe, shape) == sum(sizes)
+
+
+def test_a_huge_input_is_estimated_without_memory_or_torchdynamo():
+    """10^10 pixels: the empty batch holds nothing, so the estimate is made (and a command can
+    refuse the size) at once; and no TorchDynamo import (the meta device's Python operators
+    would take about 1 s of every command's start-up)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, torch\n"
+            "from resnets.models import create_model\n"
+            "from resnets.models.summary import _largest_output_bytes\n"
+            "with torch.device('meta'):\n"
+            "    m = create_model('resnet50', num_classes=1000)\n"
+            "print(_largest_output_bytes(m, (3, 100000, 100000)), 'torch._dynamo' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    largest, dynamo = out.stdout.split()
+    assert int(largest) == 64 * 50000 * 50000 * 4  # the stem's output, at half the side
+    assert dynamo == "False"

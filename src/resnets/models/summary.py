@@ -60,31 +60,34 @@ def _profile(model: nn.Module, input_shape: Sequence[int]):
 def activation_bytes(model: nn.Module, input_shape: Sequence[int]) -> int:
     """Bytes of the layer outputs one (C, H, W) input leaves for the backward pass (every leaf
     module's output in fp32; an upper bound, since in-place ReLUs share theirs), measured by a
-    forward pass on the meta device: no memory is used and nothing is computed. The model is
-    moved to the meta device: pass one built for counting (`with torch.device("meta")`)."""
+    forward pass of an empty batch (`_output_bytes`): nothing is computed. Pass a model built
+    for counting (`with torch.device("meta")`): it is given uninitialised CPU weights."""
     return sum(_output_bytes(model, input_shape))
 
 
 def _largest_output_bytes(model: nn.Module, input_shape: Sequence[int]) -> int:
-    """Bytes of the largest layer output one (C, H, W) input gives (fp32), by a forward pass on
-    the meta device (nothing allocated; pass a model built there, as for `activation_bytes`)."""
+    """Bytes of the largest layer output one (C, H, W) input gives (fp32), by a forward pass
+    of an empty batch (pass a model built on the meta device, as for `activation_bytes`)."""
     return max(_output_bytes(model, input_shape), default=0)
 
 
 def _output_bytes(model: nn.Module, input_shape: Sequence[int]) -> list[int]:
-    """The fp32 bytes of each leaf module's output for one (C, H, W) input, by a forward pass
-    on the meta device (nothing is allocated)."""
+    """The fp32 bytes of each leaf module's output for one (C, H, W) input: the model, given
+    uninitialised CPU weights (`to_empty`: the parameters' memory, no initialisation), runs a
+    batch of no images, whose outputs have every layer's shape and hold nothing, so any image
+    size costs nothing. Not the meta device: its operators are Python decompositions that
+    import TorchDynamo, about 1 s of every command's start-up on a 2-core CPU (issue #24)."""
     sizes: list[int] = []
 
     def count(module, args, out):
         if isinstance(out, torch.Tensor):
-            sizes.append(out.numel() * 4)
+            sizes.append(_numel(out.shape[1:]) * 4)
 
     leaves = [m for m in model.modules() if next(m.children(), None) is None]
     hooks = [m.register_forward_hook(count) for m in leaves]
     try:
         with eval_mode(model), torch.no_grad():
-            model.to("meta")(torch.zeros(1, *input_shape, device="meta"))
+            model.to_empty(device="cpu")(torch.zeros(0, *input_shape))
     finally:
         for hook in hooks:
             hook.remove()
@@ -94,7 +97,7 @@ def _output_bytes(model: nn.Module, input_shape: Sequence[int]) -> list[int]:
 def training_bytes(model: nn.Module, input_shape: Sequence[int], batch: int) -> int:
     """About how much memory training `model` on batches of `batch` (C, H, W) inputs takes:
     parameters with their gradient and optimizer state, and every layer output the backward
-    pass keeps. `model` is moved to the meta device: pass one built there."""
+    pass keeps. `model` is given uninitialised CPU weights: pass one built on the meta device."""
     from resnets.models.resnet import TRAINING_BYTES_PER_PARAMETER
 
     return (count_parameters(model) * TRAINING_BYTES_PER_PARAMETER
@@ -106,7 +109,7 @@ def inference_bytes(model: nn.Module, input_shape: Sequence[int], batch: int) ->
     weights twice (the model and its folded copy), the input batch as uint8 and fp32, and per
     input twice the largest layer output (a layer's input and output are alive at once; the
     largest is the stem's, before any shortcut; nothing is kept for a backward pass). `model`
-    is moved to the meta device: pass one built there."""
+    is given uninitialised CPU weights: pass one built on the meta device."""
     per_input = (1 + 4) * _numel(input_shape) + 2 * _largest_output_bytes(model, input_shape)
     return count_parameters(model) * 4 * 2 + per_input * batch
 

@@ -27,6 +27,7 @@ from torch import nn
 from resnets.atomic import writable_folder, write_json
 from resnets.errors import UserError
 from resnets.modes import eval_mode
+from resnets.train.sgd import SGD
 from resnets.train.steps import train_step
 
 
@@ -132,7 +133,7 @@ def train_steps(
 ) -> list[float]:
     """k plain SGD steps (the paper's optimiser, constant lr, the training loop's own step);
     returns the losses."""
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    optimizer = SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     model.train()
     return [train_step(model, optimizer, *next(batches))[0].item() for _ in range(steps)]
 

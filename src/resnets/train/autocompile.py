@@ -270,6 +270,13 @@ class StepCompiler:
             else:
                 self._final(False, "compile: off (auto, as decided before the resume)")
             return
+        # A run too short to pay back compiling is decided first: asking whether torch.compile
+        # works here imports TorchDynamo, about 1 s of a 2-core CPU (issue #24).
+        runs, weight = sharing_runs(self.model_name, _plan.get(), self.scope)
+        if round(steps_left * weight) < MIN_STEPS:
+            _, reason = choose_compile(round(steps_left * weight), 0.0, 0.0)
+            self._final(False, f"compile: off (auto): {reason}{self._runs_words(runs)}")
+            return
         why_not = compile_unavailable(self.device)
         if why_not is None and self.processes > 1:
             # Each process would time its own steps and could decide otherwise.
@@ -277,11 +284,6 @@ class StepCompiler:
                        "in every process")
         if why_not is not None:
             self._final(False, f"compile: off (auto): {why_not}")
-            return
-        runs, weight = sharing_runs(self.model_name, _plan.get(), self.scope)
-        if round(steps_left * weight) < MIN_STEPS:
-            _, reason = choose_compile(round(steps_left * weight), 0.0, 0.0)
-            self._final(False, f"compile: off (auto): {reason}{self._runs_words(runs)}")
             return
         self.phase, self.counted, self.times = "measure", 0, []
 

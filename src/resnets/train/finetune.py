@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from resnets.errors import UserError
+from resnets.train.sgd import SGD
 from resnets.models.weights import (HEAD, Pretrained, architecture, check_weights, load_body,
                                     load_pretrained)
 
@@ -134,8 +135,10 @@ def param_groups(model: nn.Module, lr: float, backbone_lr_scale: float = 1.0) ->
     return groups
 
 
-def optimizer(model: nn.Module, config: Any, lr: float) -> torch.optim.SGD:
-    """SGD with the config's momentum, weight decay and Nesterov setting over `param_groups`."""
-    return torch.optim.SGD(param_groups(model, lr, config.backbone_lr_scale), lr=lr,
+def optimizer(model: nn.Module, config: Any, lr: float) -> SGD:
+    """SGD with the config's momentum, weight decay and Nesterov setting over `param_groups`
+    (`resnets.train.sgd.SGD`: torch.optim.SGD's update and state dict, without importing
+    TorchDynamo)."""
+    return SGD(param_groups(model, lr, config.backbone_lr_scale), lr=lr,
                            momentum=config.momentum, weight_decay=config.wd,
                            nesterov=config.nesterov)

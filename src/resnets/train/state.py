@@ -42,6 +42,7 @@ from resnets.models.weights import describe_mismatch, describe_non_finite
 from resnets.train.checkpoint import rng_state, save_checkpoint, set_rng_state
 from resnets.train.config import Config
 from resnets.train.device import PRECISIONS
+from resnets.train.sgd import SGD
 
 # What a checkpoint must hold to continue training (MODEL_KEYS: to rebuild its model).
 TRAINING_KEYS = MODEL_KEYS + ("optimizer_state", "step", "rng", "progress", "best")
@@ -118,7 +119,7 @@ class TrainState:
     input_size: list[int]     # [C, H, W] of the training images
     precision: str            # "bf16" | "fp32"
     class_names: list[str] | None = None  # display names, when the dataset has them
-    optimizer: torch.optim.Optimizer | None = None
+    optimizer: SGD | None = None
     step: int = 0
     best: dict = field(default_factory=lambda: {"step": None, "err": None, "split": None})
     counters: Counters = field(default_factory=Counters)

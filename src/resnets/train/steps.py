@@ -14,12 +14,13 @@ from torch import nn
 from resnets.errors import UserError
 from resnets.modes import eval_mode
 from resnets.train.config import Config
-from resnets.train.device import (autocast)
+from resnets.train.device import autocast
+from resnets.train.sgd import SGD
 
 
 
 
-def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor,
+def train_step(model: nn.Module, optimizer: SGD, images: torch.Tensor,
                labels: torch.Tensor, *, precision: str = "fp32", label_smoothing: float = 0.0
                ) -> tuple[torch.Tensor, torch.Tensor]:
     """One SGD step; returns (loss, number correct) as detached tensors (no device sync).
