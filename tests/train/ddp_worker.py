@@ -64,7 +64,8 @@ def _misbehave() -> None:
 
     def step(model, optimizer, images, labels, *, precision="fp32", **options):
         if slices:
-            out = _sliced_step(model, optimizer, images, labels, slices)
+            out = _sliced_step(model, optimizer, images, labels, slices,
+                               options.get("label_smoothing", 0.0))
         else:
             out = real_step(model, optimizer, images, labels, precision=precision, **options)
         steps[0] += 1
@@ -82,10 +83,10 @@ def _misbehave() -> None:
     loop.train_step = step
 
 
-def _sliced_step(model, optimizer, images, labels, slices):
+def _sliced_step(model, optimizer, images, labels, slices, label_smoothing=0.0):
     """What `slices` DDP processes compute together, in one process: each slice goes through
     the model (and its BatchNorm) alone; the gradient is the mean of the slices' gradients."""
-    losses = [F.cross_entropy(model(part).float(), part_labels)
+    losses = [F.cross_entropy(model(part).float(), part_labels, label_smoothing=label_smoothing)
               for part, part_labels in zip(images.chunk(slices), labels.chunk(slices))]
     loss = torch.stack(losses).mean()
     optimizer.zero_grad(set_to_none=True)
