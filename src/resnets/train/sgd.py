@@ -97,14 +97,11 @@ class SGD:
 
     def state_dict(self) -> dict[str, Any]:
         """torch.optim's layout: parameters by their index over all groups."""
-        index = {}
-        groups = []
-        for group in self.param_groups:
-            ids = []
-            for p in group["params"]:
-                index.setdefault(id(p), len(index))
-                ids.append(index[id(p)])
-            groups.append({**{k: v for k, v in group.items() if k != "params"}, "params": ids})
+        params = [p for group in self.param_groups for p in group["params"]]  # each once
+        index = {id(p): i for i, p in enumerate(params)}
+        groups = [{**{k: v for k, v in group.items() if k != "params"},
+                   "params": [index[id(p)] for p in group["params"]]}
+                  for group in self.param_groups]
         state = {index[id(p)]: dict(s) for p, s in self.state.items() if id(p) in index}
         return {"state": state, "param_groups": groups}
 
