@@ -82,8 +82,8 @@ def test_activation_bytes_are_the_layer_outputs_of_a_real_forward_pass(name, sha
 
 def test_a_huge_input_is_estimated_without_memory_or_torchdynamo():
     """10^10 pixels: the empty batch holds nothing, so the estimate is made (and a command can
-    refuse the size) at once; and no TorchDynamo import (the meta device's Python operators
-    would take about 1 s of every command's start-up)."""
+    refuse the size) at once; and no TorchDynamo or SymPy import (the meta device's Python
+    operators would take about 1 s of every command's start-up, SymPy about 0.3 s)."""
     import subprocess
     import sys
 
@@ -92,8 +92,9 @@ def test_a_huge_input_is_estimated_without_memory_or_torchdynamo():
             "from resnets.models.summary import _largest_output_bytes\n"
             "with torch.device('meta'):\n"
             "    m = create_model('resnet50', num_classes=1000)\n"
-            "print(_largest_output_bytes(m, (3, 100000, 100000)), 'torch._dynamo' in sys.modules)\n")
+            "print(_largest_output_bytes(m, (3, 100000, 100000)), 'torch._dynamo' in sys.modules,\n"
+            "      'sympy' in sys.modules)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    largest, dynamo = out.stdout.split()
+    largest, dynamo, sympy = out.stdout.split()
     assert int(largest) == 64 * 50000 * 50000 * 4  # the stem's output, at half the side
-    assert dynamo == "False"
+    assert dynamo == "False" and sympy == "False"

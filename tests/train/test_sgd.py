@@ -99,12 +99,13 @@ def test_training_imports_no_torchdynamo():
 
 def test_a_short_training_run_imports_no_torchdynamo(tmp_path):
     """A whole `resnets train` too short to compile (the quickstart's kind) never imports
-    TorchDynamo: not for the optimizer, the memory check, or asking whether it could compile."""
+    TorchDynamo: not for the optimizer, the memory check, or asking whether it could compile;
+    nor SymPy (which torch's meta-device operators import: the memory check uses none)."""
     code = ("import sys\n"
             "from resnets.cli import main\n"
             f"code = main(['train', '--model', 'resnet8', '--iters', '3', '--batch-size', '16', "
             f"'--device', 'cpu', '--progress', 'none', '--out', {str(tmp_path)!r}])\n"
-            "print(code, 'torch._dynamo' in sys.modules)\n")
+            "print(code, 'torch._dynamo' in sys.modules, 'sympy' in sys.modules)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, cwd=tmp_path)
-    assert out.stdout.split()[-2:] == ["0", "False"], out.stdout + out.stderr
+    assert out.stdout.split()[-3:] == ["0", "False", "False"], out.stdout + out.stderr
