@@ -202,6 +202,27 @@ def test_what_is_folded_and_what_stays():
     assert isinstance(projection[1], nn.Identity) and projection[0].bias is not None
 
 
+def test_the_folded_copy_shares_no_tensor_or_module_with_its_model():
+    """The copy is made with the folded layers already in place of the pairs (deepcopy's
+    memo); everything else is copied: changing the copy leaves the model as it was."""
+    model = trained_looking(create_model("resnet8", in_channels=1, num_classes=10),
+                            torch.randn(8, 1, 12, 12))
+    model.train()
+    before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    folded = fold_batchnorm(model)
+    model_modules = {id(m) for m in model.modules()}
+    assert not any(id(m) in model_modules for m in folded.modules())
+    model_tensors = {t.data_ptr() for t in model.state_dict().values()}
+    assert not any(t.data_ptr() in model_tensors for t in folded.state_dict().values())
+    with torch.no_grad():
+        for tensor in folded.state_dict().values():
+            tensor.zero_()
+    assert model.training and not folded.training
+    assert all(torch.equal(before[name], tensor) for name, tensor in model.state_dict().items())
+    assert all(type(m) is nn.Conv2d and not m.weight.is_meta
+               for m in folded.modules() if isinstance(m, nn.Conv2d))
+
+
 def test_a_folded_model_is_never_checkpointed(tmp_path):
     from resnets.train.config import resolve_config
     from resnets.train.state import Counters, Meter, TrainState

@@ -38,17 +38,21 @@ def folded_conv(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
     scale = scale / torch.sqrt(bn.running_var.double() + bn.eps)
     shift = bn.bias.detach().double() if bn.bias is not None else torch.zeros_like(scale)
     bias = conv.bias.detach().double() if conv.bias is not None else torch.zeros_like(scale)
+    # Made on the meta device (no initial weights drawn only to be overwritten), then given
+    # the folded ones.
     folded = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size,
                        stride=conv.stride, padding=conv.padding, dilation=conv.dilation,
                        groups=conv.groups, bias=True, padding_mode=conv.padding_mode,
-                       device=conv.weight.device, dtype=conv.weight.dtype)
-    with torch.no_grad():
-        folded.weight.copy_(weight * scale.view(-1, 1, 1, 1))
-        folded.bias.copy_((bias - bn.running_mean.double()) * scale + shift)
+                       device="meta", dtype=conv.weight.dtype)
+    dtype, trainable = conv.weight.dtype, conv.weight.requires_grad
+    new_weight = (weight * scale.view(-1, 1, 1, 1)).to(dtype)
     # Keep the memory format the weights had (channels_last stays channels_last).
     if conv.weight.is_contiguous(memory_format=torch.channels_last) \
             and not conv.weight.is_contiguous():
-        folded = folded.to(memory_format=torch.channels_last)
+        new_weight = new_weight.contiguous(memory_format=torch.channels_last)
+    folded.weight = nn.Parameter(new_weight, requires_grad=trainable)
+    folded.bias = nn.Parameter(((bias - bn.running_mean.double()) * scale + shift).to(dtype),
+                               requires_grad=trainable)
     return folded
 
 
@@ -75,14 +79,20 @@ def _pairs(module: nn.Module) -> list[tuple[str, str]]:
 def fold_batchnorm(model: nn.Module) -> nn.Module:
     """A copy of `model` in eval mode with every BatchNorm that directly follows a
     convolution folded into it (replaced by `nn.Identity`); `model` is not changed."""
-    folded = copy.deepcopy(model).eval()
-    for module in list(folded.modules()):
+    # The copy is made with the folded convolutions and Identities already in place of the
+    # pairs (deepcopy takes what its memo holds for an object instead of copying it), so the
+    # pairs' tensors are never copied only to be replaced: a third of the time of copying
+    # and then replacing (resnet20: about 5 ms instead of 14, once per evaluation).
+    replacements: dict[int, nn.Module] = {}
+    for module in model.modules():
         for conv_name, bn_name in _pairs(module):
             conv, bn = getattr(module, conv_name, None), getattr(module, bn_name, None)
             if type(conv) is nn.Conv2d and type(bn) is nn.BatchNorm2d \
-                    and bn.running_mean is not None:
-                setattr(module, conv_name, folded_conv(conv, bn))
-                setattr(module, bn_name, nn.Identity())
+                    and bn.running_mean is not None \
+                    and id(conv) not in replacements and id(bn) not in replacements:
+                replacements[id(conv)] = folded_conv(conv, bn)
+                replacements[id(bn)] = nn.Identity()
+    folded = copy.deepcopy(model, memo=replacements).eval()
     setattr(folded, FOLDED, True)
     return folded
 
