@@ -243,7 +243,16 @@ def test_two_torchrun_nodes_on_one_machine_form_one_job(tmp_path):
                        script_args=[*RUN, "--iters", "6", "--out", str(tmp_path), "--name",
                                     "nodes"],
                        env=_environment(tmp_path / "report"), wait=False) for _ in range(2)]
-    outputs = [node.communicate(timeout=300)[0] for node in nodes]
+    # Each torchrun agent waits at its exit barrier (up to 300 s, torch's fixed default) for the
+    # other; torch's barrier can miss the other agent's arrival (seen once in a CI rehearsal:
+    # the run finished, one agent waited the whole 300 s, then exited 0 as it does after a
+    # barrier timeout), so give the agents longer than that before calling the job hung.
+    try:
+        outputs = [node.communicate(timeout=420)[0] for node in nodes]
+    finally:
+        for node in nodes:
+            if node.poll() is None:
+                os.killpg(node.pid, signal.SIGKILL)
     assert [node.returncode for node in nodes] == [0, 0], outputs
     environment = json.loads((tmp_path / "nodes" / "config.json").read_text())["environment"]
     assert environment["processes"] == 2
