@@ -119,16 +119,41 @@ class RunDir:
     # ---------------------------------------------------------------- making and owning
     def create(self) -> "RunDir":
         """Make the folder (and its parents) and mark it as ours. A folder that exists and is
-        not ours, or a file at the path, is refused: its contents are someone else's."""
+        not ours, or a file at the path, is refused: its contents are someone else's. Several
+        processes may create the same run directory at once (a study's shard workers): a
+        folder made here appears with its marker already in it (`_make_marked`), so none of
+        them ever sees another's half-made folder as someone else's."""
+        if not self.path.exists():
+            self._make_marked()
         if self.path.exists() and not self.path.is_dir():
             raise UserError(f"{self.path} is a file, not a run directory; choose another "
                             f"--name/--out")
-        if self.path.is_dir() and not self.ours() and any(self.path.iterdir()):
+        if not self.ours() and any(self.path.iterdir()):
             raise UserError(f"{self.path} is a folder resnets did not make (no {MARKER} "
                             f"marker); refusing to write into it: choose another --name/--out")
         writable_folder(self.path)
-        write_text(self.path / MARKER, "")
+        if not (self.path / MARKER).is_file():  # an empty folder made by someone else
+            write_text(self.path / MARKER, "")
         return self
+
+    def _make_marked(self) -> None:
+        """Make the folder with its marker in it: both are made under a temporary name beside
+        it, then renamed into place in one step. Where another process made the folder first,
+        the rename fails and theirs stands."""
+        parent = writable_folder(self.path.parent)
+        temporary = parent / f".{self.path.name}.tmp-{os.getpid()}-{threading.get_ident()}"
+        try:
+            temporary.mkdir()
+            (temporary / MARKER).touch()
+            os.rename(temporary, self.path)
+        except OSError as error:
+            if not self.path.exists():  # not a lost race: the folder cannot be made
+                raise UserError(f"cannot create run directory {self.path}: "
+                                f"{error.strerror}") from None
+        finally:
+            if temporary.exists():
+                (temporary / MARKER).unlink(missing_ok=True)
+                temporary.rmdir()
 
     @classmethod
     def claim_new(cls, parent: str | Path, base: str) -> "RunDir":

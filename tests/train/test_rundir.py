@@ -107,6 +107,36 @@ def test_runs_started_in_the_same_second_get_their_own_directories(tmp_path):
                                                  for n in (2, 3, 4))]
 
 
+def _create_each(parent: str, count: int, start, queue) -> None:
+    refused = []
+    for number in range(count):
+        start.wait(30)  # both processes at the same folder at the same moment
+        try:
+            RunDir(Path(parent) / f"run-{number}").create()
+        except UserError as error:
+            refused.append(str(error))
+    queue.put(refused)
+
+
+def test_processes_creating_one_run_directory_at_once_never_refuse_each_other(tmp_path):
+    """A study's shard workers each create a run's folder before claiming its lock: a folder
+    one of them is making must never look like someone else's to the other (it did, once in
+    a CI rehearsal: no marker yet, the first one's files already in it)."""
+    context = multiprocessing.get_context("spawn")
+    queue, start = context.Queue(), context.Barrier(2)
+    workers = [context.Process(target=_create_each, args=(str(tmp_path), 300, start, queue))
+               for _ in range(2)]
+    for worker in workers:
+        worker.start()
+    refused = [queue.get(timeout=120) for _ in workers]
+    for worker in workers:
+        worker.join(60)
+    assert refused == [[], []], refused[0][:1] + refused[1][:1]
+    made = sorted(p.name for p in tmp_path.iterdir())
+    assert made == sorted(f"run-{n}" for n in range(300))  # no temporary folder left
+    assert all(RunDir(tmp_path / name).ours() for name in made)
+
+
 def test_default_names_never_collide_in_one_second(tmp_path, fake_rooms, capsys):
     for seed in range(3):
         assert main(["train", *TINY, "--iters", "2", "--seed", str(seed), "--out",
