@@ -81,8 +81,9 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     convolution folded into it (replaced by `nn.Identity`); `model` is not changed."""
     # The copy is made with the folded convolutions and Identities already in place of the
     # pairs (deepcopy takes what its memo holds for an object instead of copying it), so the
-    # pairs' tensors are never copied only to be replaced: a third of the time of copying
-    # and then replacing (resnet20: about 5 ms instead of 14, once per evaluation).
+    # pairs' tensors are never copied only to be replaced. Measured with `folded_conv` making
+    # its convs on the meta device, resnet20 on a 2-core CPU: 7-12 ms instead of 11-17 for
+    # copying and then replacing, once per evaluation.
     replacements: dict[int, nn.Module] = {}
     for module in model.modules():
         for conv_name, bn_name in _pairs(module):

@@ -23,9 +23,9 @@ import torch
 from torch import nn
 
 from resnets.errors import UserError
-from resnets.train.sgd import SGD
 from resnets.models.weights import (HEAD, Pretrained, architecture, check_weights, load_body,
                                     load_pretrained)
+from resnets.train.sgd import SGD
 
 FREEZE = ("none", "stem", "layer1", "layer2", "layer3", "layer4", "backbone")
 STEM = ("conv1", "bn1")
@@ -140,5 +140,4 @@ def optimizer(model: nn.Module, config: Any, lr: float) -> SGD:
     (`resnets.train.sgd.SGD`: torch.optim.SGD's update and state dict, without importing
     TorchDynamo)."""
     return SGD(param_groups(model, lr, config.backbone_lr_scale), lr=lr,
-                           momentum=config.momentum, weight_decay=config.wd,
-                           nesterov=config.nesterov)
+               momentum=config.momentum, weight_decay=config.wd, nesterov=config.nesterov)
