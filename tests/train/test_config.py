@@ -37,9 +37,9 @@ def test_layers_apply_in_order_preset_file_overrides(tmp_path):
 
 
 def test_when_tables_apply_to_their_dataset_only_and_later_layers_still_win(tmp_path):
-    # quick crops the bundled digits to their centre 18 x 18 ([when.bundled]); CIFAR keeps
+    # quick crops the bundled digits to their centre 20 x 20 ([when.bundled]); CIFAR keeps
     # its whole 32 x 32.
-    assert resolve_config("quick").image_crop == 18
+    assert resolve_config("quick").image_crop == 20
     assert resolve_config("quick", overrides={"data": "cifar10"}).image_crop is None
     assert resolve_config("quick", overrides={"image_crop": 24}).image_crop == 24
     assert resolve_config("quick", overrides={"image_crop": 0}).image_crop is None  # whole

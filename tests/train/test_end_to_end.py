@@ -32,10 +32,10 @@ def test_train_writes_a_complete_run_directory(run_dir):
     assert 0 <= summary["final"]["test_err"] <= 100 and summary["best"]["split"] == "val"
     state = load_checkpoint(run_dir)
     # Input channels and classes come from the dataset: 1x28x28 digits, of which quick keeps
-    # the centre 18 x 18; 10 classes.
+    # the centre 20 x 20; 10 classes.
     assert state["model_kwargs"] == {"num_classes": 10, "in_channels": 1}
-    assert state["input_size"] == [1, 18, 18] and state["classes"][3] == "3"
-    assert state["config"]["image_crop"] == 18
+    assert state["input_size"] == [1, 20, 20] and state["classes"][3] == "3"
+    assert state["config"]["image_crop"] == 20
     assert state["config"]["precision"] == "auto"
     environment = json.loads((run_dir / "config.json").read_text())["environment"]
     # the measured choice (tests/conftest.py gives fp32 as the faster) and why, recorded
@@ -64,7 +64,7 @@ def test_predict_on_a_digit_photo(run_dir, tmp_path, capsys):
     assert out[-1].startswith("(") and ("fp32" in out[-1] or "bf16" in out[-1])  # what ran
 
 
-def test_predict_sees_a_digit_file_as_training_saw_the_digits_their_centre_18_pixels(
+def test_predict_sees_a_digit_file_as_training_saw_the_digits_their_centre_20_pixels(
         run_dir, tmp_path):
     import torch
 
@@ -75,8 +75,8 @@ def test_predict_sees_a_digit_file_as_training_saw_the_digits_their_centre_18_pi
     Image.fromarray(native[0].numpy()).save(tmp_path / "digit.png")
     seen = load_image(tmp_path / "digit.png", trained.input_size, None,
                       eval_resize_size(trained.config))
-    assert torch.equal(seen, native[:, 5:23, 5:23])
-    assert torch.equal(seen, load("bundled", "test", image_crop=18).images[0])
+    assert torch.equal(seen, native[:, 4:24, 4:24])
+    assert torch.equal(seen, load("bundled", "test", image_crop=20).images[0])
 
 
 def test_plot_the_run(run_dir, tmp_path):

@@ -319,7 +319,7 @@ def _layer_settings(layer: dict, source: str) -> tuple[dict[str, Any], dict[str,
     when = layer.pop("when", {})
     if not isinstance(when, dict) or not all(isinstance(v, dict) for v in when.values()):
         raise UserError(f"{source}: [when.NAME] tables hold settings for dataset NAME, e.g. "
-                        f"[when.bundled] image_crop = 18")
+                        f"[when.bundled] image_crop = 20")
     conditional = {}
     for name, table in when.items():
         if name not in DATASET_NAMES and not name.startswith("folder:"):
