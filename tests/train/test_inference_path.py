@@ -34,6 +34,33 @@ def _measured(fp32: float, bf16: float) -> dict:
     return {"fp32": [fp32] * len(engine.PROBE_BATCHES), "bf16": [bf16] * len(engine.PROBE_BATCHES)}
 
 
+class _FakeClock:
+    """time.perf_counter for engine's timing: each call of `calls_of` advances it by the next
+    of `seconds` (no test times anything)."""
+
+    def __init__(self, seconds):
+        self.now, self.seconds, self.calls = 0.0, list(seconds), 0
+
+    def perf_counter(self):
+        return self.now
+
+    def call(self, batch):
+        self.calls += 1
+        self.now += self.seconds.pop(0) if self.seconds else 1.0
+
+
+def test_a_probe_cell_far_slower_than_its_rival_stops_after_one_timed_call(monkeypatch):
+    clock = _FakeClock([9.0, 20.0])  # the untimed call, then 20 s for 4 images: 5 s each
+    monkeypatch.setattr(engine.time, "perf_counter", clock.perf_counter)
+    batch = torch.zeros(4, 3, 32, 32)
+    assert engine._time_calls(clock.call, batch, seconds=0.5, decided_above=3.0) == 5.0
+    assert clock.calls == 2
+    clock = _FakeClock([9.0, 4.0, 8.0, 4.0, 4.0, 12.0])  # close: the median of 5 timed calls
+    monkeypatch.setattr(engine.time, "perf_counter", clock.perf_counter)
+    assert engine._time_calls(clock.call, batch, seconds=0.5, decided_above=3.0) == 1.0
+    assert clock.calls == 6
+
+
 @pytest.mark.parametrize("times, expected", [(_measured(1.0, 0.35), "bf16"),  # EPYC: 2.9x
                                              (_measured(1.0, 8.0), "fp32"),   # AVX2: emulated
                                              (_measured(1.0, 1.1), "fp32")])

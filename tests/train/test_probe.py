@@ -123,3 +123,53 @@ def test_a_measurement_on_a_busy_machine_is_used_but_not_kept(fresh_cache, monke
     monkeypatch.setattr(os, "getloadavg", lambda: (9.0, 9.0, 9.0))
     assert probe.training_precision("auto", CPU)[0] == "bf16"
     assert not probe.cache_path("train", probe.machine_key(CPU)).exists()
+
+
+def _fake_steps(seconds_per_image):
+    """A `step(precision, batch)` taking `seconds_per_image[precision] * batch` "seconds"
+    (returned, not slept), and the (precision, batch) of every call."""
+    calls = []
+
+    def step(precision, batch):
+        calls.append((precision, batch))
+        return seconds_per_image[precision] * batch
+
+    return step, calls
+
+
+@pytest.mark.parametrize("per_image, expected", [
+    ({"fp32": 1.0, "bf16": 13.0}, "fp32"),   # AVX2: bf16 has no kernels (0.07-0.10x measured)
+    ({"fp32": 1.0, "bf16": 0.25}, "bf16"),   # a GPU-like 4x the other way
+])
+def test_a_lopsided_screen_decides_without_the_full_size_steps(per_image, expected):
+    step, calls = _fake_steps(per_image)
+    times = probe.probe_precisions(step)
+    assert {batch for _, batch in calls} == {probe.SCREEN_BATCH}  # no step at PROBE_BATCH
+    assert len(calls) == 4  # one untimed and one timed step of each precision
+    assert times["batch"] == probe.SCREEN_BATCH
+    assert probe.choose_precision(times)[0] == expected
+
+
+@pytest.mark.parametrize("per_image, expected", [
+    ({"fp32": 1.0, "bf16": 0.7}, "bf16"),    # an AVX-512 BF16 EPYC: 1.4x
+    ({"fp32": 1.0, "bf16": 1.1}, "fp32"),    # AVX-512 without BF16
+    ({"fp32": 1.0, "bf16": 2.9}, "fp32"),    # just under DECISIVE: measured in full
+])
+def test_a_close_screen_measures_at_the_full_batch_and_keeps_the_fastest_step(per_image,
+                                                                              expected):
+    step, calls = _fake_steps(per_image)
+    times = probe.probe_precisions(step)
+    full = [call for call in calls if call[1] == probe.PROBE_BATCH]
+    assert len(full) == 2 * (probe.PROBE_ROUNDS + 1)  # interleaved, one untimed round
+    assert [precision for precision, _ in full[:2]] == ["fp32", "bf16"]
+    assert times == {"fp32": per_image["fp32"] * probe.PROBE_BATCH,
+                     "bf16": per_image["bf16"] * probe.PROBE_BATCH, "batch": probe.PROBE_BATCH}
+    assert probe.choose_precision(times)[0] == expected
+
+
+def test_the_full_probe_keeps_the_least_disturbed_step():
+    timed = iter([1.0, 1.0, 1.0, 1.0,              # the screen: untimed, then timed (close)
+                  50.0, 50.0,                      # the untimed round at full size: ignored
+                  9.0, 8.0, 7.0, 12.0, 8.0, 6.0])  # three rounds: fp32 7, bf16 6 at best
+    times = probe.probe_precisions(lambda precision, batch: next(timed))
+    assert times == {"fp32": 7.0, "bf16": 6.0, "batch": probe.PROBE_BATCH}

@@ -5,9 +5,13 @@ Intel Xeon with AVX-512 but without BF16 it trained 10% slower), and it was wron
 a 2-core AMD EPYC with AVX-512 BF16 and no AMX, bf16 trains 1.35-1.55x and evaluates 2.9x
 faster than fp32 (benchmarks/RESULTS.md). So "auto" on a CPU asks the machine itself:
 
-- `measure_training(device)`: a few timed forward+backward steps of resnet20 (3x32x32, batch
-  `PROBE_BATCH`, channels_last) in fp32 and under bf16 autocast, interleaved, the fastest step
-  of each kept (the least disturbed by other work); a few seconds;
+- `measure_training(device)`: timed forward+backward steps of resnet20 (3x32x32,
+  channels_last) in fp32 and under bf16 autocast (`probe_precisions`): first one step of each
+  at the small `SCREEN_BATCH`, and where one precision is `DECISIVE` times faster than the other
+  there, that is the answer (on an AVX2 CPU bf16 has no kernels of its own and runs 0.07x
+  fp32: 3.5 s a step at batch 128, so the full probe cost 16 s of a first run, the screen
+  about 1 s); else a few steps of each at `PROBE_BATCH`, interleaved, the fastest step of each
+  kept (the least disturbed by other work); a few seconds;
 - `choose_precision(times)`: bf16 where it was at least `MIN_GAIN` times faster, else fp32
   (within a few percent fp32 wins: it is the more exact arithmetic);
 - `cached(kind, key, measure)`: a probe's result kept in `cache_root()/probes/KIND-DIGEST.json`,
@@ -40,6 +44,8 @@ from resnets.train.device import (autocast, cpu_flags, cpu_model, cuda_has_nativ
 PROBE_VERSION = 1    # bump when a probe measures something else: old results are then ignored
 PROBE_BATCH = 128    # images per probe training step (the quick preset's batch)
 PROBE_ROUNDS = 3     # timed steps per precision, after one untimed
+SCREEN_BATCH = 16    # images per screening step: a tenth of the work of a probe step
+DECISIVE = 3.0       # a screen this lopsided decides: the full probe could not turn it round
 MIN_GAIN = 1.05      # bf16 must be at least this much faster than fp32 to be chosen
 _memo: dict[str, Any] = {}  # results read or measured in this process, by file name
 
@@ -101,8 +107,8 @@ def cached(kind: str, key: dict[str, Any], measure: Callable[[], dict],
 
 
 def measure_training(device: torch.device) -> dict[str, float]:
-    """Seconds of the fastest of `PROBE_ROUNDS` forward+backward steps of resnet20 (batch
-    `PROBE_BATCH`, 3x32x32, channels_last) in fp32 and in bf16 autocast, interleaved."""
+    """`probe_precisions` on forward+backward steps of resnet20 (3x32x32, channels_last) in
+    fp32 and in bf16 autocast."""
     from resnets.models import create_model
 
     generator = torch.Generator().manual_seed(0)
@@ -110,18 +116,40 @@ def measure_training(device: torch.device) -> dict[str, float]:
     images = torch.randn(PROBE_BATCH, 3, 32, 32, generator=generator).to(
         device, memory_format=torch.channels_last)
     labels = torch.randint(0, 10, (PROBE_BATCH,), generator=generator).to(device)
-    best = {"fp32": float("inf"), "bf16": float("inf")}
+
+    def step(precision: str, batch: int) -> float:
+        start = time.perf_counter()
+        with autocast(device, precision):
+            loss = torch.nn.functional.cross_entropy(model(images[:batch]), labels[:batch])
+        loss.backward()
+        model.zero_grad(set_to_none=True)
+        return time.perf_counter() - start
+
+    return probe_precisions(step)
+
+
+def probe_precisions(step: Callable[[str, int], float]) -> dict[str, float]:
+    """Seconds of a training step in fp32 and in bf16, and the batch they were measured at:
+    `step(precision, batch)` runs one step and returns its seconds.
+
+    A screen first: one untimed step of each at `SCREEN_BATCH` (it allocates and picks
+    kernels), then one timed; where one precision was at least `DECISIVE` times faster, those
+    times are the result. Otherwise `PROBE_ROUNDS` timed steps of each at `PROBE_BATCH` after
+    an untimed one, interleaved, the fastest of each kept."""
+    precisions = ("fp32", "bf16")
+    for precision in precisions:
+        step(precision, SCREEN_BATCH)
+    screen = {precision: step(precision, SCREEN_BATCH) for precision in precisions}
+    ratio = screen["fp32"] / max(screen["bf16"], 1e-9)
+    if ratio >= DECISIVE or ratio * DECISIVE <= 1:
+        return {**screen, "batch": SCREEN_BATCH}
+    best = {precision: float("inf") for precision in precisions}
     for round_ in range(PROBE_ROUNDS + 1):
-        for precision in best:
-            start = time.perf_counter()
-            with autocast(device, precision):
-                loss = torch.nn.functional.cross_entropy(model(images), labels)
-            loss.backward()
-            model.zero_grad(set_to_none=True)
-            seconds = time.perf_counter() - start
-            if round_ > 0:  # the first round allocates and picks kernels
+        for precision in precisions:
+            seconds = step(precision, PROBE_BATCH)
+            if round_ > 0:  # the first round at this batch allocates and picks kernels
                 best[precision] = min(best[precision], seconds)
-    return best
+    return {**best, "batch": PROBE_BATCH}
 
 
 def _valid_times(result: Any) -> bool:
