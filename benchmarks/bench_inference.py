@@ -69,12 +69,20 @@ def _model(name: str, size: int, classes: int) -> nn.Module:
     return model.eval()
 
 
-def _rates(call, batch: torch.Tensor, *, seconds: float, warmup: int, runs: int
-           ) -> list[float]:
-    """Images/s of `runs` timed runs, each of as many calls as the last warm-up call says fill
-    `seconds` (at least one)."""
-    return list(time_it(lambda: call(batch), warmup=warmup, runs=runs,
-                        seconds=seconds).per_second(len(batch)).values)
+def _rates(calls: dict, batch: torch.Tensor, *, seconds: float, warmup: int, runs: int
+           ) -> dict[str, list[float]]:
+    """Images/s of each of `calls` (label -> call) in `runs` timed runs, each of as many calls
+    as the last warm-up call says fill `seconds` (at least one). The runs take turns (run 1 of
+    every call, then run 2, ...), so a drift in the machine's speed falls on all of them: on a
+    2-core EPYC VM two sessions of the same ONNX graph measured one after the other differed by
+    a fifth."""
+    rates: dict[str, list[float]] = {label: [] for label in calls}
+    for run in range(runs):
+        for label, call in calls.items():
+            spread = time_it(lambda: call(batch), warmup=warmup if run == 0 else 1, runs=1,
+                             seconds=seconds)
+            rates[label].extend(spread.per_second(len(batch)).values)
+    return rates
 
 
 def _session(model: nn.Module, size: int):
@@ -137,11 +145,10 @@ def main(argv: list[str] | None = None) -> int:
         for batch_size in (int(b) for b in args.batch_sizes.split(",")):
             batch = torch.randn(batch_size, 3, size, size)
             diff = float((default(batch) - torch.from_numpy(run_ort(batch))).abs().max())
-            timed = {label: _rates(call, batch, seconds=args.seconds, warmup=args.warmup,
-                                   runs=args.runs)
-                     for label, call in (("as_is", as_is), ("default", default),
-                                         ("other", second), ("ort", run_ort))
-                     if not (label == "other" and args.no_other_precision)}
+            timed = _rates({label: call for label, call in (
+                ("as_is", as_is), ("default", default), ("other", second), ("ort", run_ort))
+                if not (label == "other" and args.no_other_precision)},
+                batch, seconds=args.seconds, warmup=args.warmup, runs=args.runs)
             ratio = statistics.median(timed["default"]) / statistics.median(timed["ort"])
             engine = default.engine_for(batch_size)
             ran = default.ran.get(engine, default.describe())
@@ -163,7 +170,8 @@ def main(argv: list[str] | None = None) -> int:
                malloc_line,
                f"- method: random weights with calibrated BatchNorm statistics; random normalised "
                f"inputs; {args.warmup} warm-up calls, then {args.runs} runs of about "
-               f"{args.seconds:g} s (at least one call); median run (min-max); the bf16 path's "
+               f"{args.seconds:g} s (at least one call), the paths taking turns run by run; "
+               f"median run (min-max); the bf16 path's "
                f"logits differ from fp32 ones by bf16 rounding"])
     return 0
 
