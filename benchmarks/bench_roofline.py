@@ -41,6 +41,16 @@ def matmul_flops(precision: str, size: int, runs: int) -> float:
     return 2 * size**3 / seconds
 
 
+def without_kernels(size: int = 256, factor: float = 3.0) -> dict[str, float]:
+    """{precision: how many times slower than fp32} for each precision whose `size` x `size`
+    matmul runs more than `factor` times slower than fp32's here: no fast kernels (bf16 on an
+    AVX2 CPU: 0.3 GFLOP/s against 154, so its 2048 matmul alone took minutes). Their rows are
+    left out: neither a limit nor a step of theirs says anything about this machine."""
+    rates = {p: matmul_flops(p, size, runs=3) for p in PRECISIONS}
+    return {p: rates["fp32"] / rate for p, rate in rates.items()
+            if p != "fp32" and rates["fp32"] / rate > factor}
+
+
 def step_flops(model_name: str, precision: str, batch_size: int, runs: int) -> tuple[float, float]:
     """(img/s, achieved FLOP/s) of the training step."""
     macs = count_macs(create_model(model_name, num_classes=10, in_channels=3), (3, 32, 32))
@@ -77,13 +87,20 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     load = Load.start()
     trains_in = training_precision("auto", torch.device("cpu"))[0]
-    limits = {p: matmul_flops(p, args.matmul_size, args.runs) for p in PRECISIONS}
+    slow = without_kernels()
+    limits = {p: matmul_flops(p, args.matmul_size, args.runs) for p in PRECISIONS
+              if p not in slow}
     header = ("| model | precision | img/s | achieved GFLOP/s | matmul GFLOP/s | share |\n"
               "|---|---|---:|---:|---:|---:|")
     rows, notes = [], []
     print(header, flush=True)
     for model_name in args.models.split(","):
         for precision in PRECISIONS:
+            if precision in slow:
+                rows.append(f"| {model_name} | {precision} | - | - | - | no fast {precision} "
+                            f"kernels: its matmul ran {slow[precision]:.0f}x slower than fp32 |")
+                print(rows[-1], flush=True)
+                continue
             rate, flops = step_flops(model_name, precision, args.batch_size, args.runs)
             share = flops / limits[precision]
             mark = " (auto)" if precision == trains_in else ""
