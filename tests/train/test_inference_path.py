@@ -61,6 +61,25 @@ def test_a_probe_cell_far_slower_than_its_rival_stops_after_one_timed_call(monke
     assert clock.calls == 6
 
 
+def test_the_torch_table_times_bf16_in_full_only_where_it_is_close_to_fp32(monkeypatch):
+    asked = []
+
+    def time_calls(path, batch, decided_above=float("inf")):
+        asked.append((path, len(batch), decided_above))
+        return {"fp32": 1e-3, "bf16": 5e-3}[path] * len(batch)
+
+    monkeypatch.setattr(engine, "_time_calls", time_calls)
+    batches = [torch.zeros(b, 3, 32, 32) for b in engine.PROBE_BATCHES]
+    rows = engine._torch_rows("fp32", "bf16", batches)
+    assert rows == {p: [seconds * len(b) for b in batches]
+                    for p, seconds in (("fp32", 1e-3), ("bf16", 5e-3))}
+    fp32_asked = [entry for entry in asked if entry[0] == "fp32"]
+    bf16_asked = [entry for entry in asked if entry[0] == "bf16"]
+    assert all(limit == float("inf") for *_, limit in fp32_asked)  # fp32 always in full
+    assert [limit for *_, limit in bf16_asked] == pytest.approx(
+        [engine.probe.DECISIVE * 1e-3 * b for b in engine.PROBE_BATCHES])  # against fp32's cell
+
+
 @pytest.mark.parametrize("times, expected", [(_measured(1.0, 0.35), "bf16"),  # EPYC: 2.9x
                                              (_measured(1.0, 8.0), "fp32"),   # AVX2: emulated
                                              (_measured(1.0, 1.1), "fp32")])

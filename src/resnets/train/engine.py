@@ -219,8 +219,14 @@ def measure_inference(onnxruntime: bool) -> dict[str, list[float]]:
         if engine is None:  # it cannot export or run resnet20 here: never chosen
             return {"onnxruntime": [math.inf] * len(batches)}
         return {"onnxruntime": [_time_calls(engine, batch) for batch in batches]}
-    fp32 = [_time_calls(InferenceModel(model, cpu, "fp32"), batch) for batch in batches]
-    bf16_path = InferenceModel(model, cpu, "bf16")  # timed in full only where it is close
+    return _torch_rows(InferenceModel(model, cpu, "fp32"), InferenceModel(model, cpu, "bf16"),
+                       batches)
+
+
+def _torch_rows(fp32_path, bf16_path, batches: list[torch.Tensor]) -> dict[str, list[float]]:
+    """Seconds per image of each path at each batch; a bf16 cell is timed in full only where
+    its first call is within `probe.DECISIVE` times fp32's."""
+    fp32 = [_time_calls(fp32_path, batch) for batch in batches]
     bf16 = [_time_calls(bf16_path, batch, decided_above=probe.DECISIVE * fp32_time)
             for batch, fp32_time in zip(batches, fp32)]
     return {"fp32": fp32, "bf16": bf16}

@@ -44,7 +44,7 @@ from resnets.train.device import (autocast, cpu_flags, cpu_model, cuda_has_nativ
 PROBE_VERSION = 1    # bump when a probe measures something else: old results are then ignored
 PROBE_BATCH = 128    # images per probe training step (the quick preset's batch)
 PROBE_ROUNDS = 3     # timed steps per precision, after one untimed
-SCREEN_BATCH = 16    # images per screening step: a tenth of the work of a probe step
+SCREEN_BATCH = 16    # images per screening step: an eighth of a probe step's
 DECISIVE = 3.0       # a screen this lopsided decides: the full probe could not turn it round
 MIN_GAIN = 1.05      # bf16 must be at least this much faster than fp32 to be chosen
 _memo: dict[str, Any] = {}  # results read or measured in this process, by file name
@@ -106,7 +106,7 @@ def cached(kind: str, key: dict[str, Any], measure: Callable[[], dict],
     return result
 
 
-def measure_training(device: torch.device) -> dict[str, float]:
+def measure_training(device: torch.device) -> dict[str, float | int]:
     """`probe_precisions` on forward+backward steps of resnet20 (3x32x32, channels_last) in
     fp32 and in bf16 autocast."""
     from resnets.models import create_model
@@ -128,7 +128,7 @@ def measure_training(device: torch.device) -> dict[str, float]:
     return probe_precisions(step)
 
 
-def probe_precisions(step: Callable[[str, int], float]) -> dict[str, float]:
+def probe_precisions(step: Callable[[str, int], float]) -> dict[str, float | int]:
     """Seconds of a training step in fp32 and in bf16, and the batch they were measured at:
     `step(precision, batch)` runs one step and returns its seconds.
 
