@@ -331,7 +331,7 @@ def test_help_shows_what_each_flag_defaults_to_under_the_default_preset(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     out = " ".join(capsys.readouterr().out.split())
-    assert "peak learning rate [quick: 0.2]" in out and "[quick: resnet20]" in out
+    assert "peak learning rate [quick: 0.2]" in out and "[quick: resnet14]" in out
 
 
 def test_weights_of_a_run_start_a_new_run_from_trained_weights(run_dir, tmp_path, fake_rooms):

@@ -8,9 +8,9 @@ def test_presets_are_bundled_toml_files():
     assert {"quick", "paper-cifar"} <= set(list_presets())
 
 
-def test_quick_preset_is_resnet20_on_bundled_digits_leaving_augmentation_to_the_data():
+def test_quick_preset_is_resnet14_on_bundled_digits_leaving_augmentation_to_the_data():
     config = resolve_config("quick")
-    assert config.model == "resnet20" and config.data == "bundled"
+    assert config.model == "resnet14" and config.data == "bundled"
     assert config.flip is None and config.pad is None  # the dataset's own: no flips for digits
     assert config.precision == "auto" and config.channels_last
     assert config.device == "auto" and config.epochs is not None and config.iters is None

@@ -22,7 +22,7 @@ def _add_train(sub) -> None:
     from resnets.train.progress import MODES as PROGRESS_MODES
 
     train = sub.add_parser(
-        "train", help="train a model (default: resnet20 on the bundled digits, minutes on a CPU)",
+        "train", help="train a model (default: resnet14 on the bundled digits, about half a minute on a CPU)",
         description="Train a model into a run directory (config.json, metrics.jsonl, "
         "checkpoints/, summary.json, plots/). Settings come from a preset (default: quick; "
         "finetune with --weights torchvision), "
