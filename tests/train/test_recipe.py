@@ -81,7 +81,7 @@ def test_the_whole_quick_run_gets_under_2_percent_test_error(tmp_path):
     # The quick recipe as `resnets train` runs it, on the real digits and resnet14 (about 35 s
     # on a 2-core AVX2 CPU in fp32). Measured (issue #24, fp32, two threads): 1.1, 1.0, 1.4,
     # 1.4, 1.7, 1.7, 1.4, 1.1, 1.5, 1.3, 1.5, 1.7% on seeds 0-11; resnet20 on the same recipe
-    # 1.2-1.8%, the 15-epoch whole-frame resnet20 run before that 1.2-2.1%. The 1,000 test
+    # 1.1-1.8%, the 15-epoch whole-frame resnet20 run before that 1.2-2.1%. The 1,000 test
     # digits are fixed, so runs differ only by their training trajectory (another CPU, thread
     # count or precision rounds differently and trains another one): a spread of about 0.25
     # points around 1.4%, so 2% is more than 2 spreads away. A broken loss, schedule, crop or
