@@ -1,5 +1,6 @@
-"""`resnets train` on the real bundled digits and the real resnet20, for a few steps, then
-every command that reads a run directory. One short training run serves the whole module."""
+"""`resnets train` on the real bundled digits and the real resnet14 (the quick preset's model),
+for a few steps, then every command that reads a run directory. One short training run serves
+the whole module."""
 
 import json
 
@@ -28,7 +29,7 @@ def test_train_writes_a_complete_run_directory(run_dir):
         ".lock", ".resnets-run", "checkpoints", "config.json", "metrics.jsonl", "plots",
         "summary.json"]
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["model"] == "resnet20" and summary["steps"] == 3
+    assert summary["model"] == "resnet14" and summary["steps"] == 3
     assert 0 <= summary["final"]["test_err"] <= 100 and summary["best"]["split"] == "val"
     state = load_checkpoint(run_dir)
     # Input channels and classes come from the dataset: 1x28x28 digits, of which quick keeps
@@ -51,7 +52,7 @@ def test_train_writes_a_complete_run_directory(run_dir):
 def test_eval_on_the_run(run_dir, capsys):
     assert main(["eval", str(run_dir), "--device", "cpu"]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[0].startswith("resnet20 on bundled test (1000 images): top-1 error ")
+    assert out[0].startswith("resnet14 on bundled test (1000 images): top-1 error ")
     assert len(out) == 2 + 10
 
 
@@ -96,7 +97,7 @@ def test_export_the_run_to_onnx_prints_one_line_and_nothing_of_the_exporters(run
 def test_export_the_run_for_torchvision_is_refused_with_one_line(run_dir, tmp_path, capsys):
     assert main(["export", str(run_dir), "--torchvision", str(tmp_path / "tv.pt")]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "'resnet20' (torchvision has no such model)" in err
+    assert err.count("\n") == 1 and "'resnet14' (torchvision has no such model)" in err
 
 
 def test_resume_with_the_real_loader_and_model_matches_step_for_step(tmp_path, ctrl_c_after_step):
