@@ -116,7 +116,7 @@ def test_our_run_as_weights_trains_the_model_it_holds_unless_another_is_named(tm
             str(tmp_path)]
     assert main(["train", "--model", "resnet8", *tiny, "--name", "first"]) == 0
     first = tmp_path / "first"
-    # No --model: the run's resnet8, not the preset's resnet20 (which the weights do not fit).
+    # No --model: the run's resnet8, not the preset's resnet14 (which the weights do not fit).
     assert main(["train", "--weights", str(first), "--freeze", "layer1", *tiny,
                  "--name", "second"]) == 0
     before, after = load_checkpoint(first), load_checkpoint(tmp_path / "second")

@@ -5,7 +5,7 @@ The compiling itself (scope, cache folder) is `resnets.train.compile`'s.
 The setting, `config.compile`: True (`--compile`) compiles from the first step; False
 (`--no-compile`) never; "auto" (the default) decides per run with `choose_compile`:
 
-- never for a run of fewer than `MIN_STEPS` steps (the quickstart's 420 steps would not pay
+- never for a run of fewer than `MIN_STEPS` steps (the quickstart's 364 steps would not pay
   back a cold compile);
 - otherwise the run's first `WARMUP_STEPS + MEASURE_STEPS` steps run eagerly (real training
   steps, nothing is wasted) and give the eager step time; compiling is chosen when
