@@ -188,10 +188,9 @@ def _time_calls(call, batch: torch.Tensor, seconds: float | None = None, calls: 
     call(batch)  # allocates, picks kernels, packs weights
     start = time.perf_counter()
     call(batch)
-    first = (time.perf_counter() - start) / len(batch)
-    if first > decided_above:
-        return first
-    times: list[float] = [first * len(batch)]
+    times = [time.perf_counter() - start]
+    if times[0] / len(batch) > decided_above:
+        return times[0] / len(batch)
     started = time.perf_counter()
     while len(times) < calls or time.perf_counter() - started < seconds:
         start = time.perf_counter()
